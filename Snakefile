@@ -1,0 +1,44 @@
+# Teacher pretraining -> AFD link extraction -> student distillation -> report.
+# The experiment grid is params/default.yaml unless `--configfile params/<grid>.yaml` is given.
+
+
+include: "workflow/rules/common.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        f"{REPORTS}/table.md",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teachers.smk"
+include: "workflow/rules/links.smk"
+include: "workflow/rules/students.smk"
+include: "workflow/rules/report.smk"
+
+
+rule data:
+    """Target: the grid's prepared dataset."""
+    input:
+        data_files(GRID.dataset).values(),
+
+
+rule teachers:
+    """Target: every teacher of the grid."""
+    input:
+        ALL_TEACHER_METRICS,
+
+
+rule links:
+    """Target: every link-finding run of the grid."""
+    input:
+        ALL_LINKS,
+
+
+rule students:
+    """Target: every student job of the grid."""
+    input:
+        ALL_STUDENT_METRICS,

@@ -1,0 +1,68 @@
+"""One GPU per job, chosen by lock files, since Snakemake assigns none.
+
+Snakemake counts ``gpu=1`` resources but never sets ``CUDA_VISIBLE_DEVICES``
+when it runs jobs locally. Each job takes a non-blocking ``flock`` on the
+first free ``afdistill-gpu<N>.lock`` and keeps it for its whole life; the
+kernel drops the lock when the process ends, however it ends. This must run
+before torch initialises CUDA. Under SLURM (or whenever
+``CUDA_VISIBLE_DEVICES`` is already set) nothing is done.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+_held = []  # open lock files: closing them would release the GPU
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids on this machine, without initialising CUDA (``AFDISTILL_GPUS`` overrides: "0,1")."""
+    override = os.environ.get("AFDISTILL_GPUS")
+    if override is not None:
+        return [g for g in override.split(",") if g.strip()]
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir():
+        return [str(i) for i in range(len(list(proc.iterdir())))]
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+    return []
+
+
+def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print) -> str | None:
+    """Lock a free GPU, export its id in ``CUDA_VISIBLE_DEVICES`` and return it (None: no GPU or already set)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return None
+    gpus = visible_gpus()
+    if not gpus:
+        return None
+    directory = Path(lock_dir or os.environ.get("AFDISTILL_GPU_LOCK_DIR", tempfile.gettempdir()))
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        for gpu in gpus:
+            handle = open(directory / f"afdistill-gpu{gpu}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _held.append(handle)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            return gpu
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU among {gpus} after {wait_seconds:.0f} s (locks in {directory})")
+        if not announced:
+            log(f"all GPUs {gpus} are busy; waiting for one to free up")
+            announced = True
+        time.sleep(2.0)

@@ -1,0 +1,80 @@
+"""AFD links: the teacher x student attention a link-finding AFD run converges to.
+
+``links.json`` holds ``alpha`` as a T x S list (row t: the softmax over
+student features for teacher feature t), the candidate indices, and the mean
+attention of every training epoch. ``links.csv`` is the same converged matrix
+transposed to S x T (rows student features, columns teacher features, as in
+the paper's Figure 3), and ``links.png`` draws it beside snapshots from
+training.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import Result
+from .figures import plot_links
+
+FILES = ("links.json", "links.csv", "links.png")
+
+
+@torch.inference_mode()
+def converged_attention(result: Result) -> torch.Tensor:
+    """alpha averaged over the training set (no augmentation), networks in eval mode: T x S."""
+    result.model.eval()
+    result.method.eval()
+    total, count = None, 0
+    for images, _ in result.data.eval_batches("train"):
+        student = result.model(images, with_features=True)
+        teacher = result.teacher(images, with_features=True)
+        alpha = result.method.links(student, teacher).sum(0)
+        total = alpha if total is None else total + alpha
+        count += len(images)
+    return (total / count).cpu()
+
+
+def write(result: Result, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    spec = result.record["spec"]
+    matrix = converged_attention(result)
+    history = [s["attention"] for s in result.record["summaries"] if "attention" in s]
+    record = {
+        "teacher": spec["teacher"],
+        "student": spec["arch"],
+        "dataset": spec["dataset"],
+        "teacher_candidates": result.method.teacher_candidates,
+        "student_candidates": result.method.student_candidates,
+        "alpha": matrix.tolist(),
+        "epoch_mean_alpha": history,
+        "run_id": result.record["run_id"],
+        "test_top1": result.record["test_top1"],
+    }
+    (out_dir / "links.json").write_text(json.dumps(record) + "\n")
+    with open(out_dir / "links.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student\\teacher"] + [f"t{t}" for t in record["teacher_candidates"]])
+        for row, s in enumerate(record["student_candidates"]):
+            writer.writerow([f"s{s}"] + [f"{matrix[t, row].item():.6f}" for t in range(matrix.shape[0])])
+    panels = []
+    if history:
+        picks = sorted({0, len(history) // 2, len(history) - 1})
+        panels = [(f"epoch {i + 1} (train mean)", np.asarray(history[i]).T) for i in picks]
+    panels.append(("converged (train set)", matrix.numpy().T))
+    plot_links(panels, f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})", out_dir / "links.png")
+    return record
+
+
+def read(path: str | Path, teacher: str, student: str) -> dict:
+    """Load a links file and check it belongs to this pair."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"links file {path} does not exist; run the links stage for {teacher} -> {student}")
+    record = json.loads(path.read_text())
+    if (record.get("teacher"), record.get("student")) != (teacher, student):
+        raise ValueError(f"{path} holds links for {record.get('teacher')} -> {record.get('student')}, "
+                         f"not {teacher} -> {student}")
+    return record

@@ -1,0 +1,180 @@
+"""Attention-based Feature Distillation (Ji, Heo & Park, AAAI 2021), as the official code computes it.
+
+Every teacher candidate t asks a query of every student candidate s; the
+softmax over s of their compatibility decides how strongly feature t is
+distilled into feature s:
+
+    q_t = BN(W^Q_t GAP(h^T_t))                          (eq. 1, f_Q = identity)
+    k_s = ReLU(BN(W^K_s GAP(h^S_s)))                    (eq. 1, f_K = ReLU)
+    alpha_t = softmax_s((q_t . k_{t,s} + p^T_t . p^S_s) / sqrt(d))      (eq. 2)
+    L_AFD = sum_t sum_s alpha_{t,s} mean_hw (v^T_t - v^S_s)^2          (eq. 3)
+    L = CE + alpha KD + beta L_AFD                                     (eq. 4)
+
+Where the paper and clovaai/attention-feature-distillation differ, this
+follows the code:
+
+- eq. 2 writes the bilinear weight per student key, W^{Q-K}_s; the code uses
+  one Linear+BN that maps each key to one key per teacher candidate,
+  k_{t,s} = BN(W k_s)_t, normalised over all B x S keys together.
+- eq. 3 uses the L2 distance; the code uses the *mean squared* difference
+  over spatial positions (sum over s weighted by alpha, mean over the batch,
+  sum over t).
+- eq. 4 has no KD term; the code trains with CE + 0.9 KD(T=4) + beta AFD.
+- values v are L2-normalised channel means of *squared* features ("A2" in the
+  paper's Table 7); student maps are average-pooled to each teacher resolution.
+- Appendix B says Xavier initialisation for every AFD parameter; the code
+  applies Xavier-normal to the positional encodings only (Linear layers keep
+  PyTorch's default init).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import Features
+from .base import Batch, Context, Method, register_method, select
+from .maps import energy_map, resize_to
+
+
+class LinearBN(nn.Module):
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.bn = nn.BatchNorm1d(out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.linear(x))
+
+
+class AFDAttention(nn.Module):
+    """The meta-network of eq. 1-2: returns alpha, B x T x S (softmax over the student axis)."""
+
+    def __init__(self, teacher_channels: list[int], student_channels: list[int], qk_dim: int = 128):
+        super().__init__()
+        self.qk_dim = qk_dim
+        self.n_teacher, self.n_student = len(teacher_channels), len(student_channels)
+        self.key = nn.ModuleList(LinearBN(c, qk_dim) for c in student_channels)
+        self.bilinear = LinearBN(qk_dim, qk_dim * self.n_teacher)
+        self.query = nn.ModuleList(LinearBN(c, qk_dim) for c in teacher_channels)
+        self.p_t = nn.Parameter(torch.empty(self.n_teacher, qk_dim))
+        self.p_s = nn.Parameter(torch.empty(self.n_student, qk_dim))
+        nn.init.xavier_normal_(self.p_t)
+        nn.init.xavier_normal_(self.p_s)
+
+    def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        batch = student[0].shape[0]
+        query = torch.stack([layer(f.mean((2, 3))) for layer, f in zip(self.query, teacher)], dim=1)
+        key = torch.stack([F.relu(layer(f.mean((2, 3)))) for layer, f in zip(self.key, student)], dim=1)
+        key = self.bilinear(key.reshape(batch * self.n_student, self.qk_dim))
+        key = key.view(batch, self.n_student, self.n_teacher, self.qk_dim)
+        logits = torch.einsum("bstd,btd->bts", key, query) + self.p_t @ self.p_s.t()
+        return F.softmax(logits / math.sqrt(self.qk_dim), dim=2)
+
+
+class PairDistance(nn.Module):
+    """D[b, t, s] = mean over positions of (v^T_t - v^S_s)^2, for all pairs at once.
+
+    Teacher candidates are grouped by resolution, so each group is one
+    broadcast subtraction instead of a Python loop over t.
+    """
+
+    def __init__(self, teacher_sizes: list[tuple[int, int]]):
+        super().__init__()
+        self.sizes = list(dict.fromkeys(teacher_sizes))  # unique, in order of first appearance
+        groups = [[t for t, size in enumerate(teacher_sizes) if size == unique] for unique in self.sizes]
+        self.groups = groups
+        order = [t for group in groups for t in group]
+        # Concatenating the groups permutes teachers; this index undoes it.
+        self.register_buffer("unpermute", torch.tensor([order.index(t) for t in range(len(order))]), persistent=False)
+
+    def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+        student_energy = [energy_map(f) for f in student]
+        distances = []
+        for size, group in zip(self.sizes, self.groups):
+            v_s = torch.cat([resize_to(e, size).flatten(1).unsqueeze(1) for e in student_energy], dim=1)
+            v_s = F.normalize(v_s, dim=2)  # B x S x HW
+            v_t = F.normalize(torch.stack([energy_map(teacher[t]).flatten(1) for t in group], dim=1), dim=2)
+            distances.append((v_s.unsqueeze(1) - v_t.unsqueeze(2)).pow(2).mean(3))  # B x T_group x S
+        return torch.cat(distances, dim=1).index_select(1, self.unpermute)
+
+
+def _candidate_shapes(context: Context) -> tuple[list[Tensor], list[Tensor]]:
+    teacher = select(context.teacher_sample.blocks, context.teacher.afd_candidates)
+    student = select(context.student_sample.blocks, context.student.afd_candidates)
+    return teacher, student
+
+
+@register_method("afd")
+class AFD(Method):
+    label = "AFD"
+
+    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0,
+                 beta: float = 200.0, qk_dim: int = 128):
+        super().__init__(context, alpha=alpha, temperature=temperature)
+        self.beta = float(beta)
+        teacher, student = _candidate_shapes(context)
+        self.teacher_candidates = list(context.teacher.afd_candidates)
+        self.student_candidates = list(context.student.afd_candidates)
+        self.attention = AFDAttention([f.shape[1] for f in teacher], [f.shape[1] for f in student], qk_dim)
+        self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
+        self._attention_sum: Tensor | None = None
+        self._attention_count = 0
+
+    def links(self, student: Features, teacher: Features) -> Tensor:
+        """alpha for this batch, B x T x S."""
+        return self.attention(select(student.blocks, self.student_candidates),
+                              select(teacher.blocks, self.teacher_candidates))
+
+    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+        s = select(student.blocks, self.student_candidates)
+        t = select(teacher.blocks, self.teacher_candidates)
+        alpha = self.attention(s, t)
+        with torch.no_grad():
+            total = alpha.sum(0)
+            self._attention_sum = total if self._attention_sum is None else self._attention_sum + total
+            self._attention_count += alpha.shape[0]
+        loss = (self.distance(s, t) * alpha).sum((1, 2)).mean()
+        return {"afd": self.beta * loss}
+
+    def epoch_summary(self) -> dict:
+        if self._attention_sum is None:
+            return {}
+        mean = (self._attention_sum / self._attention_count).cpu()
+        self._attention_sum, self._attention_count = None, 0
+        return {"attention": mean}
+
+
+@register_method("afd_pretrained")
+class AFDPretrainedLinks(Method):
+    """The AFD distance with alpha fixed to the links a link-finding AFD run converged to (paper's Table 4)."""
+
+    needs_artifact = "links"
+    label = "AFD (pre-trained links)"
+
+    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0, beta: float = 200.0):
+        super().__init__(context, alpha=alpha, temperature=temperature)
+        self.beta = float(beta)
+        links = context.links
+        if links is None:
+            raise ValueError("afd_pretrained needs a links file (the output of the links stage)")
+        teacher, student = _candidate_shapes(context)
+        matrix = torch.tensor(links["alpha"], dtype=torch.float32)  # T x S
+        expected = (len(teacher), len(student))
+        if tuple(matrix.shape) != expected:
+            raise ValueError(
+                f"links file for {links.get('teacher')}->{links.get('student')} has a {tuple(matrix.shape)} "
+                f"teacher x student matrix; this pair needs {expected}"
+            )
+        self.teacher_candidates = list(context.teacher.afd_candidates)
+        self.student_candidates = list(context.student.afd_candidates)
+        self.register_buffer("fixed_alpha", matrix)
+        self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
+
+    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+        s = select(student.blocks, self.student_candidates)
+        t = select(teacher.blocks, self.teacher_candidates)
+        loss = (self.distance(s, t) * self.fixed_alpha).sum((1, 2)).mean()
+        return {"afd": self.beta * loss}

@@ -1,0 +1,157 @@
+"""What a distillation method is, and the registry that names them.
+
+A method is an ``nn.Module`` whose trainable parts (regressors, embedding
+heads, attention networks) are its submodules; the engine optimises them
+together with the student by the same SGD optimiser, as the reference code
+does. Its ``forward`` returns the *weighted* loss terms whose sum the student
+minimises:
+
+    total = CE + alpha * KD + beta * <method term>
+
+``alpha`` (Hinton's KD, temperature ``temperature``) is handled here so every
+method can add KD on top, as the AFD paper does for all baselines ("KD is
+applied to all baselines").
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import Features
+from ..models.registry import UnknownNameError
+
+
+@dataclass
+class Batch:
+    images: Tensor
+    labels: Tensor
+    indices: Tensor  # positions in the training set (CRD's memory bank uses them)
+
+
+@dataclass
+class Context:
+    """What a method may need to build itself, besides its hyper-parameters."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    student_sample: Features  # features of a dry-run batch, for shapes
+    teacher_sample: Features | None
+    num_classes: int
+    n_train: int
+    batch_size: int
+    links: dict | None = None  # the links file of the pre-trained-links variant
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al.: KL(teacher || student) at temperature T, scaled by T^2, averaged over the batch."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="sum") * temperature**2 / student_logits.shape[0]
+
+
+class Method(nn.Module):
+    """Cross-entropy plus optional KD; subclasses add their term in :meth:`distill`."""
+
+    needs_teacher = True
+    #: the row label in reports (the paper's name for the method)
+    label = "?"
+    #: the Snakemake stage whose output this method reads (e.g. "links"), if any
+    needs_artifact: str | None = None
+
+    def __init__(self, context: Context, alpha: float = 0.0, temperature: float = 4.0):
+        super().__init__()
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+
+    def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        terms = {"ce": F.cross_entropy(student.logits, batch.labels)}
+        if self.alpha:
+            terms["kd"] = self.alpha * kd_loss(student.logits, teacher.logits, self.temperature)
+        terms.update(self.distill(student, teacher, batch))
+        return terms
+
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        return {}
+
+    def epoch_summary(self) -> dict[str, Any]:
+        """Method-specific records of the epoch just trained (e.g. AFD's mean attention)."""
+        return {}
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.method_name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _METHODS:
+        raise UnknownNameError(f"unknown method {name!r}; allowed: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """Hyper-parameters a method takes, with their defaults (from its constructor's signature)."""
+    defaults: dict[str, Any] = {}
+    for cls in method_class(name).__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, context
+        for parameter in parameters:
+            if parameter.default is not inspect.Parameter.empty:
+                defaults.setdefault(parameter.name, parameter.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break  # this constructor does not forward further keywords to its base
+    return defaults
+
+
+def check_method_params(name: str, params: dict[str, Any], where: str) -> None:
+    """Raise a ValueError naming the key and the allowed keys/types if ``params`` do not fit method ``name``."""
+    defaults = method_defaults(name)
+    for key, value in params.items():
+        if key not in defaults:
+            raise ValueError(f"{where}.{key}: method {name!r} has no parameter {key!r}; "
+                             f"allowed: {', '.join(sorted(defaults))}")
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        expected = float if isinstance(default, float) else type(default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else isinstance(value, expected)
+        if not ok:
+            raise ValueError(f"{where}.{key}: expected {expected.__name__} (like the default {default!r}), got {value!r}")
+
+
+def build_method(name: str, params: dict[str, Any], context: Context) -> Method:
+    check_method_params(name, params, f"methods.{name}")
+    return method_class(name)(context, **params)
+
+
+def select(features: list[Tensor], indices: list[int]) -> list[Tensor]:
+    return [features[i] for i in indices]
+
+
+@torch.no_grad()
+def dry_run(model: nn.Module, images: Tensor) -> Features:
+    was_training = model.training
+    model.eval()
+    features = model(images, with_features=True)
+    model.train(was_training)
+    return features

@@ -1,0 +1,25 @@
+"""The two rows every table starts with: the plain student and Hinton's KD."""
+from __future__ import annotations
+
+from .base import Context, Method, register_method
+
+
+@register_method("vanilla")
+class Vanilla(Method):
+    """Cross-entropy only: the "Student" row, and how teachers are pretrained."""
+
+    needs_teacher = False
+    label = "Student"
+
+    def __init__(self, context: Context):
+        super().__init__(context, alpha=0.0)
+
+
+@register_method("kd")
+class KD(Method):
+    """Hinton et al. 2015; alpha=0.9, T=4 as the official AFD code (loss = CE + 0.9 KD)."""
+
+    label = "KD"
+
+    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0):
+        super().__init__(context, alpha=alpha, temperature=temperature)

@@ -1,0 +1,130 @@
+"""Wide Residual Networks (Zagoruyko & Komodakis 2016), pre-activation, CIFAR layout.
+
+Parameter names follow HobbitLong/RepDistiller's ``models/wrn.py``
+(``block1.layer.0.bn1`` ... ``convShortcut`` ... ``bn1``, ``fc``).
+
+AFD's per-block candidates are each block's output after the BN+ReLU that the
+*next* block (or the head) applies; we take them from inside that next block
+instead of recomputing them. The official AFD code calls ``bn1`` a second time
+to build its feature list, which in training mode also updates that BN's
+running statistics twice per step; we call it once (same features and
+gradients; only the running-average momentum of those BNs differs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .features import Features
+from .registry import register_model
+
+
+class WideBlock(nn.Module):
+    """bn-relu-conv-bn-relu-conv with identity or 1x1-projection shortcut."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.drop_rate = drop_rate
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = (
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (block output, the activated input this block saw)."""
+        activated = F.relu(self.bn1(x))
+        out = F.relu(self.bn2(self.conv1(activated)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.conv2(out)
+        # A projection shortcut reads the activated input, an identity one the raw input.
+        shortcut = x if self.equal_in_out else self.convShortcut(activated)
+        return out + shortcut, activated
+
+
+class WideGroup(nn.Module):
+    def __init__(self, count: int, in_planes: int, out_planes: int, stride: int, drop_rate: float):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *[
+                WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+                for i in range(count)
+            ]
+        )
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        assert (depth - 4) % 6 == 0, "WRN depth must be 6n+4"
+        n = (depth - 4) // 6
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.block1 = WideGroup(n, channels[0], channels[1], 1, drop_rate)
+        self.block2 = WideGroup(n, channels[1], channels[2], 2, drop_rate)
+        self.block3 = WideGroup(n, channels[2], channels[3], 2, drop_rate)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.fc = nn.Linear(channels[3], num_classes)
+        self.afd_candidates = list(range(3 * n))
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.data.fill_(1)
+                module.bias.data.zero_()
+            elif isinstance(module, nn.Linear):
+                module.bias.data.zero_()
+
+    def forward(self, x: Tensor, with_features: bool = False):
+        out = self.conv1(x)
+        stem = out
+        activated_inputs, stages = [], []
+        for group in (self.block1, self.block2, self.block3):
+            for block in group.layer:
+                out, activated = block(out)
+                activated_inputs.append(activated)
+            stages.append(out)
+        final = F.relu(self.bn1(out))
+        pooled = F.adaptive_avg_pool2d(final, 1).flatten(1)
+        logits = self.fc(pooled)
+        if not with_features:
+            return logits
+        # Block k's output as the next layer sees it is block k+1's activated input
+        # (the head's BN+ReLU for the last block).
+        blocks = activated_inputs[1:] + [final]
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+
+
+@register_model
+def wrn_16_1(num_classes: int) -> WideResNet:
+    return WideResNet(16, 1, num_classes)
+
+
+@register_model
+def wrn_16_2(num_classes: int) -> WideResNet:
+    return WideResNet(16, 2, num_classes)
+
+
+@register_model
+def wrn_28_2(num_classes: int) -> WideResNet:
+    return WideResNet(28, 2, num_classes)
+
+
+@register_model
+def wrn_40_1(num_classes: int) -> WideResNet:
+    return WideResNet(40, 1, num_classes)
+
+
+@register_model
+def wrn_40_2(num_classes: int) -> WideResNet:
+    return WideResNet(40, 2, num_classes)

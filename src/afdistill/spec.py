@@ -1,0 +1,81 @@
+"""What one training job is: the hyper-parameters that decide its result, as one JSON-able record."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+KINDS = ("teacher", "student", "links")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with step decay; the defaults are the AFD paper's CIFAR-100 settings."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
+    lr_decay_rate: float = 0.1
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch``.
+
+        The official AFD code decays *at the start* of each listed epoch
+        (``if epoch in schedule``), so epoch 150 already runs at 0.005;
+        RepDistiller decays one epoch later (``epoch > milestone``). We follow AFD.
+        """
+        steps = sum(1 for milestone in self.lr_decay_epochs if epoch >= milestone)
+        return self.lr * self.lr_decay_rate**steps
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    kind: str  # teacher | student | links
+    grid: str  # the experiment grid (MLflow experiment name)
+    dataset: str
+    arch: str  # the network this job trains: the student, or the teacher when kind == "teacher"
+    method: str  # registered method type
+    run: str  # the grid's name for this method configuration (a table row)
+    seed: int
+    schedule: Schedule = field(default_factory=Schedule)
+    method_params: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None  # teacher architecture, for student and links jobs
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint: str | None = None  # teacher jobs: evaluate this published checkpoint instead of training
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["schedule"]["lr_decay_epochs"] = list(self.schedule.lr_decay_epochs)
+        return record
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "JobSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(record) - known
+        if unknown:
+            raise ValueError(f"job spec: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        record = dict(record)
+        schedule = dict(record.get("schedule", {}))
+        if "lr_decay_epochs" in schedule:
+            schedule["lr_decay_epochs"] = tuple(schedule["lr_decay_epochs"])
+        record["schedule"] = Schedule(**schedule)
+        if record["kind"] not in KINDS:
+            raise ValueError(f"job spec: kind {record['kind']!r} is not one of {KINDS}")
+        return cls(**record)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def title(self) -> str:
+        if self.kind == "teacher":
+            return f"teacher {self.arch}"
+        pair = f"{self.teacher}->{self.arch}"
+        return f"links {pair}" if self.kind == "links" else f"{pair} {self.run} seed {self.seed}"

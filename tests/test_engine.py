@@ -1,0 +1,98 @@
+"""The engine: training lowers the loss, a seed fixes the result, an interrupted job resumes exactly."""
+import json
+
+import pytest
+import torch
+
+from afdistill.engine import CHECKPOINT, ResumeError, train
+from afdistill.spec import JobSpec, Schedule
+
+SCHEDULE = Schedule(epochs=3, batch_size=16, lr=0.05, lr_decay_epochs=(3,))
+
+
+def teacher_spec(**changes):
+    fields = dict(kind="teacher", grid="test", dataset="digits", arch="resnet8", method="vanilla", run="teacher",
+                  seed=0, schedule=SCHEDULE, device="cpu")
+    fields.update(changes)
+    return JobSpec(**fields)
+
+
+def student_spec(method, **changes):
+    fields = dict(kind="student", grid="test", dataset="digits", arch="resnet8", teacher="resnet8", method=method,
+                  run=method, seed=0, schedule=SCHEDULE, device="cpu", method_params={})
+    fields.update(changes)
+    return JobSpec(**fields)
+
+
+@pytest.fixture
+def teacher_checkpoint(small_data, tmp_path):
+    train(teacher_spec(), small_data, tmp_path / "teacher", log=lambda *a: None)
+    return tmp_path / "teacher" / "model.pt"
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(small_data, tmp_path):
+    result = train(teacher_spec(), small_data, tmp_path / "job", log=lambda *a: None)
+    losses = [epoch["loss_total"] for epoch in result.record["history"]]
+    assert losses[-1] < losses[0] * 0.8
+    assert result.record["history"][-1]["lr"] == pytest.approx(0.005)  # decayed at the start of epoch 3
+    metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert metrics["test_top1"] == result.record["test_top1"] > 0.3
+    assert set(metrics["history"][0]) >= {"loss_total", "loss_ce", "train_top1", "train_top5", "test_top1",
+                                          "test_top5", "lr", "images_per_s"}
+    assert (tmp_path / "job" / "model.pt").exists() and not (tmp_path / "job" / CHECKPOINT).exists()
+
+
+def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_data, teacher_checkpoint, tmp_path):
+    runs = [train(student_spec("afd", seed=seed), small_data, tmp_path / f"run{i}", teacher_checkpoint,
+                  log=lambda *a: None).record["history"] for i, seed in enumerate((0, 0, 1))]
+    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
+                             for e in history]
+    assert strip(runs[0]) == strip(runs[1])
+    assert strip(runs[0]) != strip(runs[2])
+
+
+class Interrupt:
+    """Stops the job the way Ctrl-C would, when the engine reports epoch ``at``."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def __call__(self, message):
+        if f"epoch {self.at}/" in message:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_job_resumes_from_its_last_checkpoint(small_data, teacher_checkpoint, tmp_path):
+    spec = student_spec("kd")
+    reference = train(spec, small_data, tmp_path / "straight", teacher_checkpoint, log=lambda *a: None)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, small_data, tmp_path / "resumed", teacher_checkpoint, log=Interrupt(at=2))
+    checkpoint = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    assert checkpoint["epoch"] == 1
+    messages = []
+    resumed = train(spec, small_data, tmp_path / "resumed", teacher_checkpoint, log=messages.append)
+    assert "resuming after epoch 1" in messages[0]
+    assert sum("epoch" in m and "/3" in m for m in messages) == 2  # epochs 2 and 3 only
+    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
+                             for e in history]
+    assert strip(resumed.record["history"]) == strip(reference.record["history"])
+    for a, b in zip(resumed.model.state_dict().values(), reference.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_job_is_never_overwritten(small_data, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(teacher_spec(), small_data, tmp_path / "job", log=Interrupt(at=2))
+    before = (tmp_path / "job" / CHECKPOINT).read_bytes()
+    with pytest.raises(ResumeError, match="different seed"):
+        train(teacher_spec(seed=5), small_data, tmp_path / "job", log=lambda *a: None)
+    assert (tmp_path / "job" / CHECKPOINT).read_bytes() == before
+
+
+def test_a_published_teacher_checkpoint_is_evaluated_not_retrained(small_data, teacher_checkpoint, tmp_path):
+    imported = train(teacher_spec(checkpoint=str(teacher_checkpoint), schedule=Schedule(epochs=0)), small_data,
+                     tmp_path / "imported", log=lambda *a: None)
+    original = json.loads((teacher_checkpoint.parent / "metrics.json").read_text())
+    assert imported.record["history"] == []
+    assert imported.record["test_top1"] == pytest.approx(original["test_top1"])

@@ -1,0 +1,88 @@
+"""Grid files: every mistake is named with its key and the allowed values; grids expand to the right jobs."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afdistill.grid import NO_TEACHER, Grid, GridError
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+
+
+def grid_with(**changes):
+    config = copy.deepcopy(BASE)
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'; allowed: cifar10, cifar100, digits"),
+    ({"pairs": [{"teacher": "resnet21", "student": "resnet8"}]}, "pairs[0].teacher: unknown architecture 'resnet21'; allowed: "),
+    ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
+    ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),
+    ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, temperature"),
+    ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: expected float"),
+    ({"train": {"epoch": 3}}, "train.epoch: unknown schedule key; allowed: epochs, batch_size"),
+    ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: expected a list of positive epoch numbers"),
+    ({"device": "tpu"}, "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
+    ({"seeds": [0, 0]}, "seeds: [0, 0] repeats a seed"),
+    ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
+    ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),
+    ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
+     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, afd, afd_pretrained, links"),
+    ({"pairs": [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet20", "student": "resnet8"}]},
+     "pairs[1]: the pair resnet20 -> resnet8 is listed twice"),
+])
+def test_mistakes_name_the_key_and_the_allowed_values(changes, message):
+    with pytest.raises(GridError) as error:
+        Grid(grid_with(**changes), source="params/x.yaml")
+    assert f"params/x.yaml: {message}" in str(error.value)
+
+
+def test_default_grid_expands_to_its_jobs():
+    grid = Grid(BASE)
+    assert grid.teachers() == ["resnet20"]
+    assert [(p.teacher, p.student) for p in grid.link_pairs()] == [("resnet20", "resnet8")]
+    jobs = grid.student_jobs()
+    # the plain student needs no teacher and is trained once per architecture and seed
+    assert (NO_TEACHER, "resnet8", "vanilla", 0) in jobs and ("resnet20", "resnet8", "kd", 1) in jobs
+    assert len(jobs) == len(grid.runs) * len(grid.seeds)
+    spec = grid.student_spec("resnet20", "resnet8", "afd", 1)
+    assert (spec.method, spec.seed, spec.teacher, spec.method_params["beta"]) == ("afd", 1, "resnet20", 200)
+    assert grid.student_spec(NO_TEACHER, "resnet8", "vanilla", 0).teacher is None
+
+
+def test_paper_grid_is_table_one_with_a_beta_sweep():
+    grid = Grid.from_file(ROOT / "params" / "cifar100.yaml")
+    assert len(grid.pairs) == 7 and grid.seeds == [0, 1, 2, 3, 4]
+    assert grid.schedule.epochs == 240 and grid.schedule.lr_decay_epochs == (150, 180, 210)
+    assert (grid.schedule.lr, grid.schedule.batch_size, grid.schedule.weight_decay) == (0.05, 64, 5e-4)
+    betas = sorted(run.params["beta"] for run in grid.runs.values() if run.group == "afd")
+    assert betas == [30, 50, 100, 200]
+    assert {run.label for run in grid.runs.values()} >= {"Student", "KD", "AFD"}
+    spec = grid.student_spec("wrn_40_2", "wrn_16_2", "afd_beta50", 3)
+    assert spec.method_params == {"alpha": 0.9, "temperature": 4, "qk_dim": 128, "beta": 50}
+
+
+def test_pair_overrides_apply_to_that_pair_only_and_cannot_fight_a_sweep():
+    config = grid_with(pairs=[{"teacher": "resnet20", "student": "resnet8", "methods": {"kd": {"temperature": 2}}},
+                              {"teacher": "resnet20", "student": "resnet14"}])
+    grid = Grid(config)
+    assert grid.student_spec("resnet20", "resnet8", "kd", 0).method_params["temperature"] == 2
+    assert grid.student_spec("resnet20", "resnet14", "kd", 0).method_params["temperature"] == 4
+    config["methods"]["kd"] = {"sweep": {"temperature": [2, 4]}}
+    with pytest.raises(GridError, match=r"pairs\[0\].methods.kd.temperature: this parameter is swept"):
+        Grid(config)
+
+
+def test_labels_and_method_types_can_differ_from_run_names():
+    grid = Grid(grid_with(methods={"at_kd": {"method": "kd", "label": "AT+KD"}}))
+    assert grid.runs["at_kd"].method == "kd" and grid.runs["at_kd"].label == "AT+KD"
+
+
+def test_lr_schedule_decays_at_the_start_of_the_listed_epochs():
+    schedule = Grid.from_file(ROOT / "params" / "cifar100.yaml").schedule
+    assert [schedule.lr_at(e) for e in (1, 149, 150, 179, 180, 210, 240)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.005, 0.0005, 0.00005, 0.00005])

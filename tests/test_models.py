@@ -1,0 +1,206 @@
+"""Models: RepDistiller-compatible parameter names and shapes, same logits, AFD's feature candidates."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afdistill.engine import load_network
+from afdistill.models import UnknownNameError, create_model, list_models
+
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def bn_keys(prefix, channels):
+    return {f"{prefix}.{k}": (() if k == "num_batches_tracked" else (channels,)) for k in BN}
+
+
+def expected_cifar_resnet(depth, widths, classes):
+    """RepDistiller models/resnet.py naming, written out from the architecture."""
+    n = (depth - 2) // 6
+    keys = {"conv1.weight": (widths[0], 3, 3, 3), **bn_keys("bn1", widths[0])}
+    in_planes = widths[0]
+    for stage, planes in enumerate(widths[1:], start=1):
+        for block in range(n):
+            p = f"layer{stage}.{block}"
+            keys[f"{p}.conv1.weight"] = (planes, in_planes, 3, 3)
+            keys.update(bn_keys(f"{p}.bn1", planes))
+            keys[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+            keys.update(bn_keys(f"{p}.bn2", planes))
+            if block == 0 and (stage > 1 or in_planes != planes):
+                keys[f"{p}.downsample.0.weight"] = (planes, in_planes, 1, 1)
+                keys.update(bn_keys(f"{p}.downsample.1", planes))
+            in_planes = planes
+    keys["fc.weight"] = (classes, widths[-1])
+    keys["fc.bias"] = (classes,)
+    return keys
+
+
+def expected_wrn(depth, k, classes):
+    """RepDistiller models/wrn.py naming."""
+    n = (depth - 4) // 6
+    channels = [16, 16 * k, 32 * k, 64 * k]
+    keys = {"conv1.weight": (16, 3, 3, 3)}
+    in_planes = 16
+    for group in range(1, 4):
+        out = channels[group]
+        for block in range(n):
+            p = f"block{group}.layer.{block}"
+            keys.update(bn_keys(f"{p}.bn1", in_planes))
+            keys[f"{p}.conv1.weight"] = (out, in_planes, 3, 3)
+            keys.update(bn_keys(f"{p}.bn2", out))
+            keys[f"{p}.conv2.weight"] = (out, out, 3, 3)
+            if in_planes != out:
+                keys[f"{p}.convShortcut.weight"] = (out, in_planes, 1, 1)
+            in_planes = out
+    keys.update(bn_keys("bn1", channels[3]))
+    keys["fc.weight"] = (classes, channels[3])
+    keys["fc.bias"] = (classes,)
+    return keys
+
+
+CASES = {
+    "resnet8": lambda c: expected_cifar_resnet(8, [16, 16, 32, 64], c),
+    "resnet14": lambda c: expected_cifar_resnet(14, [16, 16, 32, 64], c),
+    "resnet20": lambda c: expected_cifar_resnet(20, [16, 16, 32, 64], c),
+    "resnet32": lambda c: expected_cifar_resnet(32, [16, 16, 32, 64], c),
+    "resnet44": lambda c: expected_cifar_resnet(44, [16, 16, 32, 64], c),
+    "resnet56": lambda c: expected_cifar_resnet(56, [16, 16, 32, 64], c),
+    "resnet110": lambda c: expected_cifar_resnet(110, [16, 16, 32, 64], c),
+    "resnet8x4": lambda c: expected_cifar_resnet(8, [32, 64, 128, 256], c),
+    "resnet32x4": lambda c: expected_cifar_resnet(32, [32, 64, 128, 256], c),
+    "wrn_16_1": lambda c: expected_wrn(16, 1, c),
+    "wrn_16_2": lambda c: expected_wrn(16, 2, c),
+    "wrn_28_2": lambda c: expected_wrn(28, 2, c),
+    "wrn_40_1": lambda c: expected_wrn(40, 1, c),
+    "wrn_40_2": lambda c: expected_wrn(40, 2, c),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_state_dict_names_and_shapes_match_repdistiller(name):
+    model = create_model(name, num_classes=100)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == CASES[name](100)
+
+
+def test_parameter_counts_match_the_published_sizes():
+    # CRD paper / RepDistiller README sizes for CIFAR-100 (in millions).
+    published = {"resnet20": 0.28, "resnet56": 0.86, "resnet110": 1.74, "wrn_16_2": 0.70, "wrn_40_2": 2.26,
+                 "resnet8x4": 1.23, "resnet32x4": 7.43}
+    for name, millions in published.items():
+        count = sum(p.numel() for p in create_model(name, 100).parameters())
+        assert abs(count / 1e6 - millions) < 0.01, (name, count)
+
+
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                        False, 0.0, 1e-5)
+
+
+def reference_resnet_forward(sd, n, x):
+    """RepDistiller's post-activation CIFAR ResNet, written functionally from the state dict."""
+    out = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], padding=1), sd, "bn1"))
+    blocks = []
+    for stage in (1, 2, 3):
+        for block in range(n):
+            p = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            y = F.relu(_bn(F.conv2d(out, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn1"))
+            y = _bn(F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1), sd, f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in sd:
+                out = _bn(F.conv2d(out, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1")
+            out = F.relu(y + out)
+            blocks.append(out)
+    logits = F.linear(F.avg_pool2d(out, out.shape[-1]).flatten(1), sd["fc.weight"], sd["fc.bias"])
+    return logits, blocks
+
+
+def reference_wrn_forward(sd, n, x):
+    """RepDistiller's pre-activation WRN; AFD taps relu(bn1(x)) of the following block (or the head)."""
+    out = F.conv2d(x, sd["conv1.weight"], padding=1)
+    taps = []
+    for group in (1, 2, 3):
+        for block in range(n):
+            p = f"block{group}.layer.{block}"
+            stride = 2 if group > 1 and block == 0 else 1
+            a = F.relu(_bn(out, sd, f"{p}.bn1"))
+            taps.append(a)
+            y = F.relu(_bn(F.conv2d(a, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn2"))
+            y = F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1)
+            shortcut = F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            out = y + shortcut
+    final = F.relu(_bn(out, sd, "bn1"))
+    logits = F.linear(F.avg_pool2d(final, final.shape[-1]).flatten(1), sd["fc.weight"], sd["fc.bias"])
+    return logits, taps[1:] + [final]
+
+
+def _randomize_bn(model):
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("name,n,family", [("resnet20", 3, "resnet"), ("resnet8x4", 1, "resnet"),
+                                           ("wrn_16_2", 2, "wrn"), ("wrn_40_1", 6, "wrn")])
+def test_logits_and_block_features_match_the_reference_architecture(name, n, family):
+    torch.manual_seed(0)
+    model = create_model(name, 10)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        features = model(x, with_features=True)
+        reference = reference_resnet_forward if family == "resnet" else reference_wrn_forward
+        logits, blocks = reference(model.state_dict(), n, x)
+    torch.testing.assert_close(features.logits, logits, rtol=1e-4, atol=1e-4)
+    assert len(features.blocks) == len(blocks) == 3 * n
+    for ours, theirs in zip(features.blocks, blocks):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model(x), features.logits)
+
+
+@pytest.mark.parametrize("name,count,shapes", [
+    ("resnet20", 9, {(16, 32), (32, 16), (64, 8)}),
+    ("resnet56", 27, {(16, 32), (32, 16), (64, 8)}),
+    ("resnet110", 27, {(16, 32), (32, 16), (64, 8)}),
+    ("wrn_16_2", 6, {(32, 32), (64, 16), (128, 8)}),
+    ("wrn_28_2", 12, {(32, 32), (64, 16), (128, 8)}),
+    ("wrn_40_2", 18, {(32, 32), (64, 16), (128, 8)}),
+    ("resnet34", 16, {(64, 32), (128, 16), (256, 8), (512, 4)}),
+    ("resnet18", 8, {(64, 32), (128, 16), (256, 8), (512, 4)}),
+])
+def test_afd_candidates_are_the_official_layer_table(name, count, shapes):
+    """clovaai/attention-feature-distillation utils.LAYER: 9/27/27 (every 2nd block)/6/12/18/16/8."""
+    model = create_model(name, 100).eval()
+    with torch.no_grad():
+        features = model(torch.randn(2, 3, 32, 32), with_features=True)
+    candidates = [features.blocks[i] for i in model.afd_candidates]
+    assert len(candidates) == count
+    assert {(f.shape[1], f.shape[2]) for f in candidates} == shapes
+    if name == "resnet110":
+        assert model.afd_candidates == list(range(1, 54, 2))
+    assert len(features.stages) == len(shapes)
+    assert features.pooled.shape == (2, features.stages[-1].shape[1])
+
+
+def test_repdistiller_and_bare_checkpoints_load_strictly(tmp_path):
+    model = create_model("resnet8", 100).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 0.5}, tmp_path / "ckpt_epoch_240.pth")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    for path in ("ckpt_epoch_240.pth", "bare.pth"):
+        loaded = load_network(tmp_path / path, "resnet8", 100, torch.device("cpu")).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(RuntimeError, match="does not hold resnet14 weights"):
+        load_network(tmp_path / "bare.pth", "resnet14", 100, torch.device("cpu"))
+
+
+def test_unknown_architecture_lists_the_allowed_names():
+    with pytest.raises(UnknownNameError) as error:
+        create_model("resnet21", 10)
+    assert "resnet21" in str(error.value) and "resnet20" in str(error.value)
+    assert "wrn_40_2" in list_models()

@@ -1,0 +1,81 @@
+# Configuration: one grid file (params/*.yaml), validated before any job starts.
+import json
+
+from snakemake.utils import min_version, validate
+
+from afdistill.gpu import visible_gpus
+from afdistill.grid import NO_TEACHER, Grid
+
+min_version("9.0")
+
+# `--configfile params/<grid>.yaml` replaces the default grid rather than being
+# merged into it (a `configfile:` directive would merge the two).
+if "grid" not in config:
+
+    configfile: "params/default.yaml"
+
+
+validate(config, "../schemas/config.schema.yaml")
+GRID = Grid(config, source="config")
+
+RESULTS = f"results/{GRID.name}"
+REPORTS = f"reports/{GRID.name}"
+DATA = "data/{dataset}"
+
+# A training job takes one GPU when it will run on CUDA; the default profile caps
+# `gpu` at 1 and `--resources gpu=N` raises it.
+ON_GPU = GRID.device == "cuda" or (GRID.device == "auto" and bool(visible_gpus()))
+GPUS_PER_JOB = 1 if ON_GPU else 0
+# On CPU every training job is one torch thread, so `--cores N` runs N jobs at once.
+THREADS_PER_JOB = 2 if ON_GPU else 1
+
+
+wildcard_constraints:
+    dataset=GRID.dataset,
+    teacher="|".join(GRID.teachers() + [NO_TEACHER]),
+    student="|".join(dict.fromkeys(pair.student for pair in GRID.pairs)),
+    run="|".join(GRID.runs),
+    seed=r"\d+",
+
+
+def data_files(dataset):
+    return {name: f"data/{dataset}/{name}" for name in ("train.npz", "test.npz", "meta.json")}
+
+
+def teacher_model(teacher, dataset=GRID.dataset):
+    return f"{RESULTS}/teachers/{dataset}/{teacher}/model.pt"
+
+
+def links_file(teacher, student, dataset=GRID.dataset):
+    return f"{RESULTS}/links/{dataset}/{teacher}/{student}/links.json"
+
+
+def student_dir(teacher, student, run, seed, dataset=GRID.dataset):
+    return f"{RESULTS}/students/{dataset}/{teacher}/{student}/{run}/seed{seed}"
+
+
+def student_inputs(wildcards):
+    """Data always; the teacher only for methods that use one; links for the pre-trained-links variant."""
+    inputs = data_files(wildcards.dataset)
+    if wildcards.teacher != NO_TEACHER:
+        inputs["teacher"] = teacher_model(wildcards.teacher, wildcards.dataset)
+    if GRID.run_needs(wildcards.run) == "links":
+        inputs["links"] = links_file(wildcards.teacher, wildcards.student, wildcards.dataset)
+    return inputs
+
+
+def optional_flag(flag, key):
+    """`--flag <input.key>` when the job has that input."""
+    return lambda wildcards, input: f"{flag} {input[key]}" if key in input.keys() else ""
+
+
+ALL_TEACHER_METRICS = [f"{RESULTS}/teachers/{GRID.dataset}/{t}/metrics.json" for t in GRID.teachers()]
+ALL_LINKS = [links_file(p.teacher, p.student) for p in GRID.link_pairs()]
+ALL_STUDENT_METRICS = [
+    f"{student_dir(teacher, student, run, seed)}/metrics.json" for teacher, student, run, seed in GRID.student_jobs()
+]
+
+
+onstart:
+    # Create the MLflow database and experiment once, before concurrent jobs race to.
+    shell(f"afdistill init-tracking --experiment {GRID.name}")
