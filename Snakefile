@@ -1,4 +1,5 @@
-# Teacher pretraining -> AFD link extraction -> student distillation -> report.
+# Teacher pretraining -> AFD link extraction (and MHGD's attention-network pretraining)
+# -> student distillation -> report.
 # The experiment grid is params/default.yaml unless `--configfile params/<grid>.yaml` is given.
 
 
@@ -16,6 +17,7 @@ rule all:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/links.smk"
+include: "workflow/rules/heads.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/report.smk"
 
@@ -36,6 +38,12 @@ rule links:
     """Target: every link-finding run of the grid."""
     input:
         ALL_LINKS,
+
+
+rule heads:
+    """Target: every network a method pretrains on a teacher."""
+    input:
+        ALL_HEADS,
 
 
 rule students:

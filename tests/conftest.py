@@ -37,9 +37,12 @@ TINY_GRID = {
     "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005,
               "lr_decay_epochs": [1], "lr_decay_rate": 0.1},
     "teachers": {"seed": 0, "train": {"epochs": 2}},
+    "runtime": {"precision": "auto", "channels_last": "auto", "compile": "auto"},
     "links": {"seed": 0},
+    "heads": {"seed": 0, "train": {"epochs": 1}},
     "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
-    "methods": {"vanilla": {}, "kd": {"alpha": 0.9, "temperature": 4},
+    "methods": {"vanilla": {}, "kd": {"alpha": 0.9, "temperature": 4}, "fitnet": {}, "at": {}, "at_grad": {},
+                "rkd": {}, "crd": {"nce_k": 16}, "l2t": {}, "mhgd": {"num_heads": 2},
                 "afd": {"beta": 200, "qk_dim": 16}, "afd_pretrained": {"beta": 200}},
     "report": {"metric": "accuracy"},
 }

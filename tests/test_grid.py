@@ -22,7 +22,7 @@ def grid_with(**changes):
     ({"pairs": [{"teacher": "resnet21", "student": "resnet8"}]}, "pairs[0].teacher: unknown architecture 'resnet21'; allowed: "),
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
     ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),
-    ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, temperature"),
+    ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature"),
     ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: expected float"),
     ({"train": {"epoch": 3}}, "train.epoch: unknown schedule key; allowed: epochs, batch_size"),
     ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: expected a list of positive epoch numbers"),
@@ -31,7 +31,7 @@ def grid_with(**changes):
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
     ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
-     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, afd, afd_pretrained, links"),
+     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, links"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet20", "student": "resnet8"}]},
      "pairs[1]: the pair resnet20 -> resnet8 is listed twice"),
 ])

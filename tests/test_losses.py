@@ -27,7 +27,8 @@ def _synthetic_context(student_maps, teacher_maps):
     student = SimpleNamespace(afd_candidates=list(range(len(student_maps))))
     teacher = SimpleNamespace(afd_candidates=list(range(len(teacher_maps))))
     return Context(student=student, teacher=teacher, student_sample=_features(student_maps),
-                   teacher_sample=_features(teacher_maps), num_classes=3, n_train=100, batch_size=4)
+                   teacher_sample=_features(teacher_maps), num_classes=3, train_labels=torch.arange(100) % 3,
+                   batch_size=4)
 
 
 def _bn_train(x, bn):
@@ -97,7 +98,7 @@ def test_afd_with_fixed_links_weights_the_same_distances():
     teacher = _maps(generator, 3, [(4, 8), (6, 4), (6, 4)])
     links = torch.softmax(torch.randn(3, 2, generator=generator), 1)
     context = _synthetic_context(student, teacher)
-    context.links = {"alpha": links.tolist(), "teacher": "t", "student": "s"}
+    context.artifact = {"alpha": links.tolist(), "teacher": "t", "student": "s"}
     method = build_method("afd_pretrained", {"alpha": 0.0, "beta": 1.0}, context)
     got = method(_features(student), _features(teacher), Batch(None, torch.zeros(3, dtype=torch.long), None))["afd"]
     expected = 0.0
@@ -107,7 +108,7 @@ def test_afd_with_fixed_links_weights_the_same_distances():
             for s, s_map in enumerate(student):
                 expected += links[t, s] * ((_value(s_map[b], t_map.shape[2:]) - v_t) ** 2).mean() / 3
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    context.links = {"alpha": [[1.0, 0.0]], "teacher": "t", "student": "s"}
+    context.artifact = {"alpha": [[1.0, 0.0]], "teacher": "t", "student": "s"}
     with pytest.raises(ValueError, match=r"\(1, 2\).*needs \(3, 2\)"):
         build_method("afd_pretrained", {}, context)
 
@@ -118,7 +119,8 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10, 100, 8)
+    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
+                      torch.arange(100) % 10, 8)
     method = build_method(name, {}, context)
     with torch.inference_mode():
         teacher_out = teacher(images, with_features=True)
@@ -131,10 +133,10 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
 
 
 def test_method_hyper_parameters_are_checked_by_name():
-    assert method_defaults("afd") == {"alpha": 0.9, "temperature": 4.0, "beta": 200.0, "qk_dim": 128}
+    assert method_defaults("afd") == {"alpha": 0.9, "gamma": 1.0, "temperature": 4.0, "beta": 200.0, "qk_dim": 128}
     assert method_defaults("vanilla") == {}
     context = _synthetic_context([torch.rand(2, 3, 4, 4)], [torch.rand(2, 3, 4, 4)])
-    with pytest.raises(ValueError, match="methods.afd.gamma: .*allowed: alpha, beta, qk_dim, temperature"):
-        build_method("afd", {"gamma": 1}, context)
+    with pytest.raises(ValueError, match="methods.afd.delta: .*allowed: alpha, beta, gamma, qk_dim, temperature"):
+        build_method("afd", {"delta": 1}, context)
     with pytest.raises(ValueError, match="methods.afd.qk_dim: expected int"):
         build_method("afd", {"qk_dim": "big"}, context)

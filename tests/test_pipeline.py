@@ -12,7 +12,7 @@ from conftest import ROOT, TINY_GRID, make_project, run, tool_env
 
 pytestmark = pytest.mark.slow
 
-STUDENT_JOBS = 8  # vanilla (teacher-free), kd, afd, afd_pretrained x 2 seeds
+STUDENT_JOBS = 22  # 11 methods x 2 seeds
 RESULTS = Path("results/default")
 
 
@@ -37,7 +37,7 @@ def snakemake_project(tmp_path_factory):
 def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     project, first = snakemake_project
     log = first.stdout + first.stderr
-    for rule in ("prepare_data", "train_teacher", "find_links", "distill", "report"):
+    for rule in ("prepare_data", "train_teacher", "find_links", "pretrain_heads", "distill", "report"):
         assert f"(Rule: {rule})" in log
     assert (project / RESULTS / "links/digits/resnet8/resnet8/links.csv").exists()
     assert (project / "reports/default/figures/links_resnet8_resnet8.png").stat().st_size > 1000
@@ -50,13 +50,16 @@ def test_every_job_is_one_finished_mlflow_run_with_per_epoch_metrics(snakemake_p
     project, _ = snakemake_project
     runs = mlflow_runs(project)
     kinds = sorted(r["tags"]["kind"] for r in runs)
-    assert kinds == sorted(["links", "teacher"] + ["student"] * STUDENT_JOBS)
+    assert kinds == sorted(["links", "teacher", "heads"] + ["student"] * STUDENT_JOBS)
     for record in runs:
         assert record["status"] == "FINISHED"
         assert {"method", "teacher", "student", "dataset", "seed", "git_commit"} <= set(record["tags"])
         epochs = 2 if record["tags"]["kind"] == "teacher" else 1
+        if record["tags"]["kind"] == "heads":
+            assert record["tags"]["method"] == "mhan" and "loss_mhan" in record["metrics"]
         assert [m.step for m in record["history"]] == list(range(1, epochs + 1))
-        assert {"loss_total", "loss_ce", "train_top1", "train_top5", "test_top5", "lr", "images_per_s"} <= set(record["metrics"])
+        assert {"loss_total", "train_top1", "train_top5", "test_top5", "lr", "images_per_s"} <= set(record["metrics"])
+        assert "loss_ce" in record["metrics"] or record["tags"]["kind"] == "heads"
         assert "metrics.json" in record["artifacts"]
         assert record["params"]["schedule.batch_size"] == "64"
     afd = [r for r in runs if r["tags"]["method"] == "afd" and r["tags"]["kind"] == "student"]
@@ -69,8 +72,10 @@ def test_every_job_is_one_finished_mlflow_run_with_per_epoch_metrics(snakemake_p
 def test_the_report_holds_the_tracked_numbers(snakemake_project):
     project, _ = snakemake_project
     table = (project / "reports/default/table.md").read_text()
-    for row in ("| Teacher |", "| Student |", "| KD |", "| AFD |", "| AFD (pre-trained links) |"):
+    for row in ("| Teacher |", "| Student |", "| KD |", "| FitNet |", "| ATT |", "| Grad-AT |", "| RKD |", "| CRD |",
+                "| L2T |", "| MHGD |", "| AFD |", "| AFD (pre-trained links) |"):
         assert row in table
+    assert "## Training cost per epoch, relative to KD" in table
     finals = {}
     for record in mlflow_runs(project):
         if record["tags"]["kind"] == "student":
@@ -95,8 +100,9 @@ def test_snakemake_html_report(snakemake_project):
 def test_paper_grid_dry_run_lists_every_job():
     result = run(["snakemake", "-n", "--configfile", "params/cifar100.yaml"], cwd=ROOT)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    # 7 pairs x 5 seeds x (KD + AFD at four betas) + the plain student once per architecture (5) x 5 seeds
-    assert counts["distill"] == str(7 * 5 * 5 + 5 * 5)
+    # 7 pairs x 5 seeds x (KD, FitNet, AT, RKD, CRD, L2T + AFD at four betas)
+    # + the plain student once per architecture (5) x 5 seeds
+    assert counts["distill"] == str(7 * 5 * 10 + 5 * 5)
     assert counts["train_teacher"] == "4" and counts["prepare_data"] == "1" and counts["report"] == "1"
 
 
@@ -106,7 +112,7 @@ def test_an_invalid_grid_is_refused_before_any_job_starts(tmp_path):
     project = make_project(tmp_path / "project", grid)
     result = run(["snakemake", "--cores", "1"], cwd=project, check=False)
     assert result.returncode != 0
-    assert "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, temperature" in (
+    assert "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature" in (
         result.stdout + result.stderr)
     assert not (project / "data").exists() and not (project / "mlflow.db").exists()
 
@@ -116,7 +122,11 @@ def _git(project, *args):
 
 
 def test_dvc_repro_pins_the_pipeline_and_reruns_only_what_changed(tmp_path):
-    project = make_project(tmp_path / "project")
+    # every stage, fewer jobs: one seed, the methods that need links and heads, and KD to change
+    grid = json.loads(json.dumps(TINY_GRID))
+    grid["seeds"] = [0]
+    grid["methods"] = {name: grid["methods"][name] for name in ("vanilla", "kd", "mhgd", "afd_pretrained")}
+    project = make_project(tmp_path / "project", grid)
     _git(project, "init", "-q")
     _git(project, "config", "user.email", "ci@example.com")
     _git(project, "config", "user.name", "ci")
@@ -127,10 +137,10 @@ def test_dvc_repro_pins_the_pipeline_and_reruns_only_what_changed(tmp_path):
 
     first = run(["dvc", "repro"], cwd=project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"data", "teachers", "links", "students", "report"}
+    assert set(lock["stages"]) == {"data", "teachers", "links", "heads", "students", "report"}
     outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-    assert {"data/digits", "results/default/teachers", "results/default/links", "results/default/students",
-            "reports/default/metrics.json", "reports/default/table.md"} <= outs
+    assert {"data/digits", "results/default/teachers", "results/default/links", "results/default/heads",
+            "results/default/students", "reports/default/metrics.json", "reports/default/table.md"} <= outs
     assert lock["stages"]["students"]["params"]["params/default.yaml"]["methods"]["kd"]["temperature"] == 4
     assert "Running stage 'report'" in first.stdout
 
@@ -148,7 +158,7 @@ def test_dvc_repro_pins_the_pipeline_and_reruns_only_what_changed(tmp_path):
     ran = set(re.findall(r"Running stage '(\w+)'", third.stdout))
     assert ran == {"students", "report"}
     trained = re.findall(r'afdistill train --spec \'(\{.*?\})\'', third.stdout + third.stderr)
-    assert sorted(json.loads(spec)["run"] for spec in trained) == ["kd", "kd"]
+    assert [json.loads(spec)["run"] for spec in trained] == ["kd"]
 
 
 def test_the_slurm_profile_asks_one_gpu_per_training_job():

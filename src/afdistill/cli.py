@@ -46,6 +46,8 @@ def _spec_from_args(args):
         return grid.teacher_spec(args.teacher)
     if args.kind == "links":
         return grid.links_spec(args.teacher, args.student)
+    if args.kind == "heads":
+        return grid.heads_spec(args.teacher, args.run)
     if None in (args.student, args.run, args.seed):
         raise SystemExit("error: a student job needs --teacher, --student, --run and --seed")
     return grid.student_spec(args.teacher, args.student, args.run, args.seed)
@@ -57,16 +59,13 @@ def cmd_train(args) -> None:
     from .methods import check_method_params, method_class
 
     check_method_params(spec.method, spec.method_params, f"{spec.title}: method_params")
-    needs = method_class(spec.method).needs_artifact
-    if needs == "links" and not args.links:
-        raise SystemExit(f"error: {spec.title}: method {spec.method!r} needs --links (the links stage's links.json)")
-    if method_class(spec.method).needs_teacher and not args.teacher_checkpoint:
+    method = method_class(spec.method)
+    if method.needs_artifact and not args.artifact:
+        what = {"links": "the links stage's links.json", "heads": "the heads stage's model.pt"}[method.needs_artifact]
+        raise SystemExit(f"error: {spec.title}: method {spec.method!r} needs --artifact ({what})")
+    if (method.needs_teacher or spec.kind == "heads") and not args.teacher_checkpoint:
         raise SystemExit(f"error: {spec.title}: method {spec.method!r} needs --teacher-checkpoint")
-    links = None
-    if args.links:
-        from .links import read
-
-        links = read(args.links, spec.teacher, spec.arch)
+    artifact = _load_artifact(method.needs_artifact, args.artifact, spec) if method.needs_artifact else None
 
     if spec.device != "cpu":
         from .gpu import claim
@@ -84,7 +83,7 @@ def cmd_train(args) -> None:
 
     tracker = tracking.for_job(spec)
     try:
-        result = train(spec, args.data, args.out, teacher_checkpoint=args.teacher_checkpoint, links=links,
+        result = train(spec, args.data, args.out, teacher_checkpoint=args.teacher_checkpoint, artifact=artifact,
                        tracker=tracker, log=_print)
         out = Path(args.out)
         if spec.kind == "links":
@@ -104,6 +103,21 @@ def cmd_train(args) -> None:
         tracker.finish("FAILED")
         raise
     _print(f"[{spec.title}] done: test top-1 {result.record['test_top1']:.4f}")
+
+
+def _load_artifact(stage: str, path: str, spec):
+    if stage == "links":
+        from .links import read
+
+        return read(path, spec.teacher, spec.arch)
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the heads stage for {spec.teacher} first")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("arch") != spec.teacher:
+        raise ValueError(f"{path} holds heads pretrained on {state.get('arch')}, not on {spec.teacher}")
+    return state["method"]
 
 
 def _log_attention_heatmap(result, out: Path, tracker) -> None:
@@ -137,7 +151,7 @@ def cmd_init_tracking(args) -> None:
 def cmd_check(args) -> None:
     grid = _load_grid(args)
     _print(f"grid {grid.name!r} is valid: {len(grid.teachers())} teachers, {len(grid.link_pairs())} link runs, "
-           f"{len(grid.student_jobs())} student jobs")
+           f"{len(grid.heads_jobs())} heads runs, {len(grid.student_jobs())} student jobs")
 
 
 def cmd_list(args) -> None:
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--spec", help="the job as JSON (what the pipeline passes)")
     train.add_argument("--grid", help="or: a grid file, with --kind/--teacher/--student/--run/--seed")
     train.add_argument("--config-json", help=argparse.SUPPRESS)
-    train.add_argument("--kind", choices=["teacher", "student", "links"], default="student")
+    train.add_argument("--kind", choices=["teacher", "student", "links", "heads"], default="student")
     train.add_argument("--teacher")
     train.add_argument("--student")
     train.add_argument("--run")
@@ -176,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--data", required=True, help="a prepared dataset directory")
     train.add_argument("--out", required=True, help="the job's output directory")
     train.add_argument("--teacher-checkpoint")
-    train.add_argument("--links", help="links.json of the pair (afd_pretrained)")
+    train.add_argument("--artifact", help="the method's pre-stage output: links.json (afd_pretrained) or the "
+                                          "heads stage's model.pt (mhgd)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     train.set_defaults(func=cmd_train)
 

@@ -23,7 +23,8 @@ Datasets:
     official pickle files under ``<root>/cifar-10-batches-py`` or
     ``<root>/cifar-100-python``. Downloaded only when asked
     (``download=True``). Augmentation: pad 4 + random 32x32 crop + horizontal
-    flip, as in the AFD and RepDistiller code.
+    flip, as in the AFD and RepDistiller code (CIFAR-100, zero padding) and the
+    attention-transfer code (CIFAR-10, reflection padding).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class DatasetInfo:
     num_classes: int
     image_size: int
     pad: int
+    pad_mode: str  # "zeros" (torchvision RandomCrop's default) or "reflect"
     flip: bool
     mean: tuple[float, float, float] | None  # None: computed from the training split
     std: tuple[float, float, float] | None
@@ -51,15 +53,16 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(10, 16, 2, False, None, None, "sklearn.datasets.load_digits (bundled with scikit-learn)"),
-    # Normalisation constants as in the reference code bases: RepDistiller/AFD for
-    # CIFAR-100, szagoruyko/attention-transfer for CIFAR-10.
+    "digits": DatasetInfo(10, 16, 2, "zeros", False, None, None,
+                          "sklearn.datasets.load_digits (bundled with scikit-learn)"),
+    # Normalisation and padding as in the reference code bases: RepDistiller/AFD for
+    # CIFAR-100, szagoruyko/attention-transfer (reflection padding) for CIFAR-10.
     "cifar10": DatasetInfo(
-        10, 32, 4, True, (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255),
+        10, 32, 4, "reflect", True, (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255),
         "torchvision.datasets.CIFAR10",
     ),
     "cifar100": DatasetInfo(
-        100, 32, 4, True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100"
+        100, 32, 4, "zeros", True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100"
     ),
 }
 
@@ -155,6 +158,7 @@ def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "da
         "mean": list(mean),
         "std": list(std),
         "pad": info.pad,
+        "pad_mode": info.pad_mode,
         "flip": info.flip,
         "n_train": int(len(train_y)),
         "n_test": int(len(test_y)),
@@ -172,6 +176,12 @@ def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "da
 
 
 # ---------------------------------------------------------------- loading
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Reflection about the border pixels (torchvision's padding_mode='reflect'), for |overhang| < size."""
+    index = torch.where(index < 0, -index, index)
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 @dataclass
@@ -192,6 +202,7 @@ class DeviceData:
         self.device = torch.device(device)
         self.num_classes = int(self.meta["num_classes"])
         self.pad = int(self.meta["pad"])
+        self.pad_mode = self.meta.get("pad_mode", "zeros")
         self.flip = bool(self.meta["flip"])
         self.mean = torch.tensor(self.meta["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.meta["std"], device=self.device).view(1, 3, 1, 1)
@@ -209,22 +220,33 @@ class DeviceData:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop with zero padding and random horizontal flip, for a whole uint8 batch."""
+        """Random crop of the padded image and random horizontal flip, for a whole uint8 batch.
+
+        The padded image is never built: each output pixel reads its source pixel
+        (reflected at the border, or zero outside it) through one gather.
+        """
         n, _, height, width = images.shape
         pad = self.pad
         if pad == 0 and not self.flip:
             return images
-        padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-        top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=generator.device)
-        left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=generator.device)
-        rows = top.to(images.device) + torch.arange(height, device=images.device)
-        cols = left.to(images.device) + torch.arange(width, device=images.device)
+        top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=generator.device).to(images.device)
+        left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=generator.device).to(images.device)
+        rows = top - pad + torch.arange(height, device=images.device)  # source rows, may fall outside the image
+        cols = left - pad + torch.arange(width, device=images.device)
         if self.flip:
             flipped = torch.rand(n, 1, generator=generator, device=generator.device).to(images.device) < 0.5
             cols = torch.where(flipped, cols.flip(1), cols)
+        if self.pad_mode == "reflect":
+            rows, cols = _reflect(rows, height), _reflect(cols, width)
+            inside = None
+        else:
+            inside = ((rows >= 0) & (rows < height)).unsqueeze(2) & ((cols >= 0) & (cols < width)).unsqueeze(1)
+            rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
         batch = torch.arange(n, device=images.device).view(n, 1, 1)
-        # Advanced indexing around the channel slice yields N x H x W x C.
-        out = padded[batch, :, rows.view(n, height, 1), cols.view(n, 1, width)]
+        # Advanced indexing around the channel slice yields N x H x W x C, i.e. channels-last memory.
+        out = images[batch, :, rows.view(n, height, 1), cols.view(n, 1, width)]
+        if inside is not None:
+            out = out * inside.unsqueeze(3).to(out.dtype)
         return out.permute(0, 3, 1, 2)
 
     def train_batches(self, batch_size: int, generator: torch.Generator):

@@ -12,7 +12,9 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +25,7 @@ from torch import nn
 from .data import DeviceData
 from .methods import Batch, Context, build_method, dry_run, method_class
 from .models import create_model
-from .spec import JobSpec
+from .spec import JobSpec, Runtime
 
 CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch
 MODEL = "model.pt"  # final weights, {"model": state_dict, ...} like RepDistiller's checkpoints
@@ -78,17 +80,62 @@ def load_network(path: str | Path, arch: str, num_classes: int, device: torch.de
     return model.to(device)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """What ``Runtime`` settings mean on this device."""
+
+    bf16: bool
+    channels_last: bool
+    compile: str | None
+
+    def record(self) -> dict[str, Any]:
+        return {"precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
+                "compile": self.compile or "none"}
+
+
+def resolve_runtime(runtime: Runtime, device: torch.device) -> Resolved:
+    cuda = device.type == "cuda"
+    if runtime.precision == "auto":
+        if cuda:
+            bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+        else:
+            bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    else:
+        bf16 = runtime.precision == "bf16"
+    channels_last = True if runtime.channels_last == "auto" else bool(runtime.channels_last)
+    mode = runtime.compile
+    if mode == "auto":
+        mode = "default" if cuda else "none"
+    return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode)
+
+
+def compiled(model: nn.Module, mode: str | None) -> nn.Module:
+    """``torch.compile`` the network, falling back to eager execution if compilation fails."""
+    if mode is None:
+        return model
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model, mode=mode)
+
+
 def seed_for(seed: int, epoch: int) -> int:
     """Independent, reproducible stream per (seed, epoch)."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: DeviceData, split: str = "test") -> dict[str, float]:
+def evaluate(model: nn.Module, data: DeviceData, split: str = "test", runtime: Resolved | None = None,
+             forward: nn.Module | None = None) -> dict[str, float]:
     model.eval()
+    forward = forward or model
+    runtime = runtime or Resolved(bf16=False, channels_last=False, compile=None)
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     correct1 = correct5 = total = 0
     for images, labels in data.eval_batches(split):
-        top = model(images).topk(min(5, data.num_classes), dim=1).indices
+        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=runtime.bf16):
+            logits = forward(images.contiguous(memory_format=layout))
+        top = logits.topk(min(5, data.num_classes), dim=1).indices
         hits = top.eq(labels.unsqueeze(1))
         correct1 += hits[:, :1].sum()
         correct5 += hits.sum()
@@ -130,11 +177,16 @@ def train(
     data_dir: str | Path,
     out_dir: str | Path,
     teacher_checkpoint: str | Path | None = None,
-    links: dict | None = None,
+    artifact: Any = None,
     tracker: Tracker | None = None,
     log=print,
 ) -> Result:
     """Run one job to completion, resuming if ``out_dir`` holds its checkpoint.
+
+    Kinds: ``teacher`` (pretrain with cross-entropy, or evaluate ``spec.checkpoint``),
+    ``student`` and ``links`` (distil from the teacher at ``teacher_checkpoint``),
+    ``heads`` (train only the method's networks on the frozen teacher, MHGD's
+    first stage). ``artifact`` is what the method's pre-stage produced.
 
     The tracker is started (or re-opened, on resume) here and fed every
     epoch; finishing it is the caller's, who may still log artifacts.
@@ -148,28 +200,37 @@ def train(
 
     # ---- data, networks, method, optimiser
     data = DeviceData(data_dir, device)
+    frozen = spec.kind == "heads"  # the trained network is the teacher itself, frozen
     teacher = None
-    method_type = method_class(spec.method)
     if spec.kind == "teacher" and spec.checkpoint:
         model = load_network(spec.checkpoint, spec.arch, data.num_classes, device)
+    elif frozen:
+        model = load_network(_required(teacher_checkpoint, spec), spec.arch, data.num_classes, device).eval()
+        model.requires_grad_(False)
     else:
         model = create_model(spec.arch, data.num_classes).to(device)
-    if method_type.needs_teacher:
-        if teacher_checkpoint is None:
-            raise ValueError(f"{spec.title}: method {spec.method!r} needs a teacher checkpoint")
-        teacher = load_network(teacher_checkpoint, spec.teacher, data.num_classes, device).eval()
+    if method_class(spec.method).needs_teacher:
+        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, data.num_classes, device).eval()
         teacher.requires_grad_(False)
     sample = data.normalize(data.train.images[:2])
     context = Context(
         student=model, teacher=teacher, student_sample=dry_run(model, sample),
         teacher_sample=dry_run(teacher, sample) if teacher is not None else None,
-        num_classes=data.num_classes, n_train=len(data.train.labels), batch_size=schedule.batch_size, links=links,
+        num_classes=data.num_classes, train_labels=data.train.labels, batch_size=schedule.batch_size,
+        seed=spec.seed, artifact=artifact,
     )
     method = build_method(spec.method, spec.method_params, context).to(device)
-    optimizer = torch.optim.SGD(
-        list(model.parameters()) + list(method.parameters()),
-        lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay,
-    )
+    runtime = resolve_runtime(spec.runtime, device)
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    student_forward = compiled(model, runtime.compile)
+    teacher_forward = None
+    if teacher is not None:
+        teacher.to(memory_format=layout)
+        teacher_forward = compiled(teacher, runtime.compile)
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
+    optimizer = torch.optim.SGD(trainable, lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay, nesterov=schedule.nesterov)
 
     # ---- resume
     history: list[dict[str, float]] = []
@@ -192,14 +253,18 @@ def train(
         start_epoch = state["epoch"] + 1
         log(f"[{spec.title}] resuming after epoch {state['epoch']} from {checkpoint_path}")
     run_id = tracker.start(run_id)
+    log(f"[{spec.title}] on {device.type}: " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16)
 
+    # ---- the loop
     batches_per_epoch = data.num_train_batches(schedule.batch_size)
     for epoch in range(start_epoch, schedule.epochs + 1):
         lr = schedule.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        model.train(not frozen)
         method.train()
+        method.begin_epoch(epoch)
         generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch))
         sums: dict[str, torch.Tensor] = {}
         correct1 = correct5 = torch.zeros((), device=device)
@@ -207,20 +272,29 @@ def train(
         started = time.perf_counter()
         batches = data.train_batches(schedule.batch_size, generator)
         for images, labels, indices in _progress(batches, batches_per_epoch, f"{spec.title} epoch {epoch}"):
+            images = images.contiguous(memory_format=layout)
+            if method.needs_input_grad:
+                images.requires_grad_(True)
             teacher_out = None
-            if teacher is not None:
-                with torch.inference_mode():
-                    teacher_out = teacher(images, with_features=True)
-            student_out = model(images, with_features=True)
-            terms = method(student_out, teacher_out, Batch(images, labels, indices))
-            loss = sum(terms.values())
+            with autocast():
+                if teacher is not None:
+                    with torch.inference_mode():
+                        teacher_out = teacher_forward(images, with_features=True)
+                with torch.no_grad() if frozen else nullcontext():
+                    student_out = student_forward(images, with_features=True)
+            if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
+                student_out = student_out.float()
+                teacher_out = teacher_out.float() if teacher_out is not None else None
+            batch = Batch(images, labels, indices)
+            terms = method(student_out, teacher_out, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            method.backward(terms)
             optimizer.step()
+            method.after_step(batch, model, teacher_out, optimizer)
 
             with torch.no_grad():  # running sums stay on the device: no sync per step
                 n = len(labels)
-                for name, value in {"total": loss, **terms}.items():
+                for name, value in {"total": sum(terms.values()), **terms}.items():
                     sums[name] = sums.get(name, 0) + value.detach() * n
                 top = student_out.logits.topk(min(5, data.num_classes), dim=1).indices.eq(labels.unsqueeze(1))
                 correct1 = correct1 + top[:, :1].sum()
@@ -229,7 +303,7 @@ def train(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - started
-        test = evaluate(model, data)
+        test = evaluate(model, data, runtime=runtime, forward=student_forward)
         metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
         metrics.update({
             "train_top1": float(correct1) / seen, "train_top5": float(correct5) / seen,
@@ -248,21 +322,30 @@ def train(
             checkpoint_path,
         )
 
-    final = {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history else evaluate(model, data)
+    final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
+             else evaluate(model, data, runtime=runtime))
     record = {
         "spec": spec.to_dict(),
         "run_id": run_id,
         "test_top1": final["top1"],
         "test_top5": final["top5"],
         "epochs": schedule.epochs,
+        "device": device.type,
+        "runtime": runtime.record(),
         "history": history,
         "summaries": summaries,
     }
     if teacher is not None:
-        record["teacher_test_top1"] = evaluate(teacher, data)["top1"]
-    _atomic_save({"model": model.state_dict(), "arch": spec.arch, "num_classes": data.num_classes,
-                  "spec": spec.to_dict()}, out_dir / MODEL)
+        record["teacher_test_top1"] = evaluate(teacher, data, runtime=runtime)["top1"]
+    _atomic_save({"model": model.state_dict(), "method": method.state_dict(), "arch": spec.arch,
+                  "num_classes": data.num_classes, "spec": spec.to_dict()}, out_dir / MODEL)
     _atomic_write_json(record, out_dir / METRICS)
     tracker.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"]}, step=schedule.epochs)
     checkpoint_path.unlink(missing_ok=True)  # the job is complete; model.pt and metrics.json hold its result
     return Result(record=record, model=model, method=method, teacher=teacher, data=data)
+
+
+def _required(path: str | Path | None, spec: JobSpec) -> str | Path:
+    if path is None:
+        raise ValueError(f"{spec.title}: method {spec.method!r} needs a teacher checkpoint")
+    return path

@@ -11,12 +11,14 @@ Keys (see ``params/default.yaml`` for a commented example)::
     dataset: digits            # digits | cifar10 | cifar100
     data: {root: data/raw, download: false, verify_checksums: true}
     device: auto               # auto | cpu | cuda
+    runtime: {precision: auto, channels_last: auto, compile: auto}   # spec.Runtime
     seeds: [0, 1]              # one student job per seed
     train: {epochs: 240, ...}  # the schedule of every training job (spec.Schedule)
     teachers: {seed: 0, train: {...overrides}, checkpoints: {arch: path}}
     links: {seed: 0, train: {...overrides}, params: {...afd params}}
+    heads: {seed: 0, train: {...overrides}}   # networks pretrained on the teacher (MHGD)
     pairs:                     # teacher -> student columns of the table
-      - {teacher: resnet56, student: resnet20, methods: {afd: {beta: 100}}}
+      - {teacher: resnet56, student: resnet20, methods: {afd: {beta: 100}}, train: {lr: 0.01}, runs: [kd, afd]}
     methods:                   # rows of the table: name -> hyper-parameters
       kd: {alpha: 0.9, temperature: 4}
       at_kd: {method: at, alpha: 0.9, label: AT+KD}
@@ -26,7 +28,7 @@ Keys (see ``params/default.yaml`` for a commented example)::
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +37,15 @@ import yaml
 from .data import DATASETS
 from .methods import check_method_params, list_methods, method_class
 from .models import list_models
-from .spec import JobSpec, Schedule
+from .spec import COMPILE_MODES, PRECISIONS, JobSpec, Runtime, Schedule
 
 DEVICES = ("auto", "cpu", "cuda")
 METRICS = ("accuracy", "error")
-TOP_KEYS = ("grid", "dataset", "data", "device", "seeds", "train", "teachers", "links", "pairs", "methods", "report")
+TOP_KEYS = ("grid", "dataset", "data", "device", "runtime", "seeds", "train", "teachers", "links", "heads", "pairs",
+            "methods", "report")
+# Networks a method pretrains on the teacher (MHGD's attention network) train, unless the grid says
+# otherwise, with the grid's schedule for 20 epochs at a fixed learning rate (MHGD supplementary).
+HEADS_TRAIN = {"epochs": 20, "lr_decay_epochs": []}
 NO_TEACHER = "none"  # the teacher path segment of students trained without one
 
 
@@ -64,6 +70,8 @@ class Pair:
     teacher: str
     student: str
     overrides: dict[str, dict[str, Any]]
+    schedule: Schedule
+    runs: tuple[str, ...]  # the rows this column has (all of the grid's runs unless the pair lists some)
 
 
 def _allowed(values) -> str:
@@ -80,7 +88,10 @@ def _schedule(base: Schedule, overrides: Any, where: str) -> Schedule:
     for key, value in overrides.items():
         if key not in allowed:
             raise GridError(f"{where}.{key}: unknown schedule key; allowed: {_allowed(allowed)}")
-        if key == "lr_decay_epochs":
+        if key == "nesterov":
+            if not isinstance(value, bool):
+                raise GridError(f"{where}.{key}: expected true or false, got {value!r}")
+        elif key == "lr_decay_epochs":
             if not isinstance(value, list) or not all(isinstance(v, int) and v > 0 for v in value):
                 raise GridError(f"{where}.{key}: expected a list of positive epoch numbers, got {value!r}")
             value = tuple(value)
@@ -147,6 +158,8 @@ class Grid:
         if self.device not in DEVICES:
             raise GridError(f"device: {self.device!r} is not allowed; allowed: {_allowed(DEVICES)}")
 
+        self.runtime = self._parse_runtime(config.get("runtime"))
+
         seeds = config.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise GridError(f"seeds: expected a non-empty list of non-negative integers, got {seeds!r}")
@@ -178,6 +191,14 @@ class Grid:
         self.links_params = dict(links.get("params") or {})
         self._check_params("afd", self.links_params, "links.params")
 
+        heads = _mapping(config, "heads", "")
+        for key in heads:
+            if key not in ("seed", "train"):
+                raise GridError(f"heads.{key}: unknown key; allowed: seed, train")
+        self.heads_seed = heads.get("seed", 0)
+        self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
+                                        "heads.train")
+
         report = _mapping(config, "report", "")
         for key in report:
             if key not in ("paper_table", "metric"):
@@ -192,6 +213,18 @@ class Grid:
             if self.paper_table not in PAPER_TABLES:
                 raise GridError(f"report.paper_table: unknown table {self.paper_table!r}; "
                                 f"allowed: {_allowed(sorted(PAPER_TABLES))}")
+
+    def _parse_runtime(self, runtime: Any) -> Runtime:
+        runtime = runtime or {}
+        if not isinstance(runtime, dict):
+            raise GridError(f"runtime: expected a mapping, got {runtime!r}")
+        allowed = {"precision": PRECISIONS, "channels_last": ("auto", True, False), "compile": COMPILE_MODES}
+        for key, value in runtime.items():
+            if key not in allowed:
+                raise GridError(f"runtime.{key}: unknown key; allowed: {_allowed(allowed)}")
+            if value not in allowed[key] or (key != "channels_last" and not isinstance(value, str)):
+                raise GridError(f"runtime.{key}: {value!r} is not allowed; allowed: {_allowed(allowed[key])}")
+        return Runtime(**runtime)
 
     def _check_arch(self, arch: Any, where: str) -> None:
         if arch not in list_models():
@@ -246,8 +279,18 @@ class Grid:
             if not isinstance(entry, dict):
                 raise GridError(f"{where}: expected a mapping with teacher and student")
             for key in entry:
-                if key not in ("teacher", "student", "methods"):
-                    raise GridError(f"{where}.{key}: unknown key; allowed: teacher, student, methods")
+                if key not in ("teacher", "student", "methods", "train", "runs"):
+                    raise GridError(f"{where}.{key}: unknown key; allowed: teacher, student, methods, train, runs")
+            runs = entry.get("runs")
+            if runs is not None:
+                if not isinstance(runs, list) or not runs:
+                    raise GridError(f"{where}.runs: expected a non-empty list of run names")
+                groups = {run.group for run in self.runs.values()}
+                for run in runs:
+                    if run not in self.runs and run not in groups:
+                        raise GridError(f"{where}.runs: no run {run!r}; allowed: {_allowed(self.runs)}")
+                # a methods entry stands for all the runs its sweep expands to
+                runs = [name for name, run in self.runs.items() if name in runs or run.group in runs]
             for role in ("teacher", "student"):
                 if role not in entry:
                     raise GridError(f"{where}.{role}: missing")
@@ -270,7 +313,8 @@ class Grid:
             if pair in seen:
                 raise GridError(f"{where}: the pair {pair[0]} -> {pair[1]} is listed twice")
             seen.add(pair)
-            parsed.append(Pair(entry["teacher"], entry["student"], overrides))
+            schedule = _schedule(self.schedule, entry.get("train"), f"{where}.train")
+            parsed.append(Pair(entry["teacher"], entry["student"], overrides, schedule, tuple(runs or self.runs)))
         return parsed
 
     # ------------------------------------------------------------ jobs
@@ -285,20 +329,23 @@ class Grid:
         return list(dict.fromkeys(pair.teacher for pair in self.pairs))
 
     def run_needs(self, run: str) -> str | None:
-        """The artifact stage a run consumes (``"links"``), if any."""
+        """The pre-stage a run consumes (``"links"`` or ``"heads"``), if any."""
         return method_class(self.runs[run].method).needs_artifact
+
+    def heads_jobs(self) -> list[tuple[str, str]]:
+        """(teacher, run) of every network a method pretrains on a teacher."""
+        jobs = [(p.teacher, run) for p in self.pairs for run in p.runs if self.run_needs(run) == "heads"]
+        return list(dict.fromkeys(jobs))
 
     def link_pairs(self) -> list[Pair]:
         """Pairs that need a link-finding run (some run of the grid consumes its links)."""
-        if any(self.run_needs(run) == "links" for run in self.runs):
-            return list(self.pairs)
-        return []
+        return [p for p in self.pairs if any(self.run_needs(run) == "links" for run in p.runs)]
 
     def student_jobs(self) -> list[tuple[str, str, str, int]]:
         """(teacher, student, run, seed) of every student job. Methods that use no teacher (the plain
         student) train once per student architecture, under the teacher name ``none``."""
         jobs = [(self.teacher_of(p.teacher, run), p.student, run, seed)
-                for p in self.pairs for run in self.runs for seed in self.seeds]
+                for p in self.pairs for run in p.runs for seed in self.seeds]
         return list(dict.fromkeys(jobs))
 
     def teacher_of(self, teacher: str, run: str) -> str:
@@ -307,9 +354,12 @@ class Grid:
     def teacher_spec(self, arch: str) -> JobSpec:
         if arch not in self.teachers():
             raise GridError(f"{self.source}: {arch} is not a teacher of grid {self.name!r}")
+        checkpoint = self.teacher_checkpoints.get(arch)
+        # A published checkpoint is evaluated, not trained.
+        schedule = replace(self.teacher_schedule, epochs=0) if checkpoint else self.teacher_schedule
         return JobSpec(kind="teacher", grid=self.name, dataset=self.dataset, arch=arch, method="vanilla",
-                       run="teacher", seed=self.teacher_seed, schedule=self.teacher_schedule, device=self.device,
-                       checkpoint=self.teacher_checkpoints.get(arch))
+                       run="teacher", seed=self.teacher_seed, schedule=schedule, device=self.device,
+                       checkpoint=checkpoint, runtime=self.runtime)
 
     def student_spec(self, teacher: str, student: str, run: str, seed: int) -> JobSpec:
         if run not in self.runs:
@@ -318,19 +368,41 @@ class Grid:
         if teacher == NO_TEACHER:
             if method_class(spec.method).needs_teacher:
                 raise GridError(f"{self.source}: run {run!r} needs a teacher")
-            if student not in {p.student for p in self.pairs}:
+            pairs = [p for p in self.pairs if p.student == student]
+            if not pairs:
                 raise GridError(f"{self.source}: {student} is not a student of grid {self.name!r}")
-            overrides = {}
+            overrides, schedule = {}, pairs[0].schedule
         else:
-            overrides = self.pair(teacher, student).overrides.get(spec.group) or {}
+            pair = self.pair(teacher, student)
+            if run not in pair.runs:
+                raise GridError(f"{self.source}: run {run!r} is not listed for {teacher} -> {student}")
+            overrides, schedule = pair.overrides.get(spec.group) or {}, pair.schedule
         params = {**spec.params, **overrides}
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
-                       run=run, seed=int(seed), schedule=self.schedule, method_params=params,
-                       teacher=None if teacher == NO_TEACHER else teacher, device=self.device)
+                       run=run, seed=int(seed), schedule=schedule, method_params=params,
+                       teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime)
+
+    def heads_spec(self, teacher: str, run: str) -> JobSpec:
+        if (teacher, run) not in self.heads_jobs():
+            raise GridError(f"{self.source}: no heads are pretrained for {teacher} and run {run!r}")
+        method = method_class(self.runs[run].method)
+        params = {k: v for k, v in self.runs[run].params.items() if k in method.heads_params}
+        return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=teacher, method=method.heads_method,
+                       run=run, seed=self.heads_seed, schedule=self.heads_schedule, method_params=params,
+                       device=self.device, runtime=self.runtime)
 
     def links_spec(self, teacher: str, student: str) -> JobSpec:
         pair = self.pair(teacher, student)
         params = {**self.links_params, **(pair.overrides.get("links") or {})}
         return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
                        seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
-                       device=self.device)
+                       device=self.device, runtime=self.runtime)
+
+    def artifact(self, teacher: str, student: str, run: str) -> tuple[str, str] | None:
+        """(stage, job directory relative to results/<grid>) of the pre-stage a student job reads."""
+        needs = self.run_needs(run)
+        if needs == "links":
+            return needs, f"links/{self.dataset}/{teacher}/{student}"
+        if needs == "heads":
+            return needs, f"heads/{self.dataset}/{teacher}/{run}"
+        return None

@@ -43,4 +43,25 @@ PAPER_TABLES: dict[str, PaperTable] = {
             },
         ),
     ),
+    # Zagoruyko & Komodakis, ICLR 2017, CIFAR-10 top-1 error (%) of WRN students; the mapping
+    # ablation (WRN-16-2 -> WRN-16-1) gives F_sum^2 = the AT row, F_sum, F_sum^4 and F_max^1.
+    "at_cifar10": PaperTable(
+        title="AT paper, CIFAR-10 (error %)",
+        dataset="cifar10",
+        metric="error",
+        cells={
+            ("wrn_16_2", "wrn_16_1"): {"Student": 8.77, "AT": 7.93, "KD": 7.41, "AT+KD": 7.51, "Teacher": 6.31,
+                                       "AT (F_sum)": 7.99, "AT (F_sum^4)": 8.09, "AT (F_max^1)": 8.08},
+            ("wrn_40_1", "wrn_16_1"): {"Student": 8.77, "AT": 8.25, "KD": 8.39, "AT+KD": 8.01, "Teacher": 6.58},
+            ("wrn_40_2", "wrn_16_2"): {"Student": 6.31, "AT": 5.85, "KD": 6.08, "AT+KD": 5.71, "Teacher": 5.23},
+        },
+    ),
+    # Lee & Song, BMVC 2019 poster, CIFAR-100 top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
+    "mhgd_cifar100": PaperTable(
+        title="MHGD poster, CIFAR-100",
+        dataset="cifar100",
+        metric="accuracy",
+        cells={("wrn_22_4", "wrn_10_4"): {"Teacher": 0.7722, "Student": 0.7162, "Soft-logits": 0.7188,
+                                          "MHGD": 0.7279}},
+    ),
 }

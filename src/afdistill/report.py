@@ -121,6 +121,9 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         members = [run for run in grid.runs.values() if run.group == group]
         label = members[0].label
         for teacher, student in columns:
+            pair_runs = grid.pair(teacher, student).runs
+            if not any(run.name in pair_runs for run in members):
+                continue  # this column has no such row
             candidates = [(run, [r["test_top1"] for r in cells.get((teacher, student, run.name), [])])
                           for run in members]
             candidates = [(run, values) for run, values in candidates if values]

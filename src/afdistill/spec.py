@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-KINDS = ("teacher", "student", "links")
+KINDS = ("teacher", "student", "links", "heads")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Schedule:
     weight_decay: float = 5e-4
     lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
     lr_decay_rate: float = 0.1
+    nesterov: bool = False
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``.
@@ -31,9 +32,31 @@ class Schedule:
         return self.lr * self.lr_decay_rate**steps
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the engine runs the networks; ``auto`` picks what is fast on the device at hand.
+
+    ``precision``: ``bf16`` runs the networks under bfloat16 autocast (losses stay
+    in fp32); ``auto`` uses it where the hardware has bf16 matrix units (CUDA
+    compute capability 8.0+, CPUs with AVX512-BF16/AMX), fp32 elsewhere.
+    ``channels_last``: NHWC memory layout for convolutions (``auto``: on).
+    ``compile``: a ``torch.compile`` mode for the networks (``reduce-overhead``
+    adds CUDA graphs); ``auto`` is ``default`` on CUDA and ``none`` on CPU,
+    where compiling costs a minute and gains nothing in fp32.
+    """
+
+    precision: str = "auto"
+    channels_last: str | bool = "auto"
+    compile: str = "auto"
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    kind: str  # teacher | student | links
+    kind: str  # teacher | student | links | heads
     grid: str  # the experiment grid (MLflow experiment name)
     dataset: str
     arch: str  # the network this job trains: the student, or the teacher when kind == "teacher"
@@ -42,6 +65,7 @@ class JobSpec:
     seed: int
     schedule: Schedule = field(default_factory=Schedule)
     method_params: dict[str, Any] = field(default_factory=dict)
+    runtime: Runtime = field(default_factory=Runtime)
     teacher: str | None = None  # teacher architecture, for student and links jobs
     device: str = "auto"  # auto | cpu | cuda
     checkpoint: str | None = None  # teacher jobs: evaluate this published checkpoint instead of training
@@ -65,6 +89,7 @@ class JobSpec:
         if "lr_decay_epochs" in schedule:
             schedule["lr_decay_epochs"] = tuple(schedule["lr_decay_epochs"])
         record["schedule"] = Schedule(**schedule)
+        record["runtime"] = Runtime(**record.get("runtime", {}))
         if record["kind"] not in KINDS:
             raise ValueError(f"job spec: kind {record['kind']!r} is not one of {KINDS}")
         return cls(**record)
@@ -77,5 +102,7 @@ class JobSpec:
     def title(self) -> str:
         if self.kind == "teacher":
             return f"teacher {self.arch}"
-        pair = f"{self.teacher}->{self.arch}"
+        if self.kind == "heads":
+            return f"{self.method} heads on {self.arch}"
+        pair = f"{self.teacher}->{self.arch}" if self.teacher else self.arch
         return f"links {pair}" if self.kind == "links" else f"{pair} {self.run} seed {self.seed}"

@@ -55,12 +55,15 @@ def student_dir(teacher, student, run, seed, dataset=GRID.dataset):
 
 
 def student_inputs(wildcards):
-    """Data always; the teacher only for methods that use one; links for the pre-trained-links variant."""
+    """Data always; the teacher for methods that use one; the output of the method's pre-stage, if any
+    (AFD links for afd_pretrained, the pretrained attention network for MHGD)."""
     inputs = data_files(wildcards.dataset)
     if wildcards.teacher != NO_TEACHER:
         inputs["teacher"] = teacher_model(wildcards.teacher, wildcards.dataset)
-    if GRID.run_needs(wildcards.run) == "links":
-        inputs["links"] = links_file(wildcards.teacher, wildcards.student, wildcards.dataset)
+    artifact = GRID.artifact(wildcards.teacher, wildcards.student, wildcards.run)
+    if artifact is not None:
+        stage, job_dir = artifact
+        inputs["artifact"] = f"{RESULTS}/{job_dir}/" + ("links.json" if stage == "links" else "model.pt")
     return inputs
 
 
@@ -71,6 +74,7 @@ def optional_flag(flag, key):
 
 ALL_TEACHER_METRICS = [f"{RESULTS}/teachers/{GRID.dataset}/{t}/metrics.json" for t in GRID.teachers()]
 ALL_LINKS = [links_file(p.teacher, p.student) for p in GRID.link_pairs()]
+ALL_HEADS = [f"{RESULTS}/heads/{GRID.dataset}/{teacher}/{run}/model.pt" for teacher, run in GRID.heads_jobs()]
 ALL_STUDENT_METRICS = [
     f"{student_dir(teacher, student, run, seed)}/metrics.json" for teacher, student, run, seed in GRID.student_jobs()
 ]

@@ -10,11 +10,11 @@ rule distill:
             wildcards.teacher, wildcards.student, wildcards.run, wildcards.seed
         ).to_json(),
         teacher=optional_flag("--teacher-checkpoint", "teacher"),
-        links=optional_flag("--links", "links"),
+        artifact=optional_flag("--artifact", "artifact"),
         out=f"{RESULTS}/students/{{dataset}}/{{teacher}}/{{student}}/{{run}}/seed{{seed}}",
     threads: THREADS_PER_JOB
     resources:
         gpu=GPUS_PER_JOB,
     shell:
-        "afdistill train --spec {params.spec:q} --data data/{wildcards.dataset} {params.teacher} {params.links}"
+        "afdistill train --spec {params.spec:q} --data data/{wildcards.dataset} {params.teacher} {params.artifact}"
         " --out {params.out} --threads {threads}"

@@ -77,8 +77,10 @@ class AFDAttention(nn.Module):
 class PairDistance(nn.Module):
     """D[b, t, s] = mean over positions of (v^T_t - v^S_s)^2, for all pairs at once.
 
-    Teacher candidates are grouped by resolution, so each group is one
-    broadcast subtraction instead of a Python loop over t.
+    Teacher candidates are grouped by resolution; within a group the squared
+    distances come from one batched matrix product,
+    |v_s|^2 + |v_t|^2 - 2 v_t . v_s, instead of a Python loop over t and a
+    B x T x S x HW difference tensor.
     """
 
     def __init__(self, teacher_sizes: list[tuple[int, int]]):
@@ -97,7 +99,9 @@ class PairDistance(nn.Module):
             v_s = torch.cat([resize_to(e, size).flatten(1).unsqueeze(1) for e in student_energy], dim=1)
             v_s = F.normalize(v_s, dim=2)  # B x S x HW
             v_t = F.normalize(torch.stack([energy_map(teacher[t]).flatten(1) for t in group], dim=1), dim=2)
-            distances.append((v_s.unsqueeze(1) - v_t.unsqueeze(2)).pow(2).mean(3))  # B x T_group x S
+            cross = torch.bmm(v_t, v_s.transpose(1, 2))  # B x T_group x S
+            squared = v_t.pow(2).sum(2, keepdim=True) + v_s.pow(2).sum(2).unsqueeze(1) - 2 * cross
+            distances.append(squared.clamp(min=0) / v_s.shape[2])
         return torch.cat(distances, dim=1).index_select(1, self.unpermute)
 
 
@@ -111,9 +115,8 @@ def _candidate_shapes(context: Context) -> tuple[list[Tensor], list[Tensor]]:
 class AFD(Method):
     label = "AFD"
 
-    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0,
-                 beta: float = 200.0, qk_dim: int = 128):
-        super().__init__(context, alpha=alpha, temperature=temperature)
+    def __init__(self, context: Context, beta: float = 200.0, qk_dim: int = 128, alpha: float = 0.9, **base):
+        super().__init__(context, alpha=alpha, **base)
         self.beta = float(beta)
         teacher, student = _candidate_shapes(context)
         self.teacher_candidates = list(context.teacher.afd_candidates)
@@ -154,10 +157,10 @@ class AFDPretrainedLinks(Method):
     needs_artifact = "links"
     label = "AFD (pre-trained links)"
 
-    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0, beta: float = 200.0):
-        super().__init__(context, alpha=alpha, temperature=temperature)
+    def __init__(self, context: Context, beta: float = 200.0, alpha: float = 0.9, **base):
+        super().__init__(context, alpha=alpha, **base)
         self.beta = float(beta)
-        links = context.links
+        links = context.artifact
         if links is None:
             raise ValueError("afd_pretrained needs a links file (the output of the links stage)")
         teacher, student = _candidate_shapes(context)

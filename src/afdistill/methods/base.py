@@ -6,17 +6,23 @@ together with the student by the same SGD optimiser, as the reference code
 does. Its ``forward`` returns the *weighted* loss terms whose sum the student
 minimises:
 
-    total = CE + alpha * KD + beta * <method term>
+    total = gamma * CE + alpha * KD + beta * <method term>
 
-``alpha`` (Hinton's KD, temperature ``temperature``) is handled here so every
-method can add KD on top, as the AFD paper does for all baselines ("KD is
-applied to all baselines").
+``gamma`` and ``alpha`` (Hinton's KD at ``temperature``) are handled here so
+every method can add KD on top, as the AFD paper does for all baselines ("KD
+is applied to all baselines").
+
+The engine's loop calls, per batch: ``forward``, ``backward`` (plain
+``loss.backward()`` unless a method shapes its gradients, like MHGD's
+clipping), the optimiser step, then ``after_step`` (L2T's meta-update), and
+``begin_epoch`` before each epoch. Methods that need the input gradient (AT's
+gradient-based variant) set ``needs_input_grad``.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +48,10 @@ class Context:
     student_sample: Features  # features of a dry-run batch, for shapes
     teacher_sample: Features | None
     num_classes: int
-    n_train: int
+    train_labels: Tensor  # labels of the training set, on the training device (CRD samples negatives by class)
     batch_size: int
-    links: dict | None = None  # the links file of the pre-trained-links variant
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the job's seed, for methods that draw random numbers during training
+    artifact: Any = None  # what the method's pre-stage produced (AFD links, MHGD's attention network)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -61,16 +67,25 @@ class Method(nn.Module):
     needs_teacher = True
     #: the row label in reports (the paper's name for the method)
     label = "?"
-    #: the Snakemake stage whose output this method reads (e.g. "links"), if any
+    #: the pipeline stage whose output this method reads: "links" (AFD links) or "heads" (a network
+    #: pretrained on the teacher, MHGD), if any
     needs_artifact: str | None = None
+    #: for needs_artifact == "heads": the method type that pretrains them, and which of this
+    #: method's hyper-parameters it shares
+    heads_method: str | None = None
+    heads_params: tuple[str, ...] = ()
+    #: the engine makes the input images require grad before the student's forward pass
+    needs_input_grad = False
 
-    def __init__(self, context: Context, alpha: float = 0.0, temperature: float = 4.0):
+    def __init__(self, context: Context, gamma: float = 1.0, alpha: float = 0.0, temperature: float = 4.0):
         super().__init__()
+        self.gamma = float(gamma)
         self.alpha = float(alpha)
         self.temperature = float(temperature)
+        self.epoch = 0
 
     def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
-        terms = {"ce": F.cross_entropy(student.logits, batch.labels)}
+        terms = {"ce": self.gamma * F.cross_entropy(student.logits, batch.labels)}
         if self.alpha:
             terms["kd"] = self.alpha * kd_loss(student.logits, teacher.logits, self.temperature)
         terms.update(self.distill(student, teacher, batch))
@@ -78,6 +93,20 @@ class Method(nn.Module):
 
     def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         return {}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """What the engine's optimiser updates together with the student."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def backward(self, terms: dict[str, Tensor]) -> None:
+        sum(terms.values()).backward()
+
+    def after_step(self, batch: Batch, student: nn.Module, teacher: Features | None,
+                   optimizer: torch.optim.Optimizer) -> None:
+        pass
 
     def epoch_summary(self) -> dict[str, Any]:
         """Method-specific records of the epoch just trained (e.g. AFD's mean attention)."""
@@ -146,6 +175,11 @@ def build_method(name: str, params: dict[str, Any], context: Context) -> Method:
 
 def select(features: list[Tensor], indices: list[int]) -> list[Tensor]:
     return [features[i] for i in indices]
+
+
+def repdistiller_taps(features: Features) -> list[Tensor]:
+    """RepDistiller's feature list ``[stem, stage 1, ..., last stage, pooled]`` (its ``feat`` indices)."""
+    return [features.stem, *features.stages, features.pooled]
 
 
 @torch.no_grad()

@@ -12,14 +12,17 @@ class Vanilla(Method):
     label = "Student"
 
     def __init__(self, context: Context):
-        super().__init__(context, alpha=0.0)
+        super().__init__(context)
 
 
 @register_method("kd")
 class KD(Method):
-    """Hinton et al. 2015; alpha=0.9, T=4 as the official AFD code (loss = CE + 0.9 KD)."""
+    """Hinton et al. 2015; alpha=0.9, T=4 as the official AFD code (loss = CE + 0.9 KD).
+
+    RepDistiller and the AT code weight the cross-entropy by 0.1 (``gamma``) instead.
+    """
 
     label = "KD"
 
-    def __init__(self, context: Context, alpha: float = 0.9, temperature: float = 4.0):
-        super().__init__(context, alpha=alpha, temperature=temperature)
+    def __init__(self, context: Context, gamma: float = 1.0, alpha: float = 0.9, temperature: float = 4.0):
+        super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature)

@@ -36,3 +36,15 @@ class Features:
     stages: list[Tensor]
     stem: Tensor
     pooled: Tensor
+
+    def float(self) -> "Features":
+        """The same features in fp32 (for losses after a reduced-precision forward pass)."""
+        converted: dict[int, Tensor] = {}  # blocks and stages share tensors: convert each once
+
+        def convert(tensor: Tensor) -> Tensor:
+            if id(tensor) not in converted:
+                converted[id(tensor)] = tensor.float()
+            return converted[id(tensor)]
+
+        return Features(logits=convert(self.logits), blocks=[convert(f) for f in self.blocks],
+                        stages=[convert(f) for f in self.stages], stem=convert(self.stem), pooled=convert(self.pooled))

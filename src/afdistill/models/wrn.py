@@ -121,6 +121,18 @@ def wrn_28_2(num_classes: int) -> WideResNet:
 
 
 @register_model
+def wrn_10_4(num_classes: int) -> WideResNet:
+    """MHGD's student (WRN-10-4)."""
+    return WideResNet(10, 4, num_classes)
+
+
+@register_model
+def wrn_22_4(num_classes: int) -> WideResNet:
+    """MHGD's teacher (WRN-22-4)."""
+    return WideResNet(22, 4, num_classes)
+
+
+@register_model
 def wrn_40_1(num_classes: int) -> WideResNet:
     return WideResNet(40, 1, num_classes)
 

@@ -1,0 +1,59 @@
+"""FitNet (Romero et al. 2015) as HobbitLong/RepDistiller trains it: one hint, one learned regressor.
+
+RepDistiller's ``hint`` method: the student feature at ``hint_layer`` goes
+through a convolutional regressor (conv + BN + ReLU, shaped to the teacher's
+map) and is pulled to the teacher's feature at the same index by mean squared
+error, in a single stage together with cross-entropy (beta = 100).
+``hint_layer`` indexes RepDistiller's feature list ``[stem, stage 1, ...,
+last stage, pooled]``; its default 2 is the second stage's output.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import Features
+from .base import Batch, Context, Method, register_method, repdistiller_taps
+
+
+class ConvRegressor(nn.Module):
+    """RepDistiller's ``ConvReg``: maps a student map onto the teacher map's channels and size."""
+
+    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
+        super().__init__()
+        _, s_channels, s_height, s_width = student_shape
+        _, t_channels, t_height, t_width = teacher_shape
+        if s_height == 2 * t_height:
+            self.conv = nn.Conv2d(s_channels, t_channels, kernel_size=3, stride=2, padding=1)
+        elif s_height * 2 == t_height:
+            self.conv = nn.ConvTranspose2d(s_channels, t_channels, kernel_size=4, stride=2, padding=1)
+        elif s_height >= t_height:
+            self.conv = nn.Conv2d(s_channels, t_channels, kernel_size=(1 + s_height - t_height, 1 + s_width - t_width))
+        else:
+            raise ValueError(f"FitNet: no regressor maps a {s_height}x{s_width} student map to "
+                             f"a {t_height}x{t_width} teacher map")
+        self.bn = nn.BatchNorm2d(t_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+@register_method("fitnet")
+class FitNet(Method):
+    label = "FitNet"
+
+    def __init__(self, context: Context, beta: float = 100.0, hint_layer: int = 2, alpha: float = 0.9, **base):
+        super().__init__(context, alpha=alpha, **base)
+        self.beta = float(beta)
+        student, teacher = repdistiller_taps(context.student_sample), repdistiller_taps(context.teacher_sample)
+        spatial = min(len(student), len(teacher)) - 1  # the last tap is the pooled vector
+        if not 0 <= hint_layer < spatial:
+            raise ValueError(f"methods.fitnet.hint_layer: {hint_layer} is not a feature map of both networks; "
+                             f"allowed: 0 to {spatial - 1}")
+        self.hint_layer = hint_layer
+        self.regressor = ConvRegressor(tuple(student[hint_layer].shape), tuple(teacher[hint_layer].shape))
+
+    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+        hint = self.regressor(repdistiller_taps(student)[self.hint_layer])
+        guide = repdistiller_taps(teacher)[self.hint_layer]
+        return {"fitnet": self.beta * (hint - guide).pow(2).mean()}

@@ -1,0 +1,234 @@
+"""Multi-head graph distillation (MHGD; Lee & Song, BMVC 2019), as sseung0703/KD_methods_with_TF computes it.
+
+Each stage output (C x H x W per image) is summarised by its dominant right
+singular vector V (C values: which channel combination carries the most
+energy). Between consecutive stages, a multi-head attention network (MHAN)
+relates the images of a batch:
+
+    G_a = BN(W_s V^B) . BN(W_r V^F)^T     one B x B graph per head a
+
+It is first trained on the frozen teacher alone (``mhan``, its own pipeline
+stage: 20 epochs at a fixed learning rate, 8 heads), with an estimator that
+must rebuild the back-end vectors V^B from the front-end ones V^F through the
+graphs (loss: 1 - cosine). The student then learns to make its graphs match
+the teacher's (``mhgd``):
+
+    L_transfer = sum_pairs sum_{a,i,j} KL(softmax(tanh G^S) || softmax(tanh G^T))
+
+with the student's top-4 singular vectors, the one best aligned with the
+teacher's (with its sign) standing in for V^S. The transfer gradient of each
+student parameter is clipped to the norm of its classification gradient times
+sigmoid(epochs since distillation began), the poster's schedule.
+
+Where we had to choose: the sign of the teacher's singular vector, which the
+reference leaves to LAPACK, is fixed so that its largest entry is positive;
+the SVD backward keeps the reference's (KD-SVD) formula, twice the analytic
+gradient, with the same zeroing of undefined (degenerate) terms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import Features
+from .base import Batch, Context, Method, register_method
+
+
+class _TopRightSingularVectors(torch.autograd.Function):
+    """Top-k right singular vectors of a batch of HW x C matrices, via the eigenvectors of the C x C Gram matrix."""
+
+    @staticmethod
+    def forward(ctx, matrices: Tensor, k: int) -> Tensor:
+        gram = matrices.transpose(1, 2).double() @ matrices.double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # ascending
+        eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
+        ctx.save_for_backward(matrices, eigenvalues, eigenvectors)
+        ctx.k = k
+        return eigenvectors[..., :k].to(matrices.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_top: Tensor):
+        matrices, eigenvalues, eigenvectors = ctx.saved_tensors
+        k = ctx.k
+        grad_v = torch.zeros_like(eigenvectors)
+        grad_v[..., :k] = grad_top.double()
+        # Eigenvector perturbation of C = A^T A: dv_i = sum_{j != i} v_j v_j^T dC v_i / (l_i - l_j).
+        gaps = eigenvalues.unsqueeze(-2) - eigenvalues.unsqueeze(-1)  # [j, i] = l_i - l_j
+        inverse = torch.where(gaps.abs() > 0, 1.0 / gaps, torch.zeros_like(gaps))
+        inverse = torch.nan_to_num(inverse, nan=0.0, posinf=0.0, neginf=0.0)
+        weights = inverse * (eigenvectors.transpose(1, 2) @ grad_v)
+        grad_gram = eigenvectors @ weights @ eigenvectors.transpose(1, 2)
+        # dL/dA = A (C_bar + C_bar^T); the reference (KD-SVD) formula is twice this.
+        grad = 2.0 * (matrices.double() @ (grad_gram + grad_gram.transpose(1, 2)))
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).to(matrices.dtype), None
+
+
+def singular_vectors(features: Tensor, k: int) -> Tensor:
+    """B x C x k, unit columns, for B x C x H x W feature maps."""
+    matrices = features.flatten(2).transpose(1, 2)  # B x HW x C
+    return F.normalize(_TopRightSingularVectors.apply(matrices, k), dim=1)
+
+
+def teacher_vector(features: Tensor) -> Tensor:
+    with torch.no_grad():
+        v = singular_vectors(features, 1).squeeze(2)
+        largest = v.gather(1, v.abs().argmax(1, keepdim=True))
+        return v * torch.where(largest >= 0, 1.0, -1.0)
+
+
+def aligned_student_vector(features: Tensor, teacher: Tensor, k: int = 4) -> Tensor:
+    """The student's singular vector closest to the teacher's, with the sign that agrees (reference Align_rsv)."""
+    candidates = singular_vectors(features, k)  # B x C x k
+    cosine = torch.einsum("bck,bc->bk", candidates, teacher)
+    best = cosine.abs().argmax(1, keepdim=True)
+    sign = torch.sign(cosine.gather(1, best)).detach()
+    return candidates.gather(2, best.unsqueeze(1).expand(-1, candidates.shape[1], 1)).squeeze(2) * sign
+
+
+def _linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.kaiming_normal_(layer.weight, mode="fan_out")  # the reference's variance scaling (FAN_OUT)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class AttentionHead(nn.Module):
+    """G[a, i, j]: how much image i's back-end vector attends to image j's front-end vector, per head a."""
+
+    def __init__(self, back_dim: int, front_dim: int, hidden: int, heads: int):
+        super().__init__()
+        self.hidden, self.heads = hidden, heads
+        self.sender = nn.Sequential(_linear(back_dim, hidden * heads, bias=False), nn.BatchNorm1d(hidden * heads))
+        self.receiver = nn.Sequential(_linear(front_dim, hidden * heads, bias=False), nn.BatchNorm1d(hidden * heads))
+
+    def forward(self, back: Tensor, front: Tensor) -> Tensor:
+        batch = back.shape[0]
+        sender = self.sender(back).view(batch, self.hidden, self.heads).permute(2, 0, 1)  # heads x B x hidden
+        receiver = self.receiver(front).view(batch, self.hidden, self.heads).permute(2, 1, 0)  # heads x hidden x B
+        return sender @ receiver
+
+
+class Estimator(nn.Module):
+    """Rebuilds the back-end vectors from the front-end ones through the (head-dropped) graphs."""
+
+    def __init__(self, front_dim: int, back_dim: int, heads: int):
+        super().__init__()
+        middle = (front_dim + back_dim) // 2
+        self.heads = heads
+        self.embed = nn.Sequential(_linear(front_dim, middle, bias=False), nn.BatchNorm1d(middle), nn.ReLU())
+        self.out = _linear(middle * heads, back_dim, bias=True)
+
+    def forward(self, front: Tensor, graphs: Tensor, generator: torch.Generator | None) -> Tensor:
+        heads, batch, _ = graphs.shape
+        graphs = F.softmax(graphs, dim=2)
+        noise = torch.randn(heads, batch, 1, generator=generator, device=graphs.device)
+        graphs = graphs * (noise - noise.mean(0, keepdim=True) > 0).float()  # drop about half the heads per image
+        mixed = graphs @ self.embed(front)  # heads x B x middle
+        return F.normalize(self.out(mixed.transpose(0, 1).reshape(batch, -1)), dim=1)
+
+
+class MHAN(nn.Module):
+    """One attention head and one estimator per pair of consecutive stages."""
+
+    def __init__(self, dims: list[int], heads: int):
+        super().__init__()
+        self.attention = nn.ModuleList(
+            AttentionHead(dims[i], dims[i - 1], (dims[i] + dims[i - 1]) // 2, heads) for i in range(1, len(dims)))
+        self.estimators = nn.ModuleList(Estimator(dims[i - 1], dims[i], heads) for i in range(1, len(dims)))
+
+
+def _check_stages(context: Context, teacher_only: bool) -> list[int]:
+    teacher = [f.shape[1] for f in (context.student_sample if teacher_only else context.teacher_sample).stages]
+    if len(teacher) < 2:
+        raise ValueError("MHGD needs at least two stages to relate")
+    if not teacher_only:
+        student = [f.shape[1] for f in context.student_sample.stages]
+        if student != teacher:
+            raise ValueError(f"MHGD compares singular vectors channel by channel, so teacher and student stages need "
+                             f"the same widths; got teacher {teacher}, student {student}")
+    return teacher
+
+
+@register_method("mhan")
+class MHANPretraining(Method):
+    """MHGD's first stage: the attention network learns the teacher's embedding procedure."""
+
+    label = "MHAN"
+    needs_teacher = False  # the network being "trained" (frozen) is the teacher itself
+
+    def __init__(self, context: Context, num_heads: int = 8):
+        super().__init__(context)
+        self.network = MHAN(_check_stages(context, teacher_only=True), num_heads)
+        self.seed = context.seed
+        self.generator: torch.Generator | None = None
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        self.generator = torch.Generator(device=self.network.estimators[0].out.weight.device)
+        self.generator.manual_seed(self.seed * 104_729 + epoch)
+
+    def forward(self, teacher: Features, _: None, batch: Batch) -> dict[str, Tensor]:
+        vectors = [teacher_vector(f) for f in teacher.stages]
+        loss = 0.0
+        for i in range(1, len(vectors)):
+            graphs = self.network.attention[i - 1](vectors[i], vectors[i - 1])
+            estimate = self.network.estimators[i - 1](vectors[i - 1], graphs, self.generator)
+            loss = loss + (1 - (estimate * vectors[i]).sum(1)).mean()
+        return {"mhan": loss}
+
+
+@register_method("mhgd")
+class MHGD(Method):
+    label = "MHGD"
+    needs_artifact = "heads"
+    heads_method = "mhan"
+    heads_params = ("num_heads",)
+
+    def __init__(self, context: Context, beta: float = 1.0, num_heads: int = 8, alpha: float = 0.0, **base):
+        super().__init__(context, alpha=alpha, **base)
+        self.beta = float(beta)
+        self.network = MHAN(_check_stages(context, teacher_only=False), num_heads)
+        if context.artifact is None:
+            raise ValueError("mhgd needs the attention network pretrained on the teacher (the heads stage)")
+        state = {k.removeprefix("network."): v for k, v in context.artifact.items() if k.startswith("network.")}
+        self.network.load_state_dict(state)
+        self.network.requires_grad_(False)
+        self._student_parameters = [p for p in context.student.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.network.eval()  # frozen, with the running statistics of its pretraining
+        return self
+
+    def graphs(self, vectors: list[Tensor]) -> list[Tensor]:
+        return [torch.tanh(self.network.attention[i - 1](vectors[i], vectors[i - 1])) for i in range(1, len(vectors))]
+
+    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+        t_vectors = [teacher_vector(f) for f in teacher.stages]
+        s_vectors = [aligned_student_vector(f, v) for f, v in zip(student.stages, t_vectors)]
+        loss = 0.0
+        for g_s, g_t in zip(self.graphs(s_vectors), self.graphs(t_vectors)):
+            log_s, log_t = F.log_softmax(g_s, dim=2), F.log_softmax(g_t, dim=2)
+            loss = loss + (log_s.exp() * (log_s - log_t)).sum()
+        return {"mhgd": self.beta * loss}
+
+    def backward(self, terms: dict[str, Tensor]) -> None:
+        """Clip each parameter's transfer gradient to its task-gradient norm x sigmoid(epochs into distillation)."""
+        transfer = terms["mhgd"]
+        main = sum(value for name, value in terms.items() if name != "mhgd")
+        params = self._student_parameters
+        main_grads = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
+        transfer_grads = torch.autograd.grad(transfer, params, allow_unused=True)
+        ramp = 1.0 / (1.0 + math.exp(-(self.epoch - 1)))
+        ramp = 1.0 if ramp > 1 - 1e-8 else ramp
+        for p, g_main, g_transfer in zip(params, main_grads, transfer_grads):
+            g_main = torch.zeros_like(p) if g_main is None else g_main
+            if g_transfer is not None:
+                limit = g_main.norm() * ramp
+                g_transfer = g_transfer * (limit / torch.maximum(g_transfer.norm(), limit).clamp(min=1e-12))
+                g_main = g_main + g_transfer
+            p.grad = g_main

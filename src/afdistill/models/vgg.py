@@ -1,0 +1,99 @@
+"""VGG with batch norm for CIFAR (RepDistiller's ``vgg8`` ... ``vgg16``: ``vgg*_bn``, classifier without FC stack).
+
+Parameter names follow RepDistiller's ``models/vgg.py`` (``block0.0.weight`` ...
+``classifier.weight``). Five conv groups; max-pooling after the first three,
+none after the fourth at 32x32 (RepDistiller pools there only for 64x64 inputs).
+``blocks`` are the outputs of every conv layer after its ReLU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .features import Features
+from .registry import register_model
+
+_CONFIGS = {
+    "vgg8": [[64], [128], [256], [512], [512]],
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+}
+
+
+def _group(widths: list[int], in_channels: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        in_channels = width
+    return nn.Sequential(*layers[:-1])  # the group's last ReLU is applied by the network (RepDistiller layout)
+
+
+class VGG(nn.Module):
+    def __init__(self, config: list[list[int]], num_classes: int):
+        super().__init__()
+        in_channels = 3
+        for index, widths in enumerate(config):
+            self.add_module(f"block{index}", _group(widths, in_channels))
+            in_channels = widths[-1]
+        self.classifier = nn.Linear(512, num_classes)
+        self.afd_candidates = list(range(sum(len(widths) for widths in config)))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+                module.bias.data.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.data.fill_(1)
+                module.bias.data.zero_()
+            elif isinstance(module, nn.Linear):
+                module.weight.data.normal_(0, 0.01)
+                module.bias.data.zero_()
+
+    def _run_group(self, group: nn.Sequential, x: Tensor, blocks: list[Tensor]) -> Tensor:
+        for layer in group:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                blocks.append(x)
+        x = F.relu(x)
+        blocks.append(x)
+        return x
+
+    def forward(self, x: Tensor, with_features: bool = False):
+        height = x.shape[2]
+        blocks: list[Tensor] = []
+        stages: list[Tensor] = []
+        out = self._run_group(self.block0, x, blocks)
+        stem = out
+        for index in range(1, 5):
+            if index < 4 or height == 64:
+                out = F.max_pool2d(out, kernel_size=2, stride=2)
+            out = self._run_group(getattr(self, f"block{index}"), out, blocks)
+            stages.append(out)
+        pooled = out.mean((2, 3))
+        logits = self.classifier(pooled)
+        if not with_features:
+            return logits
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+
+
+@register_model
+def vgg8(num_classes: int) -> VGG:
+    return VGG(_CONFIGS["vgg8"], num_classes)
+
+
+@register_model
+def vgg11(num_classes: int) -> VGG:
+    return VGG(_CONFIGS["vgg11"], num_classes)
+
+
+@register_model
+def vgg13(num_classes: int) -> VGG:
+    return VGG(_CONFIGS["vgg13"], num_classes)
+
+
+@register_model
+def vgg16(num_classes: int) -> VGG:
+    return VGG(_CONFIGS["vgg16"], num_classes)
