@@ -1,7 +1,6 @@
 """Concurrent jobs on one machine each get a different GPU (lock files; the GPU ids are given, not probed)."""
 import subprocess
 import sys
-import time
 
 from conftest import tool_env
 
@@ -38,6 +37,20 @@ def test_each_concurrent_job_locks_its_own_gpu(tmp_path):
     later = _start(env, 5, 0)
     assert later.stdout.readline().split()[1] in ("0", "1")
     later.wait(timeout=30)
+
+
+def test_small_jobs_can_share_a_gpu_breadth_first(tmp_path):
+    env = tool_env()
+    env.update(AFDISTILL_GPUS="0,1", AFDISTILL_GPU_LOCK_DIR=str(tmp_path), AFDISTILL_JOBS_PER_GPU="2")
+    holders, gpus = [], []
+    for _ in range(4):  # one after the other, so the order in which slots fill is visible
+        holders.append(_start(env, 5, 4))
+        gpus.append(holders[-1].stdout.readline().split()[1])
+    assert gpus == ["0", "1", "0", "1"]
+    fifth = _start(env, 0.5, 0)
+    assert fifth.wait(timeout=30) == 3
+    for p in holders:
+        p.wait(timeout=30)
 
 
 def test_a_scheduler_assigned_gpu_is_left_alone(tmp_path):

@@ -1,10 +1,13 @@
-"""One GPU per job, chosen by lock files, since Snakemake assigns none.
+"""A GPU for each job, chosen by lock files, since Snakemake assigns none.
 
 Snakemake counts ``gpu=1`` resources but never sets ``CUDA_VISIBLE_DEVICES``
-when it runs jobs locally. Each job takes a non-blocking ``flock`` on the
-first free ``afdistill-gpu<N>.lock`` and keeps it for its whole life; the
-kernel drops the lock when the process ends, however it ends. This must run
-before torch initialises CUDA. Under SLURM (or whenever
+when it runs jobs locally. Each job takes a non-blocking ``flock`` on a free
+``afdistill-gpu<N>-slot<S>.lock`` and keeps it for its whole life; the kernel
+drops the lock when the process ends, however it ends. Each GPU has
+``jobs_per_gpu`` slots (``AFDISTILL_JOBS_PER_GPU``, default 1): small runs
+such as ResNet20 at batch 64 leave most of a modern GPU idle, so several can
+share one. Slots fill breadth-first, one job per GPU before a second on any.
+This must run before torch initialises CUDA. Under SLURM (or whenever
 ``CUDA_VISIBLE_DEVICES`` is already set) nothing is done.
 """
 from __future__ import annotations
@@ -34,20 +37,31 @@ def visible_gpus() -> list[str]:
     return []
 
 
+def jobs_per_gpu() -> int:
+    value = os.environ.get("AFDISTILL_JOBS_PER_GPU", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"AFDISTILL_JOBS_PER_GPU must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print) -> str | None:
-    """Lock a free GPU, export its id in ``CUDA_VISIBLE_DEVICES`` and return it (None: no GPU or already set)."""
+    """Lock a free GPU slot, export the GPU's id in ``CUDA_VISIBLE_DEVICES`` and return it.
+
+    Returns None when there is no GPU or a scheduler already chose one.
+    """
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return None
     gpus = visible_gpus()
     if not gpus:
         return None
+    slots = [(gpu, slot) for slot in range(jobs_per_gpu()) for gpu in gpus]
     directory = Path(lock_dir or os.environ.get("AFDISTILL_GPU_LOCK_DIR", tempfile.gettempdir()))
     directory.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     announced = False
     while True:
-        for gpu in gpus:
-            handle = open(directory / f"afdistill-gpu{gpu}.lock", "a+")
+        for gpu, slot in slots:
+            handle = open(directory / f"afdistill-gpu{gpu}-slot{slot}.lock", "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

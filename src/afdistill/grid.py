@@ -12,6 +12,7 @@ Keys (see ``params/default.yaml`` for a commented example)::
     data: {root: data/raw, download: false, verify_checksums: true}
     device: auto               # auto | cpu | cuda
     runtime: {precision: auto, channels_last: auto, compile: auto}   # spec.Runtime
+    jobs_per_gpu: 1            # training jobs sharing one GPU (a pipeline option; results do not depend on it)
     seeds: [0, 1]              # one student job per seed
     train: {epochs: 240, ...}  # the schedule of every training job (spec.Schedule)
     teachers: {seed: 0, train: {...overrides}, checkpoints: {arch: path}}
@@ -41,8 +42,8 @@ from .spec import COMPILE_MODES, PRECISIONS, JobSpec, Runtime, Schedule
 
 DEVICES = ("auto", "cpu", "cuda")
 METRICS = ("accuracy", "error")
-TOP_KEYS = ("grid", "dataset", "data", "device", "runtime", "seeds", "train", "teachers", "links", "heads", "pairs",
-            "methods", "report")
+TOP_KEYS = ("grid", "dataset", "data", "device", "runtime", "jobs_per_gpu", "seeds", "train", "teachers", "links",
+            "heads", "pairs", "methods", "report")
 # Networks a method pretrains on the teacher (MHGD's attention network) train, unless the grid says
 # otherwise, with the grid's schedule for 20 epochs at a fixed learning rate (MHGD supplementary).
 HEADS_TRAIN = {"epochs": 20, "lr_decay_epochs": []}
@@ -159,6 +160,9 @@ class Grid:
             raise GridError(f"device: {self.device!r} is not allowed; allowed: {_allowed(DEVICES)}")
 
         self.runtime = self._parse_runtime(config.get("runtime"))
+        self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
+        if not isinstance(self.jobs_per_gpu, int) or isinstance(self.jobs_per_gpu, bool) or self.jobs_per_gpu < 1:
+            raise GridError(f"jobs_per_gpu: expected a positive integer, got {self.jobs_per_gpu!r}")
 
         seeds = config.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):

@@ -1,5 +1,6 @@
 # Configuration: one grid file (params/*.yaml), validated before any job starts.
 import json
+import os
 
 from snakemake.utils import min_version, validate
 
@@ -22,10 +23,13 @@ RESULTS = f"results/{GRID.name}"
 REPORTS = f"reports/{GRID.name}"
 DATA = "data/{dataset}"
 
-# A training job takes one GPU when it will run on CUDA; the default profile caps
-# `gpu` at 1 and `--resources gpu=N` raises it.
+# A training job takes one GPU slot when it will run on CUDA; the default profile caps
+# `gpu` at 1 and `--resources gpu=N` raises it. With `jobs_per_gpu: k` each GPU has k
+# slots (`--resources gpu=<GPUs x k>`); the jobs read k from the environment, so changing
+# it reruns nothing.
 ON_GPU = GRID.device == "cuda" or (GRID.device == "auto" and bool(visible_gpus()))
 GPUS_PER_JOB = 1 if ON_GPU else 0
+os.environ["AFDISTILL_JOBS_PER_GPU"] = str(GRID.jobs_per_gpu)
 # On CPU every training job is one torch thread, so `--cores N` runs N jobs at once.
 THREADS_PER_JOB = 2 if ON_GPU else 1
 

@@ -24,27 +24,44 @@ without per-model code in the training loop:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
 
 
+class _Fp32View(Sequence):
+    """A list of tensors seen in fp32, each converted only when a method first reads it."""
+
+    def __init__(self, tensors: Sequence[Tensor], cache: dict[int, Tensor]):
+        self._tensors, self._cache = tensors, cache
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        tensor = self._tensors[index]
+        if id(tensor) not in self._cache:
+            self._cache[id(tensor)] = tensor.float()
+        return self._cache[id(tensor)]
+
+
 @dataclass
 class Features:
     logits: Tensor
-    blocks: list[Tensor]
-    stages: list[Tensor]
+    blocks: Sequence[Tensor]
+    stages: Sequence[Tensor]
     stem: Tensor
     pooled: Tensor
 
     def float(self) -> "Features":
-        """The same features in fp32 (for losses after a reduced-precision forward pass)."""
-        converted: dict[int, Tensor] = {}  # blocks and stages share tensors: convert each once
+        """The same features in fp32, for losses after a reduced-precision forward pass.
 
-        def convert(tensor: Tensor) -> Tensor:
-            if id(tensor) not in converted:
-                converted[id(tensor)] = tensor.float()
-            return converted[id(tensor)]
-
-        return Features(logits=convert(self.logits), blocks=[convert(f) for f in self.blocks],
-                        stages=[convert(f) for f in self.stages], stem=convert(self.stem), pooled=convert(self.pooled))
+        Block and stage maps are converted when a method reads them (most read a
+        few), each once: blocks and stages share tensors.
+        """
+        cache: dict[int, Tensor] = {}
+        return Features(logits=self.logits.float(), blocks=_Fp32View(self.blocks, cache),
+                        stages=_Fp32View(self.stages, cache), stem=self.stem.float(), pooled=self.pooled.float())

@@ -1,0 +1,85 @@
+"""Training cost of every method relative to KD, on one pair, one after the other in one process.
+
+    python benchmarks/method_cost.py --teacher resnet56 --student resnet20 --steps 20
+
+Each method trains through the engine for two short epochs of ``--steps``
+batches on the same data (random CIFAR-shaped images unless ``--data`` is
+given; the teacher, MHGD's attention network and the AFD links are untrained,
+which does not change the cost); the second epoch is timed. Prints images/s,
+seconds per epoch of ``--epoch-images`` images, and the ratio to KD.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+METHODS = ["vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd", "afd", "afd_pretrained"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="resnet56")
+    parser.add_argument("--student", default="resnet20")
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epoch-images", type=int, default=50_000, help="images per epoch to scale seconds to")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", help="a prepared dataset; default: synthetic CIFAR-shaped images")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from afdistill.data import DeviceData
+    from afdistill.engine import train
+    from afdistill.methods import Context, build_method, dry_run
+    from afdistill.models import create_model
+    from afdistill.spec import JobSpec, Runtime, Schedule
+    from throughput import synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data = args.data or str(synthetic_dataset(scratch / "data", n_train=args.batch_size * args.steps, n_test=64))
+        classes = DeviceData(data).num_classes
+        teacher, student = create_model(args.teacher, classes).eval(), create_model(args.student, classes)
+        checkpoint = scratch / "teacher.pt"
+        torch.save({"model": teacher.state_dict()}, checkpoint)
+        sample = torch.randn(2, 3, 32, 32) if args.data is None else DeviceData(data).normalize(
+            DeviceData(data).train.images[:2])
+        context = Context(teacher, None, dry_run(teacher, sample), None, classes, torch.zeros(4, dtype=torch.long), 2)
+        heads = build_method("mhan", {}, context).state_dict()
+        t_count, s_count = len(teacher.afd_candidates), len(student.afd_candidates)
+        links = {"teacher": args.teacher, "student": args.student, "alpha": [[1 / s_count] * s_count] * t_count}
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, {args.steps} timed steps per method, "
+              f"{device}, precision {args.precision}" + ("" if args.data else ", synthetic CIFAR-shaped data"))
+        rates = {}
+        for method in args.methods:
+            spec = JobSpec(kind="student", grid="cost", dataset="synthetic", arch=args.student, teacher=args.teacher,
+                           method=method, run=method, seed=0, device=device,
+                           method_params={"nce_k": args.batch_size} if method == "crd" else {},
+                           schedule=Schedule(epochs=2, batch_size=args.batch_size, lr_decay_epochs=()),
+                           runtime=Runtime(precision=args.precision))
+            artifact = {"mhgd": heads, "afd_pretrained": links}.get(method)
+            try:
+                result = train(spec, data, scratch / method, checkpoint, artifact=artifact, log=lambda *a: None)
+            except ValueError as error:  # e.g. MHGD on a pair whose stage widths differ
+                print(f"  {method:15s} skipped: {error}")
+                continue
+            rates[method] = result.record["history"][-1]["images_per_s"]
+        kd = rates.get("kd")
+        print(f"  {'method':15s} {'images/s':>9s} {'s/epoch':>9s} {'vs KD':>7s}")
+        for method, rate in rates.items():
+            ratio = f"{kd / rate:6.2f}x" if kd else "      -"
+            print(f"  {method:15s} {rate:9.1f} {args.epoch_images / rate:9.1f} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
