@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[6, 8])
+    parser.add_argument("--teacher-epochs", type=int, default=12, help="when the script trains the teacher itself")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data")
@@ -56,7 +57,9 @@ def main() -> None:
         if teacher_checkpoint is None:
             teacher = train(JobSpec(kind="teacher", grid="equivalence", dataset="digits", arch=args.teacher,
                                     method="vanilla", run="teacher", seed=0, device="cpu",
-                                    schedule=Schedule(epochs=12, lr_decay_epochs=(8, 11))),
+                                    schedule=Schedule(epochs=args.teacher_epochs,
+                                                      lr_decay_epochs=tuple(sorted({args.teacher_epochs * 2 // 3,
+                                                                                   args.teacher_epochs - 1})))),
                             data, scratch / "teacher", log=quiet)
             teacher_checkpoint = scratch / "teacher" / "model.pt"
             print(f"teacher {args.teacher}: test top-1 {teacher.record['test_top1']:.4f}")

@@ -112,7 +112,7 @@ class ReferenceTrainer:
         method = self.method
         s = select(student.blocks, method.student_candidates)
         t = [f.detach() for f in select(teacher.blocks, method.teacher_candidates)]
-        alpha = method.attention(s, t)
+        alpha = method.attention([f.mean((2, 3)) for f in s], [f.mean((2, 3)) for f in t])
         return (F.cross_entropy(student.logits, labels) + method.alpha * kd_loss(student.logits, teacher.logits,
                 method.temperature) + method.beta * self.loop_distance(s, t, alpha))
 

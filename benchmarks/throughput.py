@@ -88,6 +88,30 @@ def run_worker(args, path: str, runtime: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure(args, paths: dict[str, tuple[str, dict | None]]) -> dict[str, dict]:
+    """Images/s of every path, ``--repeats`` rounds that each run every path once in a fresh process.
+
+    Interleaving keeps slow drifts of the machine (CPU timings here wander by
+    10-20% over minutes) out of the ratios: each round's ratio compares runs
+    made minutes apart at most, and the medians over rounds are reported.
+    """
+    rounds = []
+    for _ in range(args.repeats):
+        rounds.append({name: run_worker(args, worker, runtime) for name, (worker, runtime) in paths.items()})
+    results = {}
+    for name in paths:
+        rates = [r[name]["images_per_s"] for r in rounds]
+        results[name] = {"images_per_s": float(np.median(rates)), "low": min(rates), "high": max(rates),
+                         "peak_mib": max(r[name]["peak_mib"] for r in rounds), "peak_kind": rounds[0][name]["peak_kind"],
+                         "ratio": float(np.median([r[name]["images_per_s"] / r["reference"]["images_per_s"]
+                                                   for r in rounds]))}
+    return results
+
+
+def range_of(record: dict) -> str:
+    return f" [{record['low']:.0f}-{record['high']:.0f}]" if record["high"] > record["low"] else ""
+
+
 def table1_estimate(images_per_s: float) -> tuple[float, int, int]:
     """Hours for every training job of params/cifar100.yaml at this rate, on one device."""
     from afdistill.grid import Grid
@@ -113,6 +137,8 @@ def main() -> None:
     parser.add_argument("--data", help="a prepared dataset (afdistill prepare); default: synthetic CIFAR-shaped")
     parser.add_argument("--teacher-checkpoint")
     parser.add_argument("--ablation", action="store_true", help="also time the engine without each optimisation")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds, each timing every path once in a fresh process; medians are reported")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,26 +170,32 @@ def main() -> None:
         for note in notes:
             print(f"  {note}")
 
-        reference = run_worker(args, "reference")
-        ours = run_worker(args, "ours")
-        print(f"reference loop : {reference['images_per_s']:9.1f} images/s   peak {reference['peak_kind']} "
-              f"{reference['peak_mib']:8.0f} MiB   (per-sample transforms in a DataLoader, fp32, eager)")
-        print(f"engine (ours)  : {ours['images_per_s']:9.1f} images/s   peak {ours['peak_kind']} "
-              f"{ours['peak_mib']:8.0f} MiB   (runtime auto)")
-        print(f"speed-up       : {ours['images_per_s'] / reference['images_per_s']:.2f}x")
+        paths = {"reference": ("reference", None), "ours": ("ours", None)}
+        variants = {}
         if args.ablation:
-            variants = [
-                ("engine, fp32, contiguous, eager", {"precision": "fp32", "channels_last": False, "compile": "none"}),
-                ("engine, fp32, channels_last", {"precision": "fp32", "channels_last": True, "compile": "none"}),
-                ("engine, bf16, channels_last", {"precision": "bf16", "channels_last": True, "compile": "none"}),
-            ]
+            variants = {
+                "engine, fp32, contiguous, eager": {"precision": "fp32", "channels_last": False, "compile": "none"},
+                "engine, fp32, channels_last": {"precision": "fp32", "channels_last": True, "compile": "none"},
+                "engine, bf16, channels_last": {"precision": "bf16", "channels_last": True, "compile": "none"},
+            }
             if args.device == "cuda":
-                variants.append(("engine, bf16, channels_last, compiled",
-                                 {"precision": "bf16", "channels_last": True, "compile": "default"}))
-            for name, runtime in variants:
-                record = run_worker(args, "ours", runtime)
-                print(f"  {name:38s}: {record['images_per_s']:9.1f} images/s "
-                      f"({record['images_per_s'] / reference['images_per_s']:.2f}x reference)")
+                variants["engine, bf16, channels_last, compiled"] = {"precision": "bf16", "channels_last": True,
+                                                                     "compile": "default"}
+        paths.update({name: ("ours", runtime) for name, runtime in variants.items()})
+        results = measure(args, paths)
+        reference, ours = results["reference"], results["ours"]
+        print(f"reference loop : {reference['images_per_s']:9.1f} images/s{range_of(reference)}   peak "
+              f"{reference['peak_kind']} {reference['peak_mib']:6.0f} MiB   (per-sample transforms in a DataLoader, "
+              f"fp32, eager)")
+        print(f"engine (ours)  : {ours['images_per_s']:9.1f} images/s{range_of(ours)}   peak {ours['peak_kind']} "
+              f"{ours['peak_mib']:6.0f} MiB   (runtime auto)")
+        print(f"speed-up       : {ours['ratio']:.2f}x"
+              + (f" (median over {args.repeats} interleaved rounds of the per-round ratio; [min-max] images/s)"
+                 if args.repeats > 1 else ""))
+        for name in variants:
+            record = results[name]
+            print(f"  {name:38s}: {record['images_per_s']:9.1f} images/s{range_of(record)} "
+                  f"({record['ratio']:.2f}x reference)")
         hours, jobs, epochs = table1_estimate(ours["images_per_s"])
         ref_hours, _, _ = table1_estimate(reference["images_per_s"])
         print(f"Table 1 grid (params/cifar100.yaml: {jobs} student jobs + 4 teachers, {epochs} epochs of 50,000 "

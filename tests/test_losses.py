@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from afdistill.methods import Batch, Context, build_method, dry_run, kd_loss, method_defaults
+from afdistill.methods.maps import energy_and_mean
 from afdistill.models import Features, create_model
 
 
@@ -140,3 +141,31 @@ def test_method_hyper_parameters_are_checked_by_name():
         build_method("afd", {"delta": 1}, context)
     with pytest.raises(ValueError, match="methods.afd.qk_dim: expected int"):
         build_method("afd", {"qk_dim": "big"}, context)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("outputs", ["both", "energy", "mean"])
+def test_fused_energy_and_mean_has_autograds_values_and_gradients(dtype, outputs):
+    """AFD reads maps in the network's precision; the fused reductions must equal fp32 autograd on a copy."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(3, 5, 4, 6, generator=generator).to(dtype).contiguous(memory_format=torch.channels_last)
+    w_energy, w_mean = torch.randn(3, 1, 4, 6, generator=generator), torch.randn(3, 5, generator=generator)
+
+    def objective(energy, mean):
+        return (energy * w_energy).sum() * (outputs != "mean") + (mean * w_mean).sum() * (outputs != "energy")
+
+    fused = maps.clone().requires_grad_(True)
+    energy, mean = energy_and_mean(fused)
+    objective(energy, mean).backward()
+
+    plain = maps.clone().requires_grad_(True)
+    full = plain.float()
+    expected_energy, expected_mean = full.pow(2).mean(1, keepdim=True), full.mean((2, 3))
+    objective(expected_energy, expected_mean).backward()
+
+    assert energy.dtype == mean.dtype == torch.float32
+    torch.testing.assert_close(energy, expected_energy)
+    torch.testing.assert_close(mean, expected_mean)
+    assert fused.grad.dtype == dtype
+    torch.testing.assert_close(fused.grad.float(), plain.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,
+                               atol=1e-6)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from afdistill.engine import load_network
 from afdistill.models import UnknownNameError, create_model, list_models
+from afdistill.models.fold import fold_batch_norm
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -204,3 +205,32 @@ def test_unknown_architecture_lists_the_allowed_names():
         create_model("resnet21", 10)
     assert "resnet21" in str(error.value) and "resnet20" in str(error.value)
     assert "wrn_40_2" in list_models()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folding_batch_norm_keeps_logits_and_every_feature(name):
+    """The engine runs the frozen teacher with its BatchNorms folded: same outputs up to rounding."""
+    torch.manual_seed(0)
+    model = create_model(name, 10)
+    _randomize_bn(model)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert folded.folded > 0 and folded.afd_candidates == model.afd_candidates
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours, theirs = folded(x, with_features=True), model(x, with_features=True)
+    for a, b in zip([ours.logits, ours.stem, ours.pooled, *ours.blocks, *ours.stages],
+                    [theirs.logits, theirs.stem, theirs.pooled, *theirs.blocks, *theirs.stages]):
+        scale = b.abs().max().clamp_min(1e-6)
+        assert (a - b).abs().max() / scale < 1e-4
+    assert len(ours.blocks) == len(theirs.blocks) and len(ours.stages) == len(theirs.stages)
+    # stages that are blocks stay the same tensors (fp32 views convert each once)
+    shared = {id(t) for t in theirs.blocks} & {id(t) for t in theirs.stages}
+    assert len({id(t) for t in ours.blocks} & {id(t) for t in ours.stages}) == len(shared)
+    torch.testing.assert_close(folded(x), ours.logits)
+    assert all(not p.requires_grad for p in folded.parameters())
+
+
+def test_folding_refuses_a_network_in_training_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(create_model("resnet8", 10))

@@ -25,6 +25,7 @@ from torch import nn
 from .data import DeviceData
 from .methods import Batch, Context, build_method, dry_run, method_class
 from .models import create_model
+from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime
 
 CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch
@@ -227,7 +228,8 @@ def train(
     teacher_forward = None
     if teacher is not None:
         teacher.to(memory_format=layout)
-        teacher_forward = compiled(teacher, runtime.compile)
+        # Frozen and in eval mode: its BatchNorms fold into the convolutions (same results up to rounding).
+        teacher_forward = compiled(fold_batch_norm(teacher).to(memory_format=layout), runtime.compile)
     trainable = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
     optimizer = torch.optim.SGD(trainable, lr=schedule.lr, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay, nesterov=schedule.nesterov)

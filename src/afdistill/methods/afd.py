@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
+from ..models.features import as_computed
 from .base import Batch, Context, Method, register_method, select
-from .maps import energy_map, resize_to
+from .maps import energy_and_mean, resize_to
 
 
 class LinearBN(nn.Module):
@@ -64,10 +65,11 @@ class AFDAttention(nn.Module):
         nn.init.xavier_normal_(self.p_t)
         nn.init.xavier_normal_(self.p_s)
 
-    def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
-        batch = student[0].shape[0]
-        query = torch.stack([layer(f.mean((2, 3))) for layer, f in zip(self.query, teacher)], dim=1)
-        key = torch.stack([F.relu(layer(f.mean((2, 3)))) for layer, f in zip(self.key, student)], dim=1)
+    def forward(self, student_means: list[Tensor], teacher_means: list[Tensor]) -> Tensor:
+        """Takes each candidate's global-average-pooled features, B x C."""
+        batch = student_means[0].shape[0]
+        query = torch.stack([layer(mean) for layer, mean in zip(self.query, teacher_means)], dim=1)
+        key = torch.stack([F.relu(layer(mean)) for layer, mean in zip(self.key, student_means)], dim=1)
         key = self.bilinear(key.reshape(batch * self.n_student, self.qk_dim))
         key = key.view(batch, self.n_student, self.n_teacher, self.qk_dim)
         logits = torch.einsum("bstd,btd->bts", key, query) + self.p_t @ self.p_s.t()
@@ -75,7 +77,7 @@ class AFDAttention(nn.Module):
 
 
 class PairDistance(nn.Module):
-    """D[b, t, s] = mean over positions of (v^T_t - v^S_s)^2, for all pairs at once.
+    """D[b, t, s] = mean over positions of (v^T_t - v^S_s)^2, for all pairs at once, from energy maps.
 
     Teacher candidates are grouped by resolution; within a group the squared
     distances come from one batched matrix product,
@@ -92,17 +94,23 @@ class PairDistance(nn.Module):
         # Concatenating the groups permutes teachers; this index undoes it.
         self.register_buffer("unpermute", torch.tensor([order.index(t) for t in range(len(order))]), persistent=False)
 
-    def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
-        student_energy = [energy_map(f) for f in student]
+    def forward(self, student_energy: list[Tensor], teacher_energy: list[Tensor]) -> Tensor:
+        """Takes each candidate's energy map (``maps.energy_map``), B x 1 x H x W."""
         distances = []
         for size, group in zip(self.sizes, self.groups):
             v_s = torch.cat([resize_to(e, size).flatten(1).unsqueeze(1) for e in student_energy], dim=1)
             v_s = F.normalize(v_s, dim=2)  # B x S x HW
-            v_t = F.normalize(torch.stack([energy_map(teacher[t]).flatten(1) for t in group], dim=1), dim=2)
+            v_t = F.normalize(torch.stack([teacher_energy[t].flatten(1) for t in group], dim=1), dim=2)
             cross = torch.bmm(v_t, v_s.transpose(1, 2))  # B x T_group x S
             squared = v_t.pow(2).sum(2, keepdim=True) + v_s.pow(2).sum(2).unsqueeze(1) - 2 * cross
             distances.append(squared.clamp(min=0) / v_s.shape[2])
         return torch.cat(distances, dim=1).index_select(1, self.unpermute)
+
+
+def candidate_statistics(features: Features, candidates: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+    """Energy maps and channel means (fp32) of the AFD candidates, read in the precision the network ran in."""
+    pairs = [energy_and_mean(f) for f in select(as_computed(features.blocks), candidates)]
+    return [energy for energy, _ in pairs], [mean for _, mean in pairs]
 
 
 def _candidate_shapes(context: Context) -> tuple[list[Tensor], list[Tensor]]:
@@ -128,18 +136,18 @@ class AFD(Method):
 
     def links(self, student: Features, teacher: Features) -> Tensor:
         """alpha for this batch, B x T x S."""
-        return self.attention(select(student.blocks, self.student_candidates),
-                              select(teacher.blocks, self.teacher_candidates))
+        return self.attention(candidate_statistics(student, self.student_candidates)[1],
+                              candidate_statistics(teacher, self.teacher_candidates)[1])
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        s = select(student.blocks, self.student_candidates)
-        t = select(teacher.blocks, self.teacher_candidates)
-        alpha = self.attention(s, t)
+        s_energy, s_mean = candidate_statistics(student, self.student_candidates)
+        t_energy, t_mean = candidate_statistics(teacher, self.teacher_candidates)
+        alpha = self.attention(s_mean, t_mean)
         with torch.no_grad():
             total = alpha.sum(0)
             self._attention_sum = total if self._attention_sum is None else self._attention_sum + total
             self._attention_count += alpha.shape[0]
-        loss = (self.distance(s, t) * alpha).sum((1, 2)).mean()
+        loss = (self.distance(s_energy, t_energy) * alpha).sum((1, 2)).mean()
         return {"afd": self.beta * loss}
 
     def epoch_summary(self) -> dict:
@@ -177,7 +185,7 @@ class AFDPretrainedLinks(Method):
         self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        s = select(student.blocks, self.student_candidates)
-        t = select(teacher.blocks, self.teacher_candidates)
-        loss = (self.distance(s, t) * self.fixed_alpha).sum((1, 2)).mean()
+        s_energy, _ = candidate_statistics(student, self.student_candidates)
+        t_energy, _ = candidate_statistics(teacher, self.teacher_candidates)
+        loss = (self.distance(s_energy, t_energy) * self.fixed_alpha).sum((1, 2)).mean()
         return {"afd": self.beta * loss}

@@ -1,6 +1,7 @@
 """Spatial maps shared by the attention-style methods (AFD, AT)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -26,3 +27,38 @@ def resize_to(maps: Tensor, size: tuple[int, int]) -> Tensor:
 def energy_map(features: Tensor) -> Tensor:
     """Channel mean of squared activations, N x 1 x H x W (AT's F_sum^2 up to a constant, AFD's phi^C)."""
     return features.pow(2).mean(1, keepdim=True)
+
+
+class _EnergyAndMean(torch.autograd.Function):
+    """Both reductions of one map in fp32, with one fused backward pass writing the gradient in the map's dtype.
+
+    The same values and gradients as ``energy_map(f.float())`` and
+    ``f.float().mean((2, 3))`` through autograd; it saves the fp32 copy's
+    backward conversion and the accumulation of two separate gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(features)
+        full = features.float()
+        return full.square().mean(1, keepdim=True), full.mean((2, 3))
+
+    @staticmethod
+    def backward(ctx, grad_energy: Tensor | None, grad_mean: Tensor | None):
+        (features,) = ctx.saved_tensors
+        channels, positions = features.shape[1], features.shape[2] * features.shape[3]
+        grad = torch.zeros((), device=features.device) if grad_energy is None else None
+        if grad_energy is not None:
+            grad = features * (grad_energy * (2.0 / channels))  # d/df mean_c f^2 = 2 f / C
+        if grad_mean is not None:
+            grad = grad + (grad_mean / positions)[:, :, None, None]
+        return grad.expand_as(features).to(features.dtype)
+
+
+def energy_and_mean(features: Tensor) -> tuple[Tensor, Tensor]:
+    """``(energy_map(f), f.mean((2, 3)))`` in fp32 from an N x C x H x W map of any precision."""
+    if torch.is_grad_enabled() and features.requires_grad:
+        return _EnergyAndMean.apply(features)
+    full = features.float()
+    return full.square().mean(1, keepdim=True), full.mean((2, 3))

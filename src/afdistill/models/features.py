@@ -34,18 +34,27 @@ class _Fp32View(Sequence):
     """A list of tensors seen in fp32, each converted only when a method first reads it."""
 
     def __init__(self, tensors: Sequence[Tensor], cache: dict[int, Tensor]):
-        self._tensors, self._cache = tensors, cache
+        self.source, self._cache = tensors, cache
 
     def __len__(self) -> int:
-        return len(self._tensors)
+        return len(self.source)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        tensor = self._tensors[index]
+        tensor = self.source[index]
         if id(tensor) not in self._cache:
             self._cache[id(tensor)] = tensor.float()
         return self._cache[id(tensor)]
+
+
+def as_computed(maps: Sequence[Tensor]) -> Sequence[Tensor]:
+    """The tensors behind a :meth:`Features.float` view, in the precision the network ran in.
+
+    For a method that reduces maps itself and wants to skip the fp32 copies
+    (AFD, through ``methods.maps.energy_and_mean``); plain sequences come back as they are.
+    """
+    return maps.source if isinstance(maps, _Fp32View) else maps
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +30,11 @@ def _group(widths: list[int], in_channels: int) -> nn.Sequential:
         layers += [nn.Conv2d(in_channels, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
         in_channels = width
     return nn.Sequential(*layers[:-1])  # the group's last ReLU is applied by the network (RepDistiller layout)
+
+
+@torch.fx.wrap  # a leaf for fx tracing (models.fold): the branch depends on the input's size
+def _pool_before(x: Tensor, index: int, height: int) -> Tensor:
+    return F.max_pool2d(x, kernel_size=2, stride=2) if index < 4 or height == 64 else x
 
 
 class VGG(nn.Module):
@@ -68,8 +74,7 @@ class VGG(nn.Module):
         out = self._run_group(self.block0, x, blocks)
         stem = out
         for index in range(1, 5):
-            if index < 4 or height == 64:
-                out = F.max_pool2d(out, kernel_size=2, stride=2)
+            out = _pool_before(out, index, height)
             out = self._run_group(getattr(self, f"block{index}"), out, blocks)
             stages.append(out)
         pooled = out.mean((2, 3))
