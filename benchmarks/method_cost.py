@@ -6,11 +6,14 @@ Each method trains through the engine for two short epochs of ``--steps``
 batches on the same data (random CIFAR-shaped images unless ``--data`` is
 given; the teacher, MHGD's attention network and the AFD links are untrained,
 which does not change the cost); the second epoch is timed. Prints images/s,
-seconds per epoch of ``--epoch-images`` images, and the ratio to KD.
+seconds per epoch of ``--epoch-images`` images, and the ratio to KD; with
+``--repeats`` it runs that many rounds over all methods and reports medians
+(CPU timings on a shared machine drift by 10-20% over minutes).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", help="a prepared dataset; default: synthetic CIFAR-shaped images")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all methods; medians are reported")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,26 +64,36 @@ def main() -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, {args.steps} timed steps per method, "
               f"{device}, precision {args.precision}" + ("" if args.data else ", synthetic CIFAR-shaped data"))
-        rates = {}
-        for method in args.methods:
-            spec = JobSpec(kind="student", grid="cost", dataset="synthetic", arch=args.student, teacher=args.teacher,
-                           method=method, run=method, seed=0, device=device,
-                           method_params={"nce_k": args.batch_size} if method == "crd" else {},
-                           schedule=Schedule(epochs=2, batch_size=args.batch_size, lr_decay_epochs=()),
-                           runtime=Runtime(precision=args.precision))
-            artifact = {"mhgd": heads, "afd_pretrained": links}.get(method)
-            try:
-                result = train(spec, data, scratch / method, checkpoint, artifact=artifact, log=lambda *a: None)
-            except ValueError as error:  # e.g. MHGD on a pair whose stage widths differ
-                print(f"  {method:15s} skipped: {error}")
-                continue
-            rates[method] = result.record["history"][-1]["images_per_s"]
-        kd = rates.get("kd")
-        print(f"  {'method':15s} {'images/s':>9s} {'s/epoch':>9s} {'vs KD':>7s}")
-        for method, rate in rates.items():
-            ratio = f"{kd / rate:6.2f}x" if kd else "      -"
+        rounds: list[dict[str, float]] = []
+        skipped: dict[str, str] = {}
+        for round_index in range(args.repeats):  # every method once per round: slow drifts hit all alike
+            rates: dict[str, float] = {}
+            for method in args.methods:
+                if method in skipped:
+                    continue
+                spec = JobSpec(kind="student", grid="cost", dataset="synthetic", arch=args.student,
+                               teacher=args.teacher, method=method, run=method, seed=0, device=device,
+                               method_params={"nce_k": args.batch_size} if method == "crd" else {},
+                               schedule=Schedule(epochs=2, batch_size=args.batch_size, lr_decay_epochs=()),
+                               runtime=Runtime(precision=args.precision))
+                artifact = {"mhgd": heads, "afd_pretrained": links}.get(method)
+                try:
+                    result = train(spec, data, scratch / f"{method}-{round_index}", checkpoint, artifact=artifact,
+                                   log=lambda *a: None)
+                except ValueError as error:  # e.g. MHGD on a pair whose stage widths differ
+                    skipped[method] = str(error)
+                    continue
+                rates[method] = result.record["history"][-1]["images_per_s"]
+            rounds.append(rates)
+        for method, reason in skipped.items():
+            print(f"  {method:15s} skipped: {reason}")
+        print(f"  {'method':15s} {'images/s':>9s} {'s/epoch':>9s} {'vs KD':>7s}"
+              + (f"   (medians over {args.repeats} rounds)" if args.repeats > 1 else ""))
+        for method in rounds[0]:
+            rate = statistics.median(r[method] for r in rounds)
+            ratio = (f"{statistics.median(r['kd'] / r[method] for r in rounds):6.2f}x" if "kd" in rounds[0]
+                     else "      -")
             print(f"  {method:15s} {rate:9.1f} {args.epoch_images / rate:9.1f} {ratio}")
-
 
 if __name__ == "__main__":
     main()
