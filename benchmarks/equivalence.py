@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=12, help="when the script trains the teacher itself")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="both paths run here; the engine uses its default runtime for the device")
     parser.add_argument("--data")
     parser.add_argument("--teacher-checkpoint")
     args = parser.parse_args()
@@ -56,18 +58,18 @@ def main() -> None:
         teacher_checkpoint = args.teacher_checkpoint
         if teacher_checkpoint is None:
             teacher = train(JobSpec(kind="teacher", grid="equivalence", dataset="digits", arch=args.teacher,
-                                    method="vanilla", run="teacher", seed=0, device="cpu",
+                                    method="vanilla", run="teacher", seed=0, device=args.device,
                                     schedule=Schedule(epochs=args.teacher_epochs,
                                                       lr_decay_epochs=tuple(sorted({args.teacher_epochs * 2 // 3,
                                                                                    args.teacher_epochs - 1})))),
                             data, scratch / "teacher", log=quiet)
             teacher_checkpoint = scratch / "teacher" / "model.pt"
             print(f"teacher {args.teacher}: test top-1 {teacher.record['test_top1']:.4f}")
-        device = torch.device("cpu")
+        device = torch.device(args.device)
         results = {"engine": [], "reference": []}
         for seed in args.seeds:
             spec = JobSpec(kind="student", grid="equivalence", dataset="digits", arch=args.student,
-                           teacher=args.teacher, method=args.method, run=args.method, seed=seed, device="cpu",
+                           teacher=args.teacher, method=args.method, run=args.method, seed=seed, device=args.device,
                            schedule=schedule)
             engine = train(spec, data, scratch / f"engine{seed}", teacher_checkpoint, log=quiet)
             results["engine"].append(engine.record["test_top1"])
@@ -79,7 +81,7 @@ def main() -> None:
                 reference.train_epoch(epoch, schedule.lr_at(epoch))
             results["reference"].append(reference.test_accuracy())
             print(f"seed {seed}: engine {results['engine'][-1]:.4f} "
-                  f"({runtime['precision']}, channels_last {runtime['channels_last']}), "
+                  f"({runtime['precision']}, channels_last {runtime['channels_last']}, compile {runtime['compile']}), "
                   f"reference {results['reference'][-1]:.4f} (fp32)")
         for path, values in results.items():
             spread = statistics.stdev(values) if len(values) > 1 else 0.0

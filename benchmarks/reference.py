@@ -6,7 +6,8 @@ applies ``RandomCrop(size, padding) + RandomHorizontalFlip + ToTensor +
 Normalize`` one sample at a time, fp32, eager execution, contiguous memory,
 the teacher's forward pass under ``no_grad`` with its features detached, and
 the AFD distance computed in a Python loop over teacher candidates with the
-student maps pooled by ``AdaptiveAvgPool2d`` per teacher resolution. The
+student maps pooled by ``AdaptiveAvgPool2d`` per teacher resolution, and
+cuDNN autotuning on (``cudnn.benchmark``). The
 attention network itself is the package's (the same parameters), so only the
 loop structure differs from the engine.
 """
@@ -82,6 +83,12 @@ class ReferenceTrainer:
                  batch_size: int, lr: float, device: torch.device, seed: int):
         torch.manual_seed(seed)
         self.device = device
+        if device.type == "cuda":
+            # As the official main.py: cuDNN autotuning, no deterministic-algorithm checks (an engine job
+            # earlier in the same process may have switched them on; AdaptiveAvgPool2d's backward has none).
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = False
+            torch.use_deterministic_algorithms(False)
         self.train_set = PreparedImages(data_dir, "train", train=True)
         self.test_set = PreparedImages(data_dir, "test", train=False)
         generator = torch.Generator().manual_seed(seed)

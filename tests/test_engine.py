@@ -96,3 +96,17 @@ def test_a_published_teacher_checkpoint_is_evaluated_not_retrained(small_data, t
     original = json.loads((teacher_checkpoint.parent / "metrics.json").read_text())
     assert imported.record["history"] == []
     assert imported.record["test_top1"] == pytest.approx(original["test_top1"])
+
+
+def test_evaluation_runs_through_a_compiled_network(small_data):
+    # Regression: the default CUDA runtime compiles the student, and evaluation once failed on the
+    # compiled wrapper (``forward or model`` asked it for its truth value).
+    from afdistill.data import DeviceData
+    from afdistill.engine import evaluate
+    from afdistill.models import create_model
+
+    data = DeviceData(small_data, torch.device("cpu"))
+    model = create_model("resnet8", data.num_classes)
+    plain = evaluate(model, data)
+    through_compiled = evaluate(model, data, forward=torch.compile(model, backend="eager"))
+    assert through_compiled == plain

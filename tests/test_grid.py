@@ -27,6 +27,8 @@ def grid_with(**changes):
     ({"train": {"epoch": 3}}, "train.epoch: unknown schedule key; allowed: epochs, batch_size"),
     ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: expected a list of positive epoch numbers"),
     ({"device": "tpu"}, "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
+    ({"runtime": {"deterministic": "yes"}}, "runtime.deterministic: 'yes' is not allowed; allowed: True, False"),
+    ({"runtime": {"compile": True}}, "runtime.compile: True is not allowed; allowed: "),
     ({"seeds": [0, 0]}, "seeds: [0, 0] repeats a seed"),
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
     ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),

@@ -88,10 +88,11 @@ class Resolved:
     bf16: bool
     channels_last: bool
     compile: str | None
+    deterministic: bool = True
 
     def record(self) -> dict[str, Any]:
         return {"precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
-                "compile": self.compile or "none"}
+                "compile": self.compile or "none", "deterministic": self.deterministic}
 
 
 def resolve_runtime(runtime: Runtime, device: torch.device) -> Resolved:
@@ -107,7 +108,22 @@ def resolve_runtime(runtime: Runtime, device: torch.device) -> Resolved:
     mode = runtime.compile
     if mode == "auto":
         mode = "default" if cuda else "none"
-    return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode)
+    return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode,
+                    deterministic=runtime.deterministic)
+
+
+def set_cuda_determinism(deterministic: bool) -> None:
+    """Deterministic CUDA kernels (same seed, same metrics), or cuDNN autotuning (faster, not reproducible).
+
+    cuBLAS reads its workspace setting when it first starts, so this runs
+    before the job's first matrix product; an op with no deterministic CUDA
+    kernel then raises instead of silently varying.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def compiled(model: nn.Module, mode: str | None) -> nn.Module:
@@ -129,7 +145,7 @@ def seed_for(seed: int, epoch: int) -> int:
 def evaluate(model: nn.Module, data: DeviceData, split: str = "test", runtime: Resolved | None = None,
              forward: nn.Module | None = None) -> dict[str, float]:
     model.eval()
-    forward = forward or model
+    forward = model if forward is None else forward
     runtime = runtime or Resolved(bf16=False, channels_last=False, compile=None)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     correct1 = correct5 = total = 0
@@ -196,6 +212,8 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.device)
+    if device.type == "cuda":
+        set_cuda_determinism(spec.runtime.deterministic)
     schedule = spec.schedule
     torch.manual_seed(spec.seed)
 

@@ -11,7 +11,7 @@ Keys (see ``params/default.yaml`` for a commented example)::
     dataset: digits            # digits | cifar10 | cifar100
     data: {root: data/raw, download: false, verify_checksums: true}
     device: auto               # auto | cpu | cuda
-    runtime: {precision: auto, channels_last: auto, compile: auto}   # spec.Runtime
+    runtime: {precision: auto, channels_last: auto, compile: auto, deterministic: true}   # spec.Runtime
     jobs_per_gpu: 1            # training jobs sharing one GPU (a pipeline option; results do not depend on it)
     seeds: [0, 1]              # one student job per seed
     train: {epochs: 240, ...}  # the schedule of every training job (spec.Schedule)
@@ -222,11 +222,13 @@ class Grid:
         runtime = runtime or {}
         if not isinstance(runtime, dict):
             raise GridError(f"runtime: expected a mapping, got {runtime!r}")
-        allowed = {"precision": PRECISIONS, "channels_last": ("auto", True, False), "compile": COMPILE_MODES}
+        allowed = {"precision": PRECISIONS, "channels_last": ("auto", True, False), "compile": COMPILE_MODES,
+                   "deterministic": (True, False)}
+        kinds = {"precision": str, "channels_last": (str, bool), "compile": str, "deterministic": bool}
         for key, value in runtime.items():
             if key not in allowed:
                 raise GridError(f"runtime.{key}: unknown key; allowed: {_allowed(allowed)}")
-            if value not in allowed[key] or (key != "channels_last" and not isinstance(value, str)):
+            if not isinstance(value, kinds[key]) or value not in allowed[key]:
                 raise GridError(f"runtime.{key}: {value!r} is not allowed; allowed: {_allowed(allowed[key])}")
         return Runtime(**runtime)
 

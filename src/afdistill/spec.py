@@ -47,11 +47,17 @@ class Runtime:
     ``compile``: a ``torch.compile`` mode for the networks (``reduce-overhead``
     adds CUDA graphs); ``auto`` is ``default`` on CUDA and ``none`` on CPU,
     where compiling costs a minute and gains nothing in fp32.
+    ``deterministic``: on CUDA, deterministic cuDNN/cuBLAS kernels and
+    ``torch.use_deterministic_algorithms``, so a seed reproduces a run's
+    metrics exactly; ``false`` lets cuDNN autotune (``cudnn.benchmark``, as
+    the official code does), faster but not bit-reproducible. CPU kernels are
+    deterministic either way.
     """
 
     precision: str = "auto"
     channels_last: str | bool = "auto"
     compile: str = "auto"
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)
