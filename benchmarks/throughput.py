@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="also time the engine without each optimisation")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds, each timing every path once in a fresh process; medians are reported")
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="also run this many engine jobs at once on the device (jobs_per_gpu) and sum their rates")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,16 +176,23 @@ def main() -> None:
         paths = {"reference": ("reference", None), "ours": ("ours", None)}
         variants = {}
         if args.ablation:
+            eager = {"cuda_graphs": False, "compile": "none"}
             variants = {
-                "engine, fp32, contiguous, eager": {"precision": "fp32", "channels_last": False, "compile": "none"},
-                "engine, fp32, channels_last": {"precision": "fp32", "channels_last": True, "compile": "none"},
-                "engine, bf16, channels_last": {"precision": "bf16", "channels_last": True, "compile": "none"},
+                "engine, fp32, contiguous, eager": {"precision": "fp32", "channels_last": False, **eager},
+                "engine, fp32, channels_last": {"precision": "fp32", "channels_last": True, **eager},
+                "engine, bf16, channels_last": {"precision": "bf16", "channels_last": True, **eager},
             }
             if args.device == "cuda":
-                variants["engine, bf16, channels_last, compiled"] = {"precision": "bf16", "channels_last": True,
-                                                                     "compile": "default"}
-                variants["engine, compiled, cuDNN autotuned"] = {"precision": "bf16", "channels_last": True,
-                                                                 "compile": "default", "deterministic": False}
+                variants.update({
+                    "engine, bf16, channels_last, compiled": {"precision": "bf16", "channels_last": True,
+                                                              "cuda_graphs": False, "compile": "default"},
+                    "engine, fp32, contiguous, CUDA graph": {"precision": "fp32", "channels_last": False,
+                                                             "cuda_graphs": True},
+                    "engine, bf16, channels_last, CUDA graph": {"precision": "bf16", "channels_last": True,
+                                                                "cuda_graphs": True},
+                    "engine, CUDA graph of compiled networks": {"cuda_graphs": True, "compile": "default"},
+                    "engine, CUDA graph, cuDNN autotuned": {"cuda_graphs": True, "deterministic": False},
+                })
         paths.update({name: ("ours", runtime) for name, runtime in variants.items()})
         results = measure(args, paths)
         reference, ours = results["reference"], results["ours"]
@@ -196,13 +206,27 @@ def main() -> None:
                  if args.repeats > 1 else ""))
         for name in variants:
             record = results[name]
-            print(f"  {name:38s}: {record['images_per_s']:9.1f} images/s{range_of(record)} "
+            print(f"  {name:40s}: {record['images_per_s']:9.1f} images/s{range_of(record)} "
                   f"({record['ratio']:.2f}x reference)")
+        together = None
+        if args.concurrent > 1:
+            # Every job times its second epoch, after its own warm-up, so the timed epochs overlap.
+            with ThreadPoolExecutor(args.concurrent) as pool:
+                records = list(pool.map(lambda _: run_worker(args, "ours"), range(args.concurrent)))
+            rates = [r["images_per_s"] for r in records]
+            together = sum(rates)
+            print(f"{args.concurrent} engine jobs at once on this device: {together:9.1f} images/s together "
+                  f"({together / reference['images_per_s']:.2f}x one reference loop; "
+                  f"{min(rates):.0f}-{max(rates):.0f} each)")
         hours, jobs, teachers, epochs = table1_estimate(ours["images_per_s"])
         ref_hours = table1_estimate(reference["images_per_s"])[0]
         print(f"Table 1 grid (params/cifar100.yaml: {jobs} student jobs + {teachers} teachers, {epochs} epochs of 50,000 "
               f"images), if every job ran at this pair's rate on this device:")
         print(f"  engine {hours:8.1f} h on one device ({hours / 4:.1f} h on four); reference loop {ref_hours:8.1f} h")
+        if together:
+            shared = table1_estimate(together)[0]
+            print(f"  engine with jobs_per_gpu: {args.concurrent}: {shared:8.1f} h on one device "
+                  f"({shared / 4:.1f} h on four)")
 
 
 if __name__ == "__main__":

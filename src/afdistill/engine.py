@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DeviceData
+from .graphs import GraphedStep
 from .methods import Batch, Context, build_method, dry_run, method_class
 from .models import create_model
 from .models.fold import fold_batch_norm
@@ -83,19 +84,21 @@ def load_network(path: str | Path, arch: str, num_classes: int, device: torch.de
 
 @dataclass(frozen=True)
 class Resolved:
-    """What ``Runtime`` settings mean on this device."""
+    """What ``Runtime`` settings mean on this device, for this method."""
 
     bf16: bool
     channels_last: bool
     compile: str | None
     deterministic: bool = True
+    cuda_graphs: bool = False
 
     def record(self) -> dict[str, Any]:
         return {"precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
-                "compile": self.compile or "none", "deterministic": self.deterministic}
+                "compile": self.compile or "none", "deterministic": self.deterministic,
+                "cuda_graphs": self.cuda_graphs}
 
 
-def resolve_runtime(runtime: Runtime, device: torch.device) -> Resolved:
+def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanilla") -> Resolved:
     cuda = device.type == "cuda"
     if runtime.precision == "auto":
         if cuda:
@@ -105,11 +108,19 @@ def resolve_runtime(runtime: Runtime, device: torch.device) -> Resolved:
     else:
         bf16 = runtime.precision == "bf16"
     channels_last = True if runtime.channels_last == "auto" else bool(runtime.channels_last)
+    graph_safe = method_class(method).cuda_graphs and not method_class(method).needs_input_grad
+    if runtime.cuda_graphs is True and not cuda:
+        raise ValueError("runtime.cuda_graphs: true needs a CUDA device; use auto or false on CPU")
+    if runtime.cuda_graphs is True and not graph_safe:
+        raise ValueError(f"runtime.cuda_graphs: method {method!r} cannot run as a CUDA graph; use auto or false")
+    graphs = cuda and graph_safe and runtime.cuda_graphs is not False
     mode = runtime.compile
     if mode == "auto":
-        mode = "default" if cuda else "none"
+        # A replayed graph already removes the launch cost that compiling would cut. Compiled networks inside
+        # the graph are faster still, but their kernels then depend on what the process compiled before.
+        mode = "default" if cuda and not graphs else "none"
     return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode,
-                    deterministic=runtime.deterministic)
+                    deterministic=runtime.deterministic, cuda_graphs=graphs)
 
 
 def set_cuda_determinism(deterministic: bool) -> None:
@@ -239,7 +250,7 @@ def train(
         seed=spec.seed, artifact=artifact,
     )
     method = build_method(spec.method, spec.method_params, context).to(device)
-    runtime = resolve_runtime(spec.runtime, device)
+    runtime = resolve_runtime(spec.runtime, device, spec.method)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     student_forward = compiled(model, runtime.compile)
@@ -274,7 +285,34 @@ def train(
         log(f"[{spec.title}] resuming after epoch {state['epoch']} from {checkpoint_path}")
     run_id = tracker.start(run_id)
     log(f"[{spec.title}] on {device.type}: " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
-    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16)
+    # No cast cache: inside a CUDA graph it would hold casts of the previous step's weights.
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16,
+                       cache_enabled=False)
+
+    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
+        """One optimisation step on a batch; returns the weighted loss terms and the student's logits."""
+        if method.needs_input_grad:
+            images.requires_grad_(True)
+        teacher_out = None
+        with autocast():
+            if teacher is not None:
+                with torch.inference_mode():
+                    teacher_out = teacher_forward(images, with_features=True)
+            with torch.no_grad() if frozen else nullcontext():
+                student_out = student_forward(images, with_features=True)
+        if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
+            student_out = student_out.float()
+            teacher_out = teacher_out.float() if teacher_out is not None else None
+        batch = Batch(images, labels, indices)
+        terms = method(student_out, teacher_out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(terms)
+        optimizer.step()
+        method.after_step(batch, model, teacher_out, optimizer)
+        # Detached, so that nothing keeps this step's autograd graph alive into the next one.
+        return {name: value.detach() for name, value in terms.items()}, student_out.logits.detach()
+
+    run_step = GraphedStep(step, optimizer) if runtime.cuda_graphs else step
 
     # ---- the loop
     batches_per_epoch = data.num_train_batches(schedule.batch_size)
@@ -292,31 +330,12 @@ def train(
         started = time.perf_counter()
         batches = data.train_batches(schedule.batch_size, generator)
         for images, labels, indices in _progress(batches, batches_per_epoch, f"{spec.title} epoch {epoch}"):
-            images = images.contiguous(memory_format=layout)
-            if method.needs_input_grad:
-                images.requires_grad_(True)
-            teacher_out = None
-            with autocast():
-                if teacher is not None:
-                    with torch.inference_mode():
-                        teacher_out = teacher_forward(images, with_features=True)
-                with torch.no_grad() if frozen else nullcontext():
-                    student_out = student_forward(images, with_features=True)
-            if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
-                student_out = student_out.float()
-                teacher_out = teacher_out.float() if teacher_out is not None else None
-            batch = Batch(images, labels, indices)
-            terms = method(student_out, teacher_out, batch)
-            optimizer.zero_grad(set_to_none=True)
-            method.backward(terms)
-            optimizer.step()
-            method.after_step(batch, model, teacher_out, optimizer)
-
+            terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices)
             with torch.no_grad():  # running sums stay on the device: no sync per step
                 n = len(labels)
                 for name, value in {"total": sum(terms.values()), **terms}.items():
-                    sums[name] = sums.get(name, 0) + value.detach() * n
-                top = student_out.logits.topk(min(5, data.num_classes), dim=1).indices.eq(labels.unsqueeze(1))
+                    sums[name] = sums.get(name, 0) + value * n
+                top = logits.topk(min(5, data.num_classes), dim=1).indices.eq(labels.unsqueeze(1))
                 correct1 = correct1 + top[:, :1].sum()
                 correct5 = correct5 + top.sum()
                 seen += n

@@ -121,6 +121,7 @@ def _candidate_shapes(context: Context) -> tuple[list[Tensor], list[Tensor]]:
 
 @register_method("afd")
 class AFD(Method):
+    cuda_graphs = True
     label = "AFD"
 
     def __init__(self, context: Context, beta: float = 200.0, qk_dim: int = 128, alpha: float = 0.9, **base):
@@ -131,8 +132,9 @@ class AFD(Method):
         self.student_candidates = list(context.student.afd_candidates)
         self.attention = AFDAttention([f.shape[1] for f in teacher], [f.shape[1] for f in student], qk_dim)
         self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
-        self._attention_sum: Tensor | None = None
-        self._attention_count = 0
+        # The epoch's attention, summed over samples in place (a replayed CUDA graph keeps writing here).
+        self.register_buffer("attention_sum", torch.zeros(len(teacher), len(student)), persistent=False)
+        self.register_buffer("attention_count", torch.zeros(()), persistent=False)
 
     def links(self, student: Features, teacher: Features) -> Tensor:
         """alpha for this batch, B x T x S."""
@@ -144,17 +146,17 @@ class AFD(Method):
         t_energy, t_mean = candidate_statistics(teacher, self.teacher_candidates)
         alpha = self.attention(s_mean, t_mean)
         with torch.no_grad():
-            total = alpha.sum(0)
-            self._attention_sum = total if self._attention_sum is None else self._attention_sum + total
-            self._attention_count += alpha.shape[0]
+            self.attention_sum.add_(alpha.sum(0))
+            self.attention_count.add_(alpha.shape[0])
         loss = (self.distance(s_energy, t_energy) * alpha).sum((1, 2)).mean()
         return {"afd": self.beta * loss}
 
     def epoch_summary(self) -> dict:
-        if self._attention_sum is None:
+        if not self.attention_count:
             return {}
-        mean = (self._attention_sum / self._attention_count).cpu()
-        self._attention_sum, self._attention_count = None, 0
+        mean = (self.attention_sum / self.attention_count).cpu()
+        self.attention_sum.zero_()
+        self.attention_count.zero_()
         return {"attention": mean}
 
 
@@ -162,6 +164,7 @@ class AFD(Method):
 class AFDPretrainedLinks(Method):
     """The AFD distance with alpha fixed to the links a link-finding AFD run converged to (paper's Table 4)."""
 
+    cuda_graphs = True
     needs_artifact = "links"
     label = "AFD (pre-trained links)"
 

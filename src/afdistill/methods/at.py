@@ -41,6 +41,7 @@ def attention_map(features: Tensor, p: float, mapping: str) -> Tensor:
 
 @register_method("at")
 class AttentionTransfer(Method):
+    cuda_graphs = True
     label = "ATT"
 
     def __init__(self, context: Context, beta: float = 1000.0, p: float = 2.0, mapping: str = "sum",

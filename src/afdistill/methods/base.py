@@ -15,7 +15,9 @@ is applied to all baselines").
 The engine's loop calls, per batch: ``forward``, ``backward`` (plain
 ``loss.backward()`` unless a method shapes its gradients, like MHGD's
 clipping), the optimiser step, then ``after_step`` (L2T's meta-update), and
-``begin_epoch`` before each epoch. Methods that need the input gradient (AT's
+``begin_epoch`` before each epoch; on CUDA the per-batch calls run as one
+replayed CUDA graph for methods that set ``cuda_graphs``. Methods that need
+the input gradient (AT's
 gradient-based variant) set ``needs_input_grad``.
 """
 from __future__ import annotations
@@ -76,6 +78,11 @@ class Method(nn.Module):
     heads_params: tuple[str, ...] = ()
     #: the engine makes the input images require grad before the student's forward pass
     needs_input_grad = False
+    #: the step (forward, backward, after_step) may be captured and replayed as a CUDA graph
+    #: (``afdistill.graphs``): no host synchronisation, no random numbers, and any state kept across
+    #: steps updated in place in tensors. Opt-in, since a method that breaks this would silently
+    #: train on stale values.
+    cuda_graphs = False
 
     def __init__(self, context: Context, gamma: float = 1.0, alpha: float = 0.0, temperature: float = 4.0):
         super().__init__()

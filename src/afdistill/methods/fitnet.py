@@ -40,6 +40,7 @@ class ConvRegressor(nn.Module):
 
 @register_method("fitnet")
 class FitNet(Method):
+    cuda_graphs = True
     label = "FitNet"
 
     def __init__(self, context: Context, beta: float = 100.0, hint_layer: int = 2, alpha: float = 0.9, **base):

@@ -8,6 +8,7 @@ from .base import Context, Method, register_method
 class Vanilla(Method):
     """Cross-entropy only: the "Student" row, and how teachers are pretrained."""
 
+    cuda_graphs = True
     needs_teacher = False
     label = "Student"
 
@@ -22,6 +23,7 @@ class KD(Method):
     RepDistiller and the AT code weight the cross-entropy by 0.1 (``gamma``) instead.
     """
 
+    cuda_graphs = True
     label = "KD"
 
     def __init__(self, context: Context, gamma: float = 1.0, alpha: float = 0.9, temperature: float = 4.0):

@@ -34,6 +34,7 @@ def triplet_angles(embeddings: Tensor) -> Tensor:
 
 @register_method("rkd")
 class RKD(Method):
+    cuda_graphs = True
     label = "RKD"
 
     def __init__(self, context: Context, beta: float = 1.0, distance_weight: float = 25.0,
