@@ -8,8 +8,10 @@ the teacher's forward pass under ``no_grad`` with its features detached, and
 the AFD distance computed in a Python loop over teacher candidates with the
 student maps pooled by ``AdaptiveAvgPool2d`` per teacher resolution, and
 cuDNN autotuning on (``cudnn.benchmark``). The
-attention network itself is the package's (the same parameters), so only the
-loop structure differs from the engine.
+attention network's parameters are the package's, but its forward pass is
+computed as the official code computes it (every key mapped to one key per
+teacher candidate, then contracted with the queries), so only the loop
+structure differs from the engine.
 """
 from __future__ import annotations
 
@@ -76,6 +78,16 @@ class LoopAFDDistance(nn.Module):
         return sum(losses)
 
 
+def official_attention(attention, student_means: list[torch.Tensor], teacher_means: list[torch.Tensor]) -> torch.Tensor:
+    """alpha, B x T x S, from the package's ``AFDAttention`` parameters, with the B x S x T x d mapped keys."""
+    batch, n_student, n_teacher, dim = student_means[0].shape[0], attention.n_student, attention.n_teacher, attention.qk_dim
+    query = torch.stack([layer(mean) for layer, mean in zip(attention.query, teacher_means)], dim=1)
+    key = torch.stack([F.relu(layer(mean)) for layer, mean in zip(attention.key, student_means)], dim=1)
+    mapped = attention.bilinear(key.reshape(batch * n_student, dim)).view(batch, n_student, n_teacher, dim)
+    logits = torch.einsum("bstd,btd->bts", mapped, query) + attention.p_t @ attention.p_s.t()
+    return F.softmax(logits / dim ** 0.5, dim=2)
+
+
 class ReferenceTrainer:
     """Teacher, student, method and SGD, trained the way the reference code trains them."""
 
@@ -119,7 +131,7 @@ class ReferenceTrainer:
         method = self.method
         s = select(student.blocks, method.student_candidates)
         t = [f.detach() for f in select(teacher.blocks, method.teacher_candidates)]
-        alpha = method.attention([f.mean((2, 3)) for f in s], [f.mean((2, 3)) for f in t])
+        alpha = official_attention(method.attention, [f.mean((2, 3)) for f in s], [f.mean((2, 3)) for f in t])
         return (F.cross_entropy(student.logits, labels) + method.alpha * kd_loss(student.logits, teacher.logits,
                 method.temperature) + method.beta * self.loop_distance(s, t, alpha))
 

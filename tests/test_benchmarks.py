@@ -31,7 +31,8 @@ def rate(line_start, text):
 
 def test_throughput_prints_both_paths_their_ratio_and_the_table1_estimate(tmp_path):
     text = benchmark("throughput.py", "--teacher", "resnet8", "--student", "resnet8", "--method", "afd",
-                     "--batch-size", "16", "--steps", "2", "--warmup", "1", "--ablation", cwd=tmp_path)
+                     "--batch-size", "16", "--steps", "2", "--warmup", "1", "--ablation", "--concurrent", "2",
+                     cwd=tmp_path)
     assert "synthetic random images" in text
     reference, ours = rate("reference loop", text), rate("engine (ours)", text)
     assert reference > 0 and ours > 0
@@ -40,6 +41,9 @@ def test_throughput_prints_both_paths_their_ratio_and_the_table1_estimate(tmp_pa
     assert rate("engine, fp32, contiguous, eager", text) > 0
     assert re.search(r"Table 1 grid \(params/cifar100.yaml: \d+ student jobs", text)
     assert re.search(r"engine\s+[0-9.]+ h on one device", text)
+    together = rate("2 engine jobs at once on this device", text)
+    assert together > 0
+    assert re.search(r"engine with jobs_per_gpu: 2:\s+[0-9.]+ h on one device", text)
 
 
 def test_method_cost_times_every_method_against_kd(tmp_path):

@@ -99,7 +99,7 @@ def test_a_published_teacher_checkpoint_is_evaluated_not_retrained(small_data, t
 
 
 def test_evaluation_runs_through_a_compiled_network(small_data):
-    # Regression: the default CUDA runtime compiles the student, and evaluation once failed on the
+    # Regression: a runtime with a compile mode compiles the student, and evaluation once failed on the
     # compiled wrapper (``forward or model`` asked it for its truth value).
     from afdistill.data import DeviceData
     from afdistill.engine import evaluate

@@ -1,4 +1,5 @@
 """Loss values against independent computations written here from the papers' formulas."""
+import copy
 import math
 from types import SimpleNamespace
 
@@ -129,7 +130,10 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
     assert set(terms) == {"ce", "kd"} | ({"afd"} if name == "afd" else set())
     sum(terms.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters())
+    assert all(p.grad is not None for p in method.parameters())
+    # A bias followed by training-mode BatchNorm has zero gradient: BN subtracts it again.
+    inert = {"attention.bilinear.linear.bias"}
+    assert all(p.grad.abs().sum() > 0 for name, p in method.named_parameters() if name not in inert)
     assert all(p.grad is None for p in teacher.parameters())
 
 
@@ -169,3 +173,32 @@ def test_fused_energy_and_mean_has_autograds_values_and_gradients(dtype, outputs
     assert fused.grad.dtype == dtype
     torch.testing.assert_close(fused.grad.float(), plain.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_afd_bilinear_scores_equal_the_mapped_keys_of_the_official_code(training):
+    # The folded computation must give the Linear+BN mapped keys' scores, their gradients and BN's running stats.
+    torch.manual_seed(0)
+    from afdistill.methods.afd import AFDAttention
+
+    fast = AFDAttention([4, 6, 6], [3, 5], qk_dim=8)
+    with torch.no_grad():  # non-trivial affine parameters and running statistics
+        for parameter in fast.bilinear.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+        fast.bilinear.bn.running_mean.normal_()
+        fast.bilinear.bn.running_var.uniform_(0.5, 2.0)
+    plain = copy.deepcopy(fast)
+    fast.train(training), plain.train(training)
+    key = torch.randn(5, 2, 8).relu().requires_grad_()
+    query = torch.randn(5, 3, 8, requires_grad=True)
+    got = fast.bilinear_scores(key, query)
+    mapped = plain.bilinear(key.reshape(10, 8)).view(5, 2, 3, 8)
+    expected = torch.einsum("bstd,btd->bts", mapped, query)
+    assert torch.allclose(got, expected, atol=1e-5)
+    weights = torch.randn(5, 3, 2)
+    got_grads = torch.autograd.grad((got * weights).sum(), [key, query, *fast.bilinear.parameters()])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [key, query, *plain.bilinear.parameters()])
+    for a, b in zip(got_grads, expected_grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    for name, buffer in plain.bilinear.bn.named_buffers():
+        assert torch.allclose(getattr(fast.bilinear.bn, name).float(), buffer.float(), atol=1e-5), name

@@ -27,7 +27,8 @@ def test_auto_graphs_the_step_of_methods_that_allow_it():
     assert not resolve_runtime(Runtime(), gpu, "crd").cuda_graphs  # draws random negatives each step
     assert not resolve_runtime(Runtime(), gpu, "at_grad").cuda_graphs
     assert resolve_runtime(Runtime(), gpu, "afd").compile is None  # the graph already removes launch costs
-    assert resolve_runtime(Runtime(), gpu, "crd").compile == "default"
+    assert resolve_runtime(Runtime(), gpu, "crd").compile is None  # compiling is opt-in
+    assert resolve_runtime(Runtime(compile="default"), gpu, "crd").compile == "default"
     with pytest.raises(ValueError, match="method 'l2t' cannot run as a CUDA graph"):
         resolve_runtime(Runtime(cuda_graphs=True), gpu, "l2t")
 

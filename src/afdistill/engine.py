@@ -114,11 +114,10 @@ def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanil
     if runtime.cuda_graphs is True and not graph_safe:
         raise ValueError(f"runtime.cuda_graphs: method {method!r} cannot run as a CUDA graph; use auto or false")
     graphs = cuda and graph_safe and runtime.cuda_graphs is not False
-    mode = runtime.compile
-    if mode == "auto":
-        # A replayed graph already removes the launch cost that compiling would cut. Compiled networks inside
-        # the graph are faster still, but their kernels then depend on what the process compiled before.
-        mode = "default" if cuda and not graphs else "none"
+    # Compiling is opt-in: an eager CUDA step at batch 64 ran 6% slower compiled (AFD resnet56 -> resnet20 on an
+    # H100, benchmarks/results/), a replayed graph already removes the launch cost compiling would cut, and
+    # compiled networks inside a graph make kernels depend on what the process compiled before.
+    mode = "none" if runtime.compile == "auto" else runtime.compile
     return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode,
                     deterministic=runtime.deterministic, cuda_graphs=graphs)
 

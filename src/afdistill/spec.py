@@ -45,9 +45,10 @@ class Runtime:
     compute capability 8.0+, CPUs with AVX512-BF16/AMX), fp32 elsewhere.
     ``channels_last``: NHWC memory layout for convolutions (``auto``: on).
     ``compile``: a ``torch.compile`` mode for the networks (``reduce-overhead``
-    adds CUDA graphs of the networks alone); ``auto`` is ``default`` on CUDA
-    for steps that do not run as a CUDA graph, ``none`` for those that do and
-    on CPU, where compiling costs a minute and gains nothing in fp32.
+    adds CUDA graphs of the networks alone); ``auto`` is ``none``: compiling
+    costs a minute per job, made an eager CUDA step of these small networks
+    slower at batch 64, and inside a CUDA graph (below) trades exact
+    reproducibility for speed, which is for the user to choose.
     ``deterministic``: on CUDA, deterministic cuDNN/cuBLAS kernels and
     ``torch.use_deterministic_algorithms``, so a seed reproduces a run's
     metrics exactly; ``false`` lets cuDNN autotune (``cudnn.benchmark``, as

@@ -70,10 +70,46 @@ class AFDAttention(nn.Module):
         batch = student_means[0].shape[0]
         query = torch.stack([layer(mean) for layer, mean in zip(self.query, teacher_means)], dim=1)
         key = torch.stack([F.relu(layer(mean)) for layer, mean in zip(self.key, student_means)], dim=1)
-        key = self.bilinear(key.reshape(batch * self.n_student, self.qk_dim))
-        key = key.view(batch, self.n_student, self.n_teacher, self.qk_dim)
-        logits = torch.einsum("bstd,btd->bts", key, query) + self.p_t @ self.p_s.t()
+        logits = self.bilinear_scores(key, query) + self.p_t @ self.p_s.t()
         return F.softmax(logits / math.sqrt(self.qk_dim), dim=2)
+
+    def bilinear_scores(self, key: Tensor, query: Tensor) -> Tensor:
+        """``q_t . BN(W k_s + c)_t`` for every (b, t, s), B x T x S, without the B x S x T x d mapped keys.
+
+        The official code maps each key to T keys with one Linear+BN (BN
+        statistics over all B x S keys) and contracts them with the queries.
+        With ``scale = gamma / sqrt(var + eps)`` that equals
+
+            (q_t * scale_t) W_t . k_s + q_t . (scale_t (c_t - mean_t) + beta_t)
+
+        where, in training, ``mean = W mean(k) + c`` and ``var = w^T Cov(k) w``
+        per mapped feature, as BN computes them. Folding the queries into the
+        weight costs T x d x d multiply-adds per sample instead of S x T x d x d,
+        with the same values and gradients. Running statistics are updated as
+        BatchNorm does.
+        """
+        linear, bn = self.bilinear.linear, self.bilinear.bn
+        dim = key.shape[2]
+        weight = linear.weight  # (T d) x d
+        if bn.training:
+            rows = key.reshape(-1, dim)
+            centre = rows.mean(0)
+            centred = rows - centre
+            mean = linear(centre)
+            variance = ((weight @ (centred.t() @ centred / rows.shape[0])) * weight).sum(1)  # biased, as BN uses
+            with torch.no_grad():
+                unbiased = variance * rows.shape[0] / max(rows.shape[0] - 1, 1)
+                bn.running_mean.lerp_(mean, bn.momentum)
+                bn.running_var.lerp_(unbiased, bn.momentum)
+                bn.num_batches_tracked.add_(1)
+        else:
+            mean, variance = bn.running_mean, bn.running_var
+        scale = bn.weight * torch.rsqrt(variance + bn.eps)
+        shape = (self.n_teacher, self.qk_dim)
+        weighted = query * scale.view(shape)  # B x T x d
+        folded = torch.bmm(weighted.transpose(0, 1), weight.view(*shape, dim)).transpose(0, 1)  # B x T x d_in
+        constant = (query * (scale * (linear.bias - mean) + bn.bias).view(shape)).sum(2)  # B x T
+        return torch.bmm(folded, key.transpose(1, 2)) + constant.unsqueeze(2)
 
 
 class PairDistance(nn.Module):
