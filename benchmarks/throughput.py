@@ -182,6 +182,9 @@ def main() -> None:
                 "engine, fp32, channels_last": {"precision": "fp32", "channels_last": True, **eager},
                 "engine, bf16, channels_last": {"precision": "bf16", "channels_last": True, **eager},
             }
+            if args.device == "cpu":
+                variants["engine, fp32, channels_last, heap trimmed"] = {"precision": "fp32", "channels_last": True,
+                                                                         "keep_freed_memory": False, **eager}
             if args.device == "cuda":
                 variants.update({
                     "engine, bf16, channels_last, compiled": {"precision": "bf16", "channels_last": True,

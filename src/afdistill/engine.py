@@ -24,6 +24,7 @@ from torch import nn
 
 from .data import DeviceData
 from .graphs import GraphedStep
+from .heap import keep_freed_memory
 from .methods import Batch, Context, build_method, dry_run, method_class
 from .models import create_model
 from .models.fold import fold_batch_norm
@@ -91,11 +92,12 @@ class Resolved:
     compile: str | None
     deterministic: bool = True
     cuda_graphs: bool = False
+    keep_freed_memory: bool = False
 
     def record(self) -> dict[str, Any]:
         return {"precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
                 "compile": self.compile or "none", "deterministic": self.deterministic,
-                "cuda_graphs": self.cuda_graphs}
+                "cuda_graphs": self.cuda_graphs, "keep_freed_memory": self.keep_freed_memory}
 
 
 def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanilla") -> Resolved:
@@ -118,8 +120,10 @@ def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanil
     # H100, benchmarks/results/), a replayed graph already removes the launch cost compiling would cut, and
     # compiled networks inside a graph make kernels depend on what the process compiled before.
     mode = "none" if runtime.compile == "auto" else runtime.compile
+    # On CUDA the host allocates little per step; on CPU every activation is a fresh heap block.
+    keep = not cuda if runtime.keep_freed_memory == "auto" else bool(runtime.keep_freed_memory)
     return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode,
-                    deterministic=runtime.deterministic, cuda_graphs=graphs)
+                    deterministic=runtime.deterministic, cuda_graphs=graphs, keep_freed_memory=keep)
 
 
 def set_cuda_determinism(deterministic: bool) -> None:
@@ -222,8 +226,11 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.device)
+    runtime = resolve_runtime(spec.runtime, device, spec.method)
     if device.type == "cuda":
-        set_cuda_determinism(spec.runtime.deterministic)
+        set_cuda_determinism(runtime.deterministic)
+    if runtime.keep_freed_memory:
+        keep_freed_memory()
     schedule = spec.schedule
     torch.manual_seed(spec.seed)
 
@@ -249,7 +256,6 @@ def train(
         seed=spec.seed, artifact=artifact,
     )
     method = build_method(spec.method, spec.method_params, context).to(device)
-    runtime = resolve_runtime(spec.runtime, device, spec.method)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     student_forward = compiled(model, runtime.compile)

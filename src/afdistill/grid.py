@@ -11,7 +11,8 @@ Keys (see ``params/default.yaml`` for a commented example)::
     dataset: digits            # digits | cifar10 | cifar100
     data: {root: data/raw, download: false, verify_checksums: true}
     device: auto               # auto | cpu | cuda
-    runtime: {precision: auto, channels_last: auto, compile: auto, deterministic: true, cuda_graphs: auto}   # spec.Runtime
+    runtime: {precision: auto, channels_last: auto, compile: auto, deterministic: true, cuda_graphs: auto,
+              keep_freed_memory: auto}   # spec.Runtime
     jobs_per_gpu: 1            # training jobs sharing one GPU (a pipeline option; results do not depend on it)
     seeds: [0, 1]              # one student job per seed
     train: {epochs: 240, ...}  # the schedule of every training job (spec.Schedule)
@@ -223,9 +224,10 @@ class Grid:
         if not isinstance(runtime, dict):
             raise GridError(f"runtime: expected a mapping, got {runtime!r}")
         allowed = {"precision": PRECISIONS, "channels_last": ("auto", True, False), "compile": COMPILE_MODES,
-                   "deterministic": (True, False), "cuda_graphs": ("auto", True, False)}
+                   "deterministic": (True, False), "cuda_graphs": ("auto", True, False),
+                   "keep_freed_memory": ("auto", True, False)}
         kinds = {"precision": str, "channels_last": (str, bool), "compile": str, "deterministic": bool,
-                 "cuda_graphs": (str, bool)}
+                 "cuda_graphs": (str, bool), "keep_freed_memory": (str, bool)}
         for key, value in runtime.items():
             if key not in allowed:
                 raise GridError(f"runtime.{key}: unknown key; allowed: {_allowed(allowed)}")
