@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator  # noqa: F401  (Annotated: methods declare ranges with it)
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,40 @@ from torch import Tensor, nn
 
 from ..models import Features
 from ..models.registry import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric hyper-parameter, declared in the constructor's signature::
+
+        def __init__(self, context, temperature: Annotated[float, Range(gt=0)] = 4.0, ...)
+
+    ``integer``: whole numbers only. Bounds left as None are open.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    integer: bool = False
+
+    def describe(self) -> str:
+        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
+        return ("an integer" if self.integer else "a number") + (" " + " and ".join(parts) if parts else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The valid values of a categorical hyper-parameter: ``mapping: Annotated[str, Choice("sum", "max")] = "sum"``."""
+
+    values: tuple
+
+    def __init__(self, *values):
+        object.__setattr__(self, "values", tuple(values))
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
 
 
 @dataclass
@@ -72,6 +106,7 @@ class Method(nn.Module):
     #: the pipeline stage whose output this method reads: "links" (AFD links) or "heads" (a network
     #: pretrained on the teacher, MHGD), if any
     needs_artifact: str | None = None
+    #: (``pre_stage`` below reads it; a method whose pre-stage depends on its hyper-parameters overrides that)
     #: for needs_artifact == "heads": the method type that pretrains them, and which of this
     #: method's hyper-parameters it shares
     heads_method: str | None = None
@@ -90,6 +125,11 @@ class Method(nn.Module):
         self.alpha = float(alpha)
         self.temperature = float(temperature)
         self.epoch = 0
+
+    @classmethod
+    def pre_stage(cls, params: dict[str, Any]) -> str | None:
+        """The pipeline stage whose output a run with these hyper-parameters reads ("links", "heads"), if any."""
+        return cls.needs_artifact
 
     def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         terms = {"ce": self.gamma * F.cross_entropy(student.logits, batch.labels)}
