@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_FILES = ["Snakefile", "workflow", "profiles", "dvc.yaml", "params", "src"]  # src: DVC's code deps
+PIPELINE_FILES = ["Snakefile", "workflow", "profiles", "dvc.yaml", "pipelines", "params", "src"]  # src: DVC's code deps
 
 
 def tool_env(tmp_path: Path | None = None) -> dict:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from afdistill.engine import CHECKPOINT, ResumeError, train
+from afdistill.engine import CHECKPOINT, train
 from afdistill.spec import JobSpec, Schedule
 
 SCHEDULE = Schedule(epochs=3, batch_size=16, lr=0.05, lr_decay_epochs=(3,))
@@ -39,7 +39,8 @@ def test_training_lowers_the_loss_and_writes_its_outputs(small_data, tmp_path):
     assert metrics["test_top1"] == result.record["test_top1"] > 0.3
     assert set(metrics["history"][0]) >= {"loss_total", "loss_ce", "train_top1", "train_top5", "test_top1",
                                           "test_top5", "lr", "images_per_s"}
-    assert (tmp_path / "job" / "model.pt").exists() and not (tmp_path / "job" / CHECKPOINT).exists()
+    assert (tmp_path / "job" / "model.pt").exists()
+    assert torch.load(tmp_path / "job" / CHECKPOINT, weights_only=False)["complete"]  # kept: the job is recognised
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_data, teacher_checkpoint, tmp_path):
@@ -81,13 +82,25 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint(small_data, teacher
         assert torch.equal(a, b)
 
 
-def test_a_checkpoint_of_another_job_is_never_overwritten(small_data, tmp_path):
+def test_a_checkpoint_of_another_job_is_kept_aside_not_overwritten(small_data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(teacher_spec(), small_data, tmp_path / "job", log=Interrupt(at=2))
     before = (tmp_path / "job" / CHECKPOINT).read_bytes()
-    with pytest.raises(ResumeError, match="different seed"):
-        train(teacher_spec(seed=5), small_data, tmp_path / "job", log=lambda *a: None)
-    assert (tmp_path / "job" / CHECKPOINT).read_bytes() == before
+    messages = []
+    train(teacher_spec(seed=5), small_data, tmp_path / "job", log=messages.append)
+    assert any("different seed" in m and "starting from scratch" in m for m in messages)
+    (kept,) = (tmp_path / "job").glob(f"{CHECKPOINT}.other-job-*")
+    assert kept.read_bytes() == before
+
+
+def test_a_completed_job_is_recognised_not_retrained(small_data, tmp_path):
+    first = train(teacher_spec(), small_data, tmp_path / "job", log=lambda *a: None)
+    (tmp_path / "job" / "metrics.json").unlink()  # as a scheduler deletes outputs before a rerun
+    messages = []
+    again = train(teacher_spec(), small_data, tmp_path / "job", log=messages.append)
+    assert "already complete" in messages[0] and not any("epoch 1/" in m for m in messages)
+    assert again.record["history"] == first.record["history"]
+    assert json.loads((tmp_path / "job" / "metrics.json").read_text())["test_top1"] == first.record["test_top1"]
 
 
 def test_a_published_teacher_checkpoint_is_evaluated_not_retrained(small_data, teacher_checkpoint, tmp_path):

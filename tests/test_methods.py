@@ -311,12 +311,12 @@ def test_singular_vector_backward_is_the_reference_formula():
 
 def mhgd_setup(beta=1.0):
     t, s, images, labels = networks("resnet14", "resnet8", batch=8)
-    pretrain = build_method("mhan", {"num_heads": 2}, Context(t, None, dry_run(t, images[:2]), None, 10,
+    pretrain = build_method("mhan", {"num_heads": 2}, Context(None, t, None, dry_run(t, images[:2]), 10,
                                                              torch.arange(40) % 10, 8, seed=0))
     pretrain.begin_epoch(1)
     with torch.no_grad():
         ft = t(images, with_features=True)
-    terms = pretrain(ft, None, batch(images, labels))
+    terms = pretrain(None, ft, batch(images, labels))
     terms["mhan"].backward()
     assert all(p.grad is not None for p in pretrain.parameters())
     method = build_method("mhgd", {"num_heads": 2, "beta": beta},

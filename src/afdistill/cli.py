@@ -1,9 +1,10 @@
 """Command-line interface: what the Snakemake rules call, and what a person can call by hand.
 
+    afdistill check --grid params/default.yaml            # validate a grid, count its jobs
+    afdistill jobs --grid params/default.yaml              # every job folder, with its state
+    afdistill run --grid params/default.yaml results/default/students/digits/resnet20/resnet8/afd/seed0
+    afdistill dvc --grid params/default.yaml              # (re)write the grid's DVC pipeline
     afdistill prepare --dataset digits --out data/digits
-    afdistill train --grid params/default.yaml --teacher resnet20 --student resnet8 --run afd --seed 0 \\
-        --data data/digits --teacher-checkpoint results/default/teachers/digits/resnet20/model.pt --out /tmp/afd
-    afdistill report --grid params/default.yaml --out reports/default results/default/**/metrics.json
     afdistill list
 """
 from __future__ import annotations
@@ -13,19 +14,41 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def _print(*args) -> None:
     print(*args, flush=True)
 
 
+def _set(config: dict, assignment: str) -> None:
+    """Apply ``key.sub=value`` (the value read as YAML) to a grid config."""
+    key, separator, value = assignment.partition("=")
+    if not separator or not key:
+        raise SystemExit(f"error: --set expects KEY=VALUE, got {assignment!r}")
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SystemExit(f"error: --set {assignment}: {part} is not a mapping in the grid")
+    node[last] = yaml.safe_load(value)
+
+
 def _load_grid(args):
-    from .grid import Grid
+    from .grid import Grid, GridError
 
     if getattr(args, "config_json", None):
         return Grid(json.loads(args.config_json), source="--config-json")
-    if getattr(args, "grid", None):
-        return Grid.from_file(args.grid)
-    raise SystemExit("error: give --grid FILE (or --config-json)")
+    if not getattr(args, "grid", None):
+        raise SystemExit("error: give --grid FILE")
+    path = Path(args.grid)
+    if not path.is_file():
+        raise GridError(f"grid file {path} does not exist")
+    config = yaml.safe_load(path.read_text()) or {}
+    for assignment in getattr(args, "set", None) or []:
+        _set(config, assignment)
+    return Grid(config, source=str(path))
 
 
 def cmd_prepare(args) -> None:
@@ -36,109 +59,42 @@ def cmd_prepare(args) -> None:
     _print(f"prepared {args.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {args.out}")
 
 
-def _spec_from_args(args):
+def cmd_train(args) -> None:
+    from .runner import execute_training
     from .spec import JobSpec
 
-    if args.spec:
-        return JobSpec.from_json(args.spec)
-    grid = _load_grid(args)
-    if args.kind == "teacher":
-        return grid.teacher_spec(args.teacher)
-    if args.kind == "links":
-        return grid.links_spec(args.teacher, args.student)
-    if args.kind == "heads":
-        return grid.heads_spec(args.teacher, args.run)
-    if None in (args.student, args.run, args.seed):
-        raise SystemExit("error: a student job needs --teacher, --student, --run and --seed")
-    return grid.student_spec(args.teacher, args.student, args.run, args.seed)
+    spec = JobSpec.from_json(args.spec)
+    execute_training(spec, args.data, args.out, args.teacher_checkpoint, args.artifact, args.threads, _print)
 
 
-def cmd_train(args) -> None:
-    spec = _spec_from_args(args)
-    # Validate everything cheap before touching CUDA, data or MLflow.
-    from .methods import check_method_params, method_class
+def cmd_run(args) -> None:
+    from .jobs import Plan
+    from .runner import run
 
-    check_method_params(spec.method, spec.method_params, f"{spec.title}: method_params")
-    method = method_class(spec.method)
-    if method.needs_artifact and not args.artifact:
-        what = {"links": "the links stage's links.json", "heads": "the heads stage's model.pt"}[method.needs_artifact]
-        raise SystemExit(f"error: {spec.title}: method {spec.method!r} needs --artifact ({what})")
-    if (method.needs_teacher or spec.kind == "heads") and not args.teacher_checkpoint:
-        raise SystemExit(f"error: {spec.title}: method {spec.method!r} needs --teacher-checkpoint")
-    artifact = _load_artifact(method.needs_artifact, args.artifact, spec) if method.needs_artifact else None
-
-    if spec.device != "cpu":
-        from .gpu import claim
-
-        gpu = claim(log=_print)
-        if gpu is not None:
-            _print(f"[{spec.title}] using GPU {gpu}")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from . import tracking
-    from .engine import train
-
-    tracker = tracking.for_job(spec)
-    try:
-        result = train(spec, args.data, args.out, teacher_checkpoint=args.teacher_checkpoint, artifact=artifact,
-                       tracker=tracker, log=_print)
-        out = Path(args.out)
-        if spec.kind == "links":
-            from . import links as links_module
-
-            links_module.write(result, out)
-            for name in links_module.FILES:
-                tracker.log_artifact(out / name)
-        elif result.record["summaries"] and "attention" in result.record["summaries"][-1]:
-            _log_attention_heatmap(result, out, tracker)
-        tracker.log_artifact(out / "metrics.json")
-        tracker.finish("FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    _print(f"[{spec.title}] done: test top-1 {result.record['test_top1']:.4f}")
+    job = run(Plan(_load_grid(args)), args.job, fingerprint=args.fingerprint, threads=args.threads, log=_print)
+    _print(f"{job.folder}: done ({job.fingerprint})")
 
 
-def _load_artifact(stage: str, path: str, spec):
-    if stage == "links":
-        from .links import read
+def cmd_jobs(args) -> None:
+    from .jobs import Plan
 
-        return read(path, spec.teacher, spec.arch)
-    import torch
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the heads stage for {spec.teacher} first")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("arch") != spec.teacher:
-        raise ValueError(f"{path} holds heads pretrained on {state.get('arch')}, not on {spec.teacher}")
-    return state["method"]
+    plan = Plan(_load_grid(args))
+    for job in plan.jobs:
+        if args.kind and job.kind.name != args.kind:
+            continue
+        state = "done" if Path(job.marker).is_file() else "to run"
+        _print(f"{job.kind.name:8} {state:7} {job.folder}")
 
 
-def _log_attention_heatmap(result, out: Path, tracker) -> None:
-    """AFD students also keep a picture of their last epoch's mean links."""
-    import numpy as np
-
-    from .figures import plot_links
-
-    spec = result.record["spec"]
-    matrix = np.asarray(result.record["summaries"][-1]["attention"]).T
-    path = out / "attention.png"
-    plot_links([("last epoch (train mean)", matrix)], f"{spec['teacher']} -> {spec['arch']} {spec['run']}", path)
-    tracker.log_artifact(path)
-
-
-def cmd_report(args) -> None:
-    from .report import build
+def cmd_dvc(args) -> None:
+    from .dvc import pipeline_path, write_pipeline
 
     grid = _load_grid(args)
-    result = build(grid, args.inputs, args.out)
-    _print(f"report for grid {grid.name!r}: {len(result['metrics'])} cells -> {args.out}/table.md")
+    changed = write_pipeline(grid, args.grid, check=args.check)
+    path = pipeline_path(grid)
+    if args.check and changed:
+        raise SystemExit(f"error: {path} is out of date with {args.grid}; run `afdistill dvc --grid {args.grid}`")
+    _print(f"{path}: {'written' if changed else 'up to date'}")
 
 
 def cmd_init_tracking(args) -> None:
@@ -149,9 +105,11 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_check(args) -> None:
-    grid = _load_grid(args)
-    _print(f"grid {grid.name!r} is valid: {len(grid.teachers())} teachers, {len(grid.link_pairs())} link runs, "
-           f"{len(grid.heads_jobs())} heads runs, {len(grid.student_jobs())} student jobs")
+    from .jobs import KINDS, Plan
+
+    plan = Plan(_load_grid(args))
+    counts = ", ".join(f"{len(plan.of_kind(kind))} {kind}" for kind in KINDS)
+    _print(f"grid {plan.grid.name!r} is valid: {len(plan.jobs)} jobs ({counts})")
 
 
 def cmd_list(args) -> None:
@@ -170,6 +128,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="afdistill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def with_grid(command):
+        command.add_argument("--grid", required=True, help="the grid file (params/*.yaml)")
+        command.add_argument("--set", action="append", metavar="KEY=VALUE",
+                             help="override a grid key (dotted path, YAML value), as Snakemake's --config does")
+        command.add_argument("--config-json", help=argparse.SUPPRESS)
+        return command
+
+    run = with_grid(commands.add_parser("run", help="run one job of a grid, named by its folder"))
+    run.add_argument("job", help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs`)")
+    run.add_argument("--fingerprint", help="refuse to run if the job's fingerprint is no longer this one")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.set_defaults(func=cmd_run)
+
+    jobs = with_grid(commands.add_parser("jobs", help="list a grid's jobs and whether each is done"))
+    jobs.add_argument("--kind", help="only jobs of this kind")
+    jobs.set_defaults(func=cmd_jobs)
+
+    check = with_grid(commands.add_parser("check", help="validate a grid file and count its jobs"))
+    check.set_defaults(func=cmd_check)
+
+    dvc = with_grid(commands.add_parser("dvc", help="write the grid's DVC pipeline (dvc.yaml or pipelines/<grid>/)"))
+    dvc.add_argument("--check", action="store_true", help="fail if the pipeline file is out of date; write nothing")
+    dvc.set_defaults(func=cmd_dvc)
+
     prepare = commands.add_parser("prepare", help="prepare a dataset into the on-disk training format")
     prepare.add_argument("--dataset", required=True)
     prepare.add_argument("--out", required=True)
@@ -178,15 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--no-verify", action="store_true", help="skip the CIFAR files' md5 check")
     prepare.set_defaults(func=cmd_prepare)
 
-    train = commands.add_parser("train", help="train a teacher, a student, or a link-finding AFD run")
-    train.add_argument("--spec", help="the job as JSON (what the pipeline passes)")
-    train.add_argument("--grid", help="or: a grid file, with --kind/--teacher/--student/--run/--seed")
-    train.add_argument("--config-json", help=argparse.SUPPRESS)
-    train.add_argument("--kind", choices=["teacher", "student", "links", "heads"], default="student")
-    train.add_argument("--teacher")
-    train.add_argument("--student")
-    train.add_argument("--run")
-    train.add_argument("--seed", type=int)
+    train = commands.add_parser("train", help="train one job from its spec (JSON), outside any grid")
+    train.add_argument("--spec", required=True, help="the job as JSON (afdistill.spec.JobSpec)")
     train.add_argument("--data", required=True, help="a prepared dataset directory")
     train.add_argument("--out", required=True, help="the job's output directory")
     train.add_argument("--teacher-checkpoint")
@@ -195,21 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     train.set_defaults(func=cmd_train)
 
-    report = commands.add_parser("report", help="tables and figures of a grid")
-    report.add_argument("--grid")
-    report.add_argument("--config-json")
-    report.add_argument("--out", required=True)
-    report.add_argument("inputs", nargs="+", help="metrics.json and links.json files of the grid's jobs")
-    report.set_defaults(func=cmd_report)
-
     init = commands.add_parser("init-tracking", help="create the MLflow database and experiment")
     init.add_argument("--experiment", required=True)
     init.set_defaults(func=cmd_init_tracking)
-
-    check = commands.add_parser("check", help="validate a grid file")
-    check.add_argument("--grid")
-    check.add_argument("--config-json")
-    check.set_defaults(func=cmd_check)
 
     commands.add_parser("list", help="architectures, datasets and methods").set_defaults(func=cmd_list)
 
@@ -221,13 +184,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as error:
         from .data import DataError
-        from .engine import ResumeError
+        from .engine import TrainingDiverged
+        from .files import FileProblem
         from .grid import GridError
         from .models import UnknownNameError
         from .report import ReportError
 
-        if isinstance(error, (GridError, DataError, ResumeError, UnknownNameError, ReportError, ValueError,
-                               FileNotFoundError)):
+        if isinstance(error, (GridError, DataError, UnknownNameError, ReportError, ValueError, FileNotFoundError,
+                              FileProblem, TrainingDiverged)):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -1,19 +1,23 @@
-"""The training engine: one loop for teachers, students and link-finding runs.
+"""The training engine: one loop for every job that trains something.
 
-Read it top to bottom in :func:`train`. Everything that decides the result is
-in the :class:`~afdistill.spec.JobSpec`; the seed fixes initialisation, data
+Read it top to bottom in :func:`train`: build the networks the spec names
+(the trained one, the frozen one), the method and the optimiser; resume from
+the job's checkpoint; then :func:`train_one_epoch`, :func:`evaluate` and
+:func:`save_checkpoint` per epoch. Everything that decides the result is in
+the :class:`~afdistill.spec.JobSpec`; the seed fixes initialisation, data
 order and augmentation (each epoch draws from its own generator seeded by
 ``(seed, epoch)``), so an interrupted job that resumes from its last
-checkpoint continues exactly where an uninterrupted one would be.
+checkpoint continues exactly where an uninterrupted one would be. The data
+source (``DeviceData``) is the one place a loader plugs in.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +34,7 @@ from .models import create_model
 from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime
 
-CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch
+CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch; the last one is kept
 MODEL = "model.pt"  # final weights, {"model": state_dict, ...} like RepDistiller's checkpoints
 METRICS = "metrics.json"
 
@@ -58,10 +62,6 @@ class NullTracker:
         pass
 
 
-class ResumeError(RuntimeError):
-    """A checkpoint that belongs to a different job; nothing is overwritten."""
-
-
 def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
@@ -72,7 +72,9 @@ def pick_device(name: str) -> torch.device:
 
 def load_network(path: str | Path, arch: str, num_classes: int, device: torch.device) -> nn.Module:
     """Load a checkpoint with ``strict=True``: ours, RepDistiller's ``{'model': ...}`` or a bare state dict."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from .files import load_torch
+
+    state = load_torch(path, f"the {arch} weights", "cpu")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     model = create_model(arch, num_classes)
@@ -174,16 +176,21 @@ def evaluate(model: nn.Module, data: DeviceData, split: str = "test", runtime: R
     return {"top1": float(correct1) / total, "top5": float(correct5) / total}
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss turned non-finite; nothing of the epoch is kept and no result is written."""
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .files import atomic_write
+
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _atomic_write_json(record: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from .files import atomic_write
+
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def _progress(iterable, total: int, description: str):
@@ -197,10 +204,31 @@ def _progress(iterable, total: int, description: str):
 @dataclass
 class Result:
     record: dict[str, Any]  # what metrics.json holds
-    model: nn.Module
+    model: nn.Module | None  # the trained network (None: only the method's modules trained)
     method: nn.Module
     teacher: nn.Module | None
     data: DeviceData
+
+
+@dataclass
+class Networks:
+    """What a job trains and what it only reads, built from the spec's roles."""
+
+    student: nn.Module | None  # trained with the method's modules (None: the method's modules alone)
+    teacher: nn.Module | None  # frozen, in eval mode
+
+
+def build_networks(spec: JobSpec, data: DeviceData, device: torch.device,
+                   teacher_checkpoint: str | Path | None) -> Networks:
+    student = None
+    if spec.arch is not None:
+        student = (load_network(spec.checkpoint, spec.arch, data.num_classes, device) if spec.checkpoint
+                   else create_model(spec.arch, data.num_classes).to(device))
+    teacher = None
+    if spec.teacher is not None:
+        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, data.num_classes, device).eval()
+        teacher.requires_grad_(False)
+    return Networks(student, teacher)
 
 
 def train(
@@ -211,13 +239,18 @@ def train(
     artifact: Any = None,
     tracker: Tracker | None = None,
     log=print,
+    identity: str | None = None,
 ) -> Result:
     """Run one job to completion, resuming if ``out_dir`` holds its checkpoint.
 
-    Kinds: ``teacher`` (pretrain with cross-entropy, or evaluate ``spec.checkpoint``),
-    ``student`` and ``links`` (distil from the teacher at ``teacher_checkpoint``),
-    ``heads`` (train only the method's networks on the frozen teacher, MHGD's
-    first stage). ``artifact`` is what the method's pre-stage produced.
+    The spec's roles decide what trains (``arch``, from ``checkpoint`` if
+    given) and what is read frozen (``teacher``, from ``teacher_checkpoint``);
+    ``artifact`` is what the method's pre-stage produced. A job whose final
+    checkpoint is already in ``out_dir`` is recognised, not retrained: its
+    results are written again from it and its tracker run is reused.
+    ``identity`` (the pipeline passes the job's fingerprint, which also covers
+    the code and the inputs) decides whether a checkpoint is this job's; by
+    default the spec alone does.
 
     The tracker is started (or re-opened, on resume) here and fed every
     epoch; finishing it is the caller's, who may still log artifacts.
@@ -231,64 +264,43 @@ def train(
         set_cuda_determinism(runtime.deterministic)
     if runtime.keep_freed_memory:
         keep_freed_memory()
-    schedule = spec.schedule
     torch.manual_seed(spec.seed)
 
     # ---- data, networks, method, optimiser
     data = DeviceData(data_dir, device)
-    frozen = spec.kind == "heads"  # the trained network is the teacher itself, frozen
-    teacher = None
-    if spec.kind == "teacher" and spec.checkpoint:
-        model = load_network(spec.checkpoint, spec.arch, data.num_classes, device)
-    elif frozen:
-        model = load_network(_required(teacher_checkpoint, spec), spec.arch, data.num_classes, device).eval()
-        model.requires_grad_(False)
-    else:
-        model = create_model(spec.arch, data.num_classes).to(device)
-    if method_class(spec.method).needs_teacher:
-        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, data.num_classes, device).eval()
-        teacher.requires_grad_(False)
+    networks = build_networks(spec, data, device, teacher_checkpoint)
+    student, teacher = networks.student, networks.teacher
     sample = data.normalize(data.train.images[:2])
     context = Context(
-        student=model, teacher=teacher, student_sample=dry_run(model, sample),
+        student=student, teacher=teacher,
+        student_sample=dry_run(student, sample) if student is not None else None,
         teacher_sample=dry_run(teacher, sample) if teacher is not None else None,
-        num_classes=data.num_classes, train_labels=data.train.labels, batch_size=schedule.batch_size,
+        num_classes=data.num_classes, train_labels=data.train.labels, batch_size=spec.schedule.batch_size,
         seed=spec.seed, artifact=artifact,
     )
     method = build_method(spec.method, spec.method_params, context).to(device)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model.to(memory_format=layout)
-    student_forward = compiled(model, runtime.compile)
-    teacher_forward = None
+    student_forward = teacher_forward = None
+    if student is not None:
+        student.to(memory_format=layout)
+        student_forward = compiled(student, runtime.compile)
     if teacher is not None:
         teacher.to(memory_format=layout)
         # Frozen and in eval mode: its BatchNorms fold into the convolutions (same results up to rounding).
         teacher_forward = compiled(fold_batch_norm(teacher).to(memory_format=layout), runtime.compile)
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
+    trainable = (list(student.parameters()) if student is not None else []) + list(method.trainable_parameters())
+    schedule = spec.schedule
     optimizer = torch.optim.SGD(trainable, lr=schedule.lr, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay, nesterov=schedule.nesterov)
+    state = Trainable(student, method, optimizer)
+    identity = identity or spec.to_json()
 
     # ---- resume
-    history: list[dict[str, float]] = []
-    summaries: list[dict[str, Any]] = []
-    run_id = None
-    start_epoch = 1
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["spec"] != spec.to_dict():
-            changed = sorted(k for k in spec.to_dict() if state["spec"].get(k) != spec.to_dict()[k])
-            raise ResumeError(
-                f"{checkpoint_path} was written by a job with different {', '.join(changed)}; "
-                f"remove it to start this job from scratch"
-            )
-        model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, summaries, run_id = state["history"], state["summaries"], state["run_id"]
-        start_epoch = state["epoch"] + 1
-        log(f"[{spec.title}] resuming after epoch {state['epoch']} from {checkpoint_path}")
-    run_id = tracker.start(run_id)
+    progress = load_checkpoint(out_dir / CHECKPOINT, spec, identity, state, device, log)
+    progress.run_id = tracker.start(progress.run_id)
+    if progress.complete:
+        log(f"[{spec.title}] already complete in {out_dir}; writing its results again from {CHECKPOINT}")
+        return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
     log(f"[{spec.title}] on {device.type}: " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
     # No cast cache: inside a CUDA graph it would hold casts of the previous step's weights.
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16,
@@ -298,95 +310,177 @@ def train(
         """One optimisation step on a batch; returns the weighted loss terms and the student's logits."""
         if method.needs_input_grad:
             images.requires_grad_(True)
-        teacher_out = None
+        teacher_out = student_out = None
         with autocast():
             if teacher is not None:
                 with torch.inference_mode():
                     teacher_out = teacher_forward(images, with_features=True)
-            with torch.no_grad() if frozen else nullcontext():
+            if student is not None:
                 student_out = student_forward(images, with_features=True)
         if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
-            student_out = student_out.float()
+            student_out = student_out.float() if student_out is not None else None
             teacher_out = teacher_out.float() if teacher_out is not None else None
         batch = Batch(images, labels, indices)
         terms = method(student_out, teacher_out, batch)
         optimizer.zero_grad(set_to_none=True)
         method.backward(terms)
         optimizer.step()
-        method.after_step(batch, model, teacher_out, optimizer)
+        method.after_step(batch, student, teacher_out, optimizer)
         # Detached, so that nothing keeps this step's autograd graph alive into the next one.
-        return {name: value.detach() for name, value in terms.items()}, student_out.logits.detach()
+        logits = student_out.logits.detach() if student_out is not None else None
+        return {name: value.detach() for name, value in terms.items()}, logits
 
     run_step = GraphedStep(step, optimizer) if runtime.cuda_graphs else step
 
     # ---- the loop
-    batches_per_epoch = data.num_train_batches(schedule.batch_size)
-    for epoch in range(start_epoch, schedule.epochs + 1):
-        lr = schedule.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train(not frozen)
-        method.train()
-        method.begin_epoch(epoch)
-        generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch))
-        sums: dict[str, torch.Tensor] = {}
-        correct1 = correct5 = torch.zeros((), device=device)
-        seen = 0
-        started = time.perf_counter()
-        batches = data.train_batches(schedule.batch_size, generator)
-        for images, labels, indices in _progress(batches, batches_per_epoch, f"{spec.title} epoch {epoch}"):
-            terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices)
-            with torch.no_grad():  # running sums stay on the device: no sync per step
-                n = len(labels)
-                for name, value in {"total": sum(terms.values()), **terms}.items():
-                    sums[name] = sums.get(name, 0) + value * n
+    for epoch in range(progress.epoch + 1, schedule.epochs + 1):
+        metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device)
+        if student is not None:
+            test = evaluate(student, data, runtime=runtime, forward=student_forward)
+            metrics.update(test_top1=test["top1"], test_top5=test["top5"])
+        not_finite = sorted(k for k, v in metrics.items() if k.startswith("loss_") and not math.isfinite(v))
+        if not_finite:
+            raise TrainingDiverged(
+                f"{spec.title}: method {spec.method!r} diverged in epoch {epoch}: {', '.join(not_finite)} = "
+                f"{metrics[not_finite[0]]}; check its hyper-parameters {spec.method_params} and the learning rate "
+                f"({metrics['lr']}). No result was written; the checkpoint of epoch {epoch - 1} is kept.")
+        summary = method.epoch_summary()
+        progress.history.append(metrics)
+        progress.summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
+        progress.epoch = epoch
+        tracker.log_metrics(metrics, step=epoch)
+        log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} loss {metrics['loss_total']:.4f}"
+            + (f" train {metrics['train_top1']:.4f} test {metrics['test_top1']:.4f}" if student is not None else "")
+            + f" ({metrics['images_per_s']:.0f} img/s)")
+        save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=epoch == schedule.epochs)
+    if schedule.epochs == 0 or progress.epoch < schedule.epochs:
+        progress.epoch = schedule.epochs
+        save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=True)
+    return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
+
+
+@dataclass
+class Trainable:
+    """What a checkpoint holds the state of."""
+
+    student: nn.Module | None
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class Progress:
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    summaries: list = field(default_factory=list)
+    run_id: str | None = None
+    complete: bool = False
+
+
+def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceData, run_step, layout,
+                    device: torch.device) -> dict[str, float]:
+    """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy."""
+    lr = spec.schedule.lr_at(epoch)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    if state.student is not None:
+        state.student.train()
+    state.method.train()
+    state.method.begin_epoch(epoch)
+    generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch))
+    sums: dict[str, torch.Tensor] = {}
+    correct1 = correct5 = torch.zeros((), device=device)
+    seen = 0
+    started = time.perf_counter()
+    batches = data.train_batches(spec.schedule.batch_size, generator)
+    total = data.num_train_batches(spec.schedule.batch_size)
+    for images, labels, indices in _progress(batches, total, f"{spec.title} epoch {epoch}"):
+        terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices)
+        with torch.no_grad():  # running sums stay on the device: no sync per step
+            n = len(labels)
+            for name, value in {"total": sum(terms.values()), **terms}.items():
+                sums[name] = sums.get(name, 0) + value * n
+            if logits is not None:
                 top = logits.topk(min(5, data.num_classes), dim=1).indices.eq(labels.unsqueeze(1))
                 correct1 = correct1 + top[:, :1].sum()
                 correct5 = correct5 + top.sum()
-                seen += n
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - started
-        test = evaluate(model, data, runtime=runtime, forward=student_forward)
-        metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
-        metrics.update({
-            "train_top1": float(correct1) / seen, "train_top5": float(correct5) / seen,
-            "test_top1": test["top1"], "test_top5": test["top5"],
-            "lr": lr, "images_per_s": seen / train_seconds, "epoch_seconds": train_seconds,
-        })
-        history.append(metrics)
-        summary = method.epoch_summary()
-        summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
-        tracker.log_metrics(metrics, step=epoch)
-        log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} loss {metrics['loss_total']:.4f} "
-            f"train {metrics['train_top1']:.4f} test {test['top1']:.4f} ({metrics['images_per_s']:.0f} img/s)")
-        _atomic_save(
-            {"spec": spec.to_dict(), "epoch": epoch, "model": model.state_dict(), "method": method.state_dict(),
-             "optimizer": optimizer.state_dict(), "history": history, "summaries": summaries, "run_id": run_id},
-            checkpoint_path,
-        )
+            seen += n
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
+    if state.student is not None:
+        metrics.update(train_top1=float(correct1) / seen, train_top5=float(correct5) / seen)
+    metrics.update(lr=lr, images_per_s=seen / seconds, epoch_seconds=seconds)
+    return metrics
 
-    final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
-             else evaluate(model, data, runtime=runtime))
-    record = {
-        "spec": spec.to_dict(),
-        "run_id": run_id,
-        "test_top1": final["top1"],
-        "test_top5": final["top5"],
-        "epochs": schedule.epochs,
-        "device": device.type,
-        "runtime": runtime.record(),
-        "history": history,
-        "summaries": summaries,
-    }
+
+def save_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, progress: Progress,
+                    complete: bool) -> None:
+    """After every epoch; the last one is kept (``complete``) so a finished job is recognised, never retrained."""
+    _atomic_save(
+        {"spec": spec.to_dict(), "identity": identity, "epoch": progress.epoch, "complete": complete,
+         "model": state.student.state_dict() if state.student is not None else None,
+         "method": state.method.state_dict(), "optimizer": state.optimizer.state_dict(),
+         "history": progress.history, "summaries": progress.summaries, "run_id": progress.run_id},
+        path,
+    )
+
+
+def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, device: torch.device,
+                    log) -> Progress:
+    """Restore ``state`` from this job's checkpoint. One that cannot be read, or that another spec wrote,
+    is moved aside (kept under a new name) and the job starts from scratch."""
+    from .files import FileProblem, load_torch, move_aside
+
+    if not path.exists():
+        return Progress()
+    try:
+        saved = load_torch(path, "the job's resume checkpoint", device)
+        if not isinstance(saved, dict) or "spec" not in saved:
+            raise FileProblem(f"{path} is not a checkpoint of this project")
+    except FileProblem as problem:
+        kept = move_aside(path, "corrupt")
+        log(f"[{spec.title}] warning: {problem}; moved it to {kept.name} and starting from scratch")
+        return Progress()
+    if saved["spec"] != spec.to_dict() or saved.get("identity") != identity:
+        changed = sorted(k for k in spec.to_dict() if saved["spec"].get(k) != spec.to_dict()[k])
+        what = f"different {', '.join(changed)}" if changed else "different code or inputs"
+        kept = move_aside(path, "other-job")
+        log(f"[{spec.title}] warning: {path} was written by a job with {what}; "
+            f"moved it to {kept.name} and starting from scratch")
+        return Progress()
+    if state.student is not None:
+        state.student.load_state_dict(saved["model"])
+    state.method.load_state_dict(saved["method"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    progress = Progress(saved["epoch"], saved["history"], saved["summaries"], saved["run_id"],
+                        bool(saved.get("complete")))
+    if not progress.complete:
+        log(f"[{spec.title}] resuming after epoch {saved['epoch']} from {path}")
+    return progress
+
+
+def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime: Resolved, device: torch.device,
+            progress: Progress, out_dir: Path, tracker: Tracker) -> Result:
+    """Write model.pt and metrics.json (metrics.json last: its presence means the job's result is whole)."""
+    student, history = state.student, progress.history
+    record = {"spec": spec.to_dict(), "run_id": progress.run_id, "epochs": spec.schedule.epochs,
+              "device": device.type, "runtime": runtime.record(), "history": history,
+              "summaries": progress.summaries}
+    if student is not None:
+        final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
+                 else evaluate(student, data, runtime=runtime))
+        record.update(test_top1=final["top1"], test_top5=final["top5"])
+        tracker.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"]},
+                            step=spec.schedule.epochs)
     if teacher is not None:
         record["teacher_test_top1"] = evaluate(teacher, data, runtime=runtime)["top1"]
-    _atomic_save({"model": model.state_dict(), "method": method.state_dict(), "arch": spec.arch,
+    _atomic_save({"model": student.state_dict() if student is not None else None,
+                  "method": state.method.state_dict(), "arch": spec.arch or spec.teacher,
                   "num_classes": data.num_classes, "spec": spec.to_dict()}, out_dir / MODEL)
     _atomic_write_json(record, out_dir / METRICS)
-    tracker.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"]}, step=schedule.epochs)
-    checkpoint_path.unlink(missing_ok=True)  # the job is complete; model.pt and metrics.json hold its result
-    return Result(record=record, model=model, method=method, teacher=teacher, data=data)
+    return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
 
 
 def _required(path: str | Path | None, spec: JobSpec) -> str | Path:

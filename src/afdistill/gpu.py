@@ -44,8 +44,11 @@ def jobs_per_gpu() -> int:
     return int(value)
 
 
-def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print) -> str | None:
+def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
+          per_gpu: int | None = None) -> str | None:
     """Lock a free GPU slot, export the GPU's id in ``CUDA_VISIBLE_DEVICES`` and return it.
+
+    ``per_gpu``: jobs sharing one GPU (the grid's ``jobs_per_gpu``; default: the environment's).
 
     Returns None when there is no GPU or a scheduler already chose one.
     """
@@ -54,7 +57,7 @@ def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print) 
     gpus = visible_gpus()
     if not gpus:
         return None
-    slots = [(gpu, slot) for slot in range(jobs_per_gpu()) for gpu in gpus]
+    slots = [(gpu, slot) for slot in range(per_gpu or jobs_per_gpu()) for gpu in gpus]
     directory = Path(lock_dir or os.environ.get("AFDISTILL_GPU_LOCK_DIR", tempfile.gettempdir()))
     directory.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds

@@ -117,6 +117,7 @@ def _mapping(config: dict, key: str, where: str) -> dict:
 class Grid:
     def __init__(self, config: dict[str, Any], source: str = "config"):
         self.source = source
+        self.config = config
         try:
             self._parse(config)
         except GridError as error:
@@ -396,9 +397,9 @@ class Grid:
             raise GridError(f"{self.source}: no heads are pretrained for {teacher} and run {run!r}")
         method = method_class(self.runs[run].method)
         params = {k: v for k, v in self.runs[run].params.items() if k in method.heads_params}
-        return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=teacher, method=method.heads_method,
-                       run=run, seed=self.heads_seed, schedule=self.heads_schedule, method_params=params,
-                       device=self.device, runtime=self.runtime)
+        return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=None, teacher=teacher,
+                       method=method.heads_method, run=run, seed=self.heads_seed, schedule=self.heads_schedule,
+                       method_params=params, device=self.device, runtime=self.runtime)
 
     def links_spec(self, teacher: str, student: str) -> JobSpec:
         pair = self.pair(teacher, student)

@@ -1,8 +1,10 @@
 """Published numbers the report prints beside ours, cell by cell.
 
-Each table maps (teacher, student) columns to {row label: value}; row labels
-are the labels our runs carry (``Run.label``), with the teacher as
-``Teacher``. Values are copied from the papers in ``shared/papers``.
+Each table maps (teacher, student) columns to {run: value}; a run is the
+name of the grid's ``methods`` entry that reproduces the paper's row (not its
+display label, which a grid may reword), with the teacher as ``teacher``.
+Values are copied from the papers in ``shared/papers``; the grid named in
+each table's comment holds the runs.
 """
 from __future__ import annotations
 
@@ -31,15 +33,15 @@ PAPER_TABLES: dict[str, PaperTable] = {
             [("resnet56", "resnet20"), ("resnet110", "resnet20"), ("resnet110", "resnet56"),
              ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_2"), ("wrn_40_2", "resnet56"), ("resnet34", "wrn_28_2")],
             {
-                "Teacher": [0.7254, 0.7409, 0.7409, 0.7620, 0.7620, 0.7620, 0.7860],
-                "Student": [0.6940, 0.6940, 0.7254, 0.7289, 0.7620, 0.7254, 0.7532],
-                "KD": [0.7098, 0.7081, 0.7483, 0.7499, 0.7763, 0.7497, 0.7648],
-                "FitNet": [0.7005, 0.7002, 0.7411, 0.7522, 0.7766, 0.7506, 0.7644],
-                "ATT": [0.7054, 0.7081, 0.7488, 0.7520, 0.7778, 0.7516, 0.7720],
-                "RKD": [0.7043, 0.7076, 0.7477, 0.7459, 0.7762, 0.7439, 0.7632],
-                "CRD": [0.7095, 0.7091, 0.7512, 0.7515, 0.7780, 0.7525, 0.7697],
-                "L2T": [0.7037, 0.7001, 0.7457, 0.7486, 0.7678, 0.7463, 0.7640],
-                "AFD": [0.7153, 0.7138, 0.7539, 0.7547, 0.7813, 0.7540, 0.7747],
+                "teacher": [0.7254, 0.7409, 0.7409, 0.7620, 0.7620, 0.7620, 0.7860],
+                "vanilla": [0.6940, 0.6940, 0.7254, 0.7289, 0.7620, 0.7254, 0.7532],
+                "kd": [0.7098, 0.7081, 0.7483, 0.7499, 0.7763, 0.7497, 0.7648],
+                "fitnet": [0.7005, 0.7002, 0.7411, 0.7522, 0.7766, 0.7506, 0.7644],
+                "at": [0.7054, 0.7081, 0.7488, 0.7520, 0.7778, 0.7516, 0.7720],
+                "rkd": [0.7043, 0.7076, 0.7477, 0.7459, 0.7762, 0.7439, 0.7632],
+                "crd": [0.7095, 0.7091, 0.7512, 0.7515, 0.7780, 0.7525, 0.7697],
+                "l2t": [0.7037, 0.7001, 0.7457, 0.7486, 0.7678, 0.7463, 0.7640],
+                "afd": [0.7153, 0.7138, 0.7539, 0.7547, 0.7813, 0.7540, 0.7747],
             },
         ),
     ),
@@ -50,10 +52,10 @@ PAPER_TABLES: dict[str, PaperTable] = {
         dataset="cifar10",
         metric="error",
         cells={
-            ("wrn_16_2", "wrn_16_1"): {"Student": 8.77, "AT": 7.93, "KD": 7.41, "AT+KD": 7.51, "Teacher": 6.31,
-                                       "AT (F_sum)": 7.99, "AT (F_sum^4)": 8.09, "AT (F_max^1)": 8.08},
-            ("wrn_40_1", "wrn_16_1"): {"Student": 8.77, "AT": 8.25, "KD": 8.39, "AT+KD": 8.01, "Teacher": 6.58},
-            ("wrn_40_2", "wrn_16_2"): {"Student": 6.31, "AT": 5.85, "KD": 6.08, "AT+KD": 5.71, "Teacher": 5.23},
+            ("wrn_16_2", "wrn_16_1"): {"vanilla": 8.77, "at": 7.93, "kd": 7.41, "at_kd": 7.51, "teacher": 6.31,
+                                       "at_sum1": 7.99, "at_sum4": 8.09, "at_max1": 8.08},
+            ("wrn_40_1", "wrn_16_1"): {"vanilla": 8.77, "at": 8.25, "kd": 8.39, "at_kd": 8.01, "teacher": 6.58},
+            ("wrn_40_2", "wrn_16_2"): {"vanilla": 6.31, "at": 5.85, "kd": 6.08, "at_kd": 5.71, "teacher": 5.23},
         },
     ),
     # Lee & Song, BMVC 2019 poster, CIFAR-100 top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
@@ -61,7 +63,6 @@ PAPER_TABLES: dict[str, PaperTable] = {
         title="MHGD poster, CIFAR-100",
         dataset="cifar100",
         metric="accuracy",
-        cells={("wrn_22_4", "wrn_10_4"): {"Teacher": 0.7722, "Student": 0.7162, "Soft-logits": 0.7188,
-                                          "MHGD": 0.7279}},
+        cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.7722, "vanilla": 0.7162, "kd": 0.7188, "mhgd": 0.7279}},
     ),
 }

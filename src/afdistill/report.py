@@ -1,17 +1,18 @@
-"""The report stage: a grid's MLflow runs as the paper's tables and figures.
+"""The report stage: a grid's jobs as the paper's tables and figures.
 
-Inputs are the jobs' ``metrics.json`` files (each names its MLflow run) and
-the links files. Final accuracies and learning curves are read back from
-MLflow by run id, so the table shows what the tracking store recorded (and
-the report fails, naming the run, if the store and the files disagree).
+Inputs are the jobs' ``metrics.json`` files (final accuracies and per-epoch
+histories) and the links files: the pipeline's declared outputs, nothing
+else, so the report is the same wherever and whenever it is built.
 
 Outputs under ``reports/<grid>/``:
 
-``table.md`` / ``table.csv``
+``table.md`` / ``table.csv`` / ``table.html``
     Rows Teacher, Student, KD, ..., AFD; columns the teacher -> student pairs;
-    mean +- std over seeds; the paper's value beside ours where the grid
-    matches a cell of the paper's table. A second table gives each method's
-    training time per epoch relative to KD on the same pair.
+    mean +- std over seeds; a cell holding fewer seeds than the grid asks for
+    says how many (``n=1/2``); the paper's value beside ours where the grid
+    matches a cell of the paper's table (matched by run name, not label). A
+    second table gives each method's training time per epoch relative to KD
+    on the same pair. The CSV names each value column's unit.
 ``metrics.json``
     The same numbers, flat, for ``dvc metrics show``.
 ``figures/curves_<teacher>_<student>.png``, ``figures/links_<teacher>_<student>.png``
@@ -21,15 +22,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import tracking
 from .figures import plot_curves
+from .files import load_json
 from .grid import Grid
 from .paper import PAPER_TABLES
 
@@ -47,13 +47,16 @@ def _format(value: float, metric: str) -> str:
     return f"{100 * (1 - value):.2f}" if metric == "error" else f"{value:.4f}"
 
 
-def _format_cell(values: list[float], metric: str) -> str:
+def _format_cell(values: list[float], metric: str, expected: int = 1) -> str:
+    """Mean ± std; a cell with fewer values than the grid's seeds says how many it holds."""
     if not values:
         return "–"
     mean, std = _mean_std(values)
     if metric == "error":
-        return f"{100 * (1 - mean):.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * (1 - mean):.2f}"
-    return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
+        text = f"{100 * (1 - mean):.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * (1 - mean):.2f}"
+    else:
+        text = f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
+    return text if len(values) >= expected else f"{text} (n={len(values)}/{expected})"
 
 
 def _load(paths: list[str]) -> tuple[list[dict], list[Path]]:
@@ -62,7 +65,7 @@ def _load(paths: list[str]) -> tuple[list[dict], list[Path]]:
         if path.name == "links.json":
             links.append(path)
         elif path.name == "metrics.json":
-            record = json.loads(path.read_text())
+            record = load_json(path, "a job's metrics")
             record["_path"] = str(path)
             records.append(record)
         else:
@@ -70,26 +73,11 @@ def _load(paths: list[str]) -> tuple[list[dict], list[Path]]:
     return records, links
 
 
-def _check_against_tracking(records: list[dict]) -> dict[str, Any]:
-    runs = tracking.load_runs([r["run_id"] for r in records])
-    for record in records:
-        run = runs[record["run_id"]]
-        tracked = run["metrics"].get("final_test_top1")
-        if tracked is None or not math.isclose(tracked, record["test_top1"], abs_tol=1e-9):
-            raise ReportError(
-                f"MLflow run {record['run_id']} ({tracking.tracking_uri()}) records final_test_top1={tracked}, "
-                f"but {record['_path']} says {record['test_top1']}"
-            )
-        record["test_top1"] = tracked
-    return runs
-
-
 def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     records, link_files = _load(inputs)
-    runs = _check_against_tracking(records)
     metric = grid.metric
 
     teachers = {r["spec"]["arch"]: r for r in records if r["spec"]["kind"] == "teacher"}
@@ -102,6 +90,7 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         teachers_of = [spec["teacher"]] if spec["teacher"] else [p.teacher for p in grid.pairs if p.student == spec["arch"]]
         for teacher in teachers_of:
             cells[(teacher, spec["arch"], spec["run"])].append(record)
+    expected = {"teacher": 1, "student": len(grid.seeds)}
 
     paper = PAPER_TABLES.get(grid.paper_table) if grid.paper_table else None
     if paper is not None and paper.dataset != grid.dataset:
@@ -142,10 +131,14 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
 
     for row in rows:
         cell = paper.cells.get((row["teacher"], row["student"]), {}) if paper else {}
-        row["paper"] = cell.get(row["row"])
+        group = "teacher" if row["run"] == "teacher" else grid.runs[row["run"]].group
+        row["paper"] = cell.get(group)
+        row["expected"] = 1 if row["run"] == "teacher" else len(grid.seeds)
 
-    _write_csv(rows, out_dir / "table.csv", metric)
-    _write_markdown(grid, rows, columns, paper, out_dir / "table.md", metric)
+    _write_csv(rows, out_dir / "table.csv", paper)
+    lines = _markdown(grid, rows, columns, paper, metric)
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "table.html").write_text(_html(lines))
     flat = {f"{r['teacher']}->{r['student']}/{r['run']}": {"mean": _mean_std(r["values"])[0],
                                                             "std": _mean_std(r["values"])[1],
                                                             "n": len(r["values"])}
@@ -158,40 +151,43 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
             name = chosen.get((group, teacher, student))
             if name is None:
                 continue
-            histories = [runs[r["run_id"]]["history"]["test_top1"] for r in cells[(teacher, student, name)]]
             by_epoch: dict[int, list[float]] = defaultdict(list)
-            for history in histories:
-                for step, value in history:
-                    by_epoch[step].append(value)
+            for record in cells[(teacher, student, name)]:
+                for step, epoch in enumerate(record["history"], start=1):
+                    by_epoch[step].append(epoch["test_top1"])
             curves[grid.runs[name].label] = sorted((step, statistics.fmean(v)) for step, v in by_epoch.items())
         if curves:
             plot_curves(curves, f"{teacher} -> {student} ({grid.dataset}), mean over seeds", "test top-1",
                         figures / f"curves_{teacher}_{student}.png")
     for path in link_files:
-        record = json.loads(path.read_text())
+        record = load_json(path, "a link-finding run's links")
         shutil.copyfile(path.with_suffix(".png"), figures / f"links_{record['teacher']}_{record['student']}.png")
     return {"rows": rows, "metrics": flat}
 
 
-def _write_csv(rows: list[dict], path: Path, metric: str) -> None:
+def _write_csv(rows: list[dict], path: Path, paper) -> None:
+    """One row per cell; ``unit`` says what mean, std and values are, ``paper_unit`` what paper is."""
+    paper_unit = "" if paper is None else ("fraction correct (top-1)" if paper.metric == "accuracy"
+                                           else "top-1 error (%)")
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "run", "teacher", "student", "variant", "n", "mean", "std", "paper", "metric",
-                         "epoch_seconds", "values"])
+        writer.writerow(["row", "run", "teacher", "student", "variant", "n", "n_expected", "mean", "std", "unit",
+                         "paper", "paper_unit", "epoch_seconds", "values"])
         for row in rows:
             mean, std = _mean_std(row["values"]) if row["values"] else (None, None)
             writer.writerow([row["row"], row["run"], row["teacher"], row["student"], row["variant"],
-                             len(row["values"]), mean, std, row["paper"], "accuracy",
+                             len(row["values"]), row["expected"], mean, std, "fraction correct (top-1)",
+                             row["paper"], paper_unit if row["paper"] is not None else "",
                              row["epoch_seconds"], " ".join(f"{v:.6f}" for v in row["values"])])
 
 
-def _write_markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], paper, path: Path,
-                    metric: str) -> None:
+def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], paper, metric: str) -> list[str]:
     by_cell = {(r["row"], r["teacher"], r["student"]): r for r in rows}
     labels = list(dict.fromkeys(r["row"] for r in rows))
     unit = "top-1 error (%)" if metric == "error" else "top-1 accuracy"
     lines = [f"# Grid `{grid.name}`: {grid.dataset}, {unit}", ""]
-    lines.append(f"Mean ± std over seeds {grid.seeds}" + (f"; *paper* = {paper.title}." if paper else "."))
+    lines.append(f"Mean ± std over seeds {grid.seeds}" + (f"; *paper* = {paper.title}." if paper else ".")
+                 + " A cell with fewer seeds says how many it holds (n=done/asked).")
     sweeps = [r for r in rows if r["variant"]]
     if sweeps:
         lines.append("Swept rows show the best setting per pair (in brackets), as the paper chose β.")
@@ -204,7 +200,7 @@ def _write_markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]
             if row is None:
                 cells.append("")
                 continue
-            text = _format_cell(row["values"], metric)
+            text = _format_cell(row["values"], metric, row["expected"])
             if row["variant"]:
                 text += f" [{row['variant']}]"
             if row["paper"] is not None:
@@ -227,4 +223,37 @@ def _write_markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]
             else:
                 cells.append(f"{row['epoch_seconds'] / kd['epoch_seconds']:.2f}× ({row['epoch_seconds']:.2f} s)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def _html(markdown: list[str]) -> str:
+    """The Markdown report as a standalone HTML page (Snakemake's HTML report shows it inline)."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
+
+    body, table = [], []
+    for line in markdown + [""]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *rest = [r for r in table if not all(set(c) <= set("-") for c in r)]
+            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</tbody></table>")
+            table = []
+        if line.startswith("## "):
+            body.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{inline(line)}</p>")
+    style = ("body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
+             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}")
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" + \
+        "\n".join(body) + "</body></html>\n"

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-KINDS = ("teacher", "student", "links", "heads")
+KINDS = ("teacher", "student", "links", "heads")  # the training job kinds (afdistill.jobs declares them)
 
 
 @dataclass(frozen=True)
@@ -80,19 +80,29 @@ class Runtime:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """Everything that decides a training job's result.
+
+    The engine reads only the roles: ``arch`` is the network it trains (none
+    for a job that trains only a method's own modules, MHGD's heads),
+    ``teacher`` the frozen network it reads (none for teachers and the plain
+    student), ``checkpoint`` weights the trained network starts from (a
+    published teacher, evaluated with ``epochs: 0``). ``kind`` names the job
+    for people and trackers; the engine never branches on it.
+    """
+
     kind: str  # teacher | student | links | heads
     grid: str  # the experiment grid (MLflow experiment name)
     dataset: str
-    arch: str  # the network this job trains: the student, or the teacher when kind == "teacher"
+    arch: str | None  # the trained network
     method: str  # registered method type
     run: str  # the grid's name for this method configuration (a table row)
     seed: int
     schedule: Schedule = field(default_factory=Schedule)
     method_params: dict[str, Any] = field(default_factory=dict)
     runtime: Runtime = field(default_factory=Runtime)
-    teacher: str | None = None  # teacher architecture, for student and links jobs
+    teacher: str | None = None  # the frozen network's architecture
     device: str = "auto"  # auto | cpu | cuda
-    checkpoint: str | None = None  # teacher jobs: evaluate this published checkpoint instead of training
+    checkpoint: str | None = None  # weights the trained network starts from
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -127,6 +137,6 @@ class JobSpec:
         if self.kind == "teacher":
             return f"teacher {self.arch}"
         if self.kind == "heads":
-            return f"{self.method} heads on {self.arch}"
+            return f"{self.method} heads on {self.teacher}"
         pair = f"{self.teacher}->{self.arch}" if self.teacher else self.arch
         return f"links {pair}" if self.kind == "links" else f"{pair} {self.run} seed {self.seed}"

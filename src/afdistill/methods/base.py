@@ -79,9 +79,9 @@ class Batch:
 class Context:
     """What a method may need to build itself, besides its hyper-parameters."""
 
-    student: nn.Module
-    teacher: nn.Module | None
-    student_sample: Features  # features of a dry-run batch, for shapes
+    student: nn.Module | None  # the trained network (None: the method trains only its own modules)
+    teacher: nn.Module | None  # the frozen network
+    student_sample: Features | None  # features of a dry-run batch, for shapes
     teacher_sample: Features | None
     num_classes: int
     train_labels: Tensor  # labels of the training set, on the training device (CRD samples negatives by class)

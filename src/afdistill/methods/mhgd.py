@@ -142,7 +142,7 @@ class MHAN(nn.Module):
 
 
 def _check_stages(context: Context, teacher_only: bool) -> list[int]:
-    teacher = [f.shape[1] for f in (context.student_sample if teacher_only else context.teacher_sample).stages]
+    teacher = [f.shape[1] for f in context.teacher_sample.stages]
     if len(teacher) < 2:
         raise ValueError("MHGD needs at least two stages to relate")
     if not teacher_only:
@@ -157,8 +157,7 @@ def _check_stages(context: Context, teacher_only: bool) -> list[int]:
 class MHANPretraining(Method):
     """MHGD's first stage: the attention network learns the teacher's embedding procedure."""
 
-    label = "MHAN"
-    needs_teacher = False  # the network being "trained" (frozen) is the teacher itself
+    label = "MHAN"  # trains only its own network, on the frozen teacher's features (no student)
 
     def __init__(self, context: Context, num_heads: int = 8):
         super().__init__(context)
@@ -171,7 +170,7 @@ class MHANPretraining(Method):
         self.generator = torch.Generator(device=self.network.estimators[0].out.weight.device)
         self.generator.manual_seed(self.seed * 104_729 + epoch)
 
-    def forward(self, teacher: Features, _: None, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, student: None, teacher: Features, batch: Batch) -> dict[str, Tensor]:
         vectors = [teacher_vector(f) for f in teacher.stages]
         loss = 0.0
         for i in range(1, len(vectors)):

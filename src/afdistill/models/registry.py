@@ -24,6 +24,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    if name not in _MODELS:
+        raise UnknownNameError(f"unknown architecture {name!r}; allowed: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
 def create_model(name: str, num_classes: int) -> nn.Module:
     if name not in _MODELS:
         raise UnknownNameError(f"unknown architecture {name!r}; allowed: {', '.join(list_models())}")

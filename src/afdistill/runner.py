@@ -1,0 +1,156 @@
+"""Running one job of a plan: what ``afdistill run <folder>`` does, and so what every pipeline rule does.
+
+Each kind of :data:`afdistill.jobs.KINDS` has one action here. Every input is
+checked before the expensive part starts (the grid was validated when the
+plan was built; files are read through :mod:`afdistill.files`, which names
+the file), and the job's fingerprint marker is written last, only after
+everything else of the job is in place.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .jobs import Job, Plan, write_marker
+from .spec import JobSpec
+
+
+class StaleJob(ValueError):
+    """The grid or the code changed between planning a job and running it."""
+
+
+def run(plan: Plan, folder: str, fingerprint: str | None = None, threads: int = 0, log=print) -> Job:
+    try:
+        job = plan.find(folder)
+    except KeyError:
+        folders = [job.folder for job in plan.jobs]
+        raise ValueError(f"{folder} is not a job of grid {plan.grid.name!r} ({plan.grid.source}); "
+                         f"its {len(folders)} jobs include {', '.join(folders[:3])}, ...") from None
+    if fingerprint is not None and fingerprint != job.fingerprint:
+        raise StaleJob(f"{folder}: the grid or the code changed since this job was planned (fingerprint "
+                       f"{fingerprint}, now {job.fingerprint}); run snakemake again to plan it anew")
+    ACTIONS[job.kind.name](plan, job, threads, log)
+    write_marker(job)
+    return job
+
+
+def prepare_data(plan: Plan, job: Job, threads: int, log) -> None:
+    from .data import prepare
+
+    grid = plan.grid
+    meta = prepare(grid.dataset, job.folder, root=grid.data_root, download=grid.download,
+                   verify_checksums=grid.verify_checksums)
+    log(f"prepared {grid.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {job.folder}")
+
+
+def _artifact_path(job: Job) -> str | None:
+    if "links" in job.inputs:
+        return job.inputs["links"].path("links.json")
+    if "heads" in job.inputs:
+        return job.inputs["heads"].path("model.pt")
+    return None
+
+
+def train_job(plan: Plan, job: Job, threads: int, log) -> None:
+    teacher = job.inputs["teacher"].path("model.pt") if "teacher" in job.inputs else None
+    execute_training(job.spec, job.inputs["data"].folder, job.folder, teacher, _artifact_path(job), threads, log,
+                     identity=job.fingerprint, jobs_per_gpu=plan.grid.jobs_per_gpu)
+
+
+def build_report(plan: Plan, job: Job, threads: int, log) -> None:
+    from .report import build
+
+    inputs = [upstream.path("metrics.json") for upstream in job.inputs.values()]
+    inputs += [upstream.path("links.json") for upstream in job.inputs.values() if upstream.kind.name == "links"]
+    result = build(plan.grid, inputs, job.folder)
+    log(f"report for grid {plan.grid.name!r}: {len(result['metrics'])} cells -> {job.folder}/table.md")
+
+
+ACTIONS: dict[str, Callable[[Plan, Job, int, Any], None]] = {
+    "data": prepare_data, "teacher": train_job, "links": train_job, "heads": train_job, "student": train_job,
+    "report": build_report,
+}
+
+
+def load_artifact(stage: str, path: str, spec: JobSpec):
+    """What a method's pre-stage produced: a links record, or the state of the heads pretrained on the teacher."""
+    from .files import load_torch
+
+    if stage == "links":
+        from .links import read
+
+        return read(path, spec.teacher, spec.arch)
+    state = load_torch(path, f"the heads pretrained on {spec.teacher}",
+                       fix=f"rerun the heads stage for {spec.teacher}")
+    if not isinstance(state, dict) or state.get("arch") != spec.teacher:
+        raise ValueError(f"{path} holds heads pretrained on {state.get('arch') if isinstance(state, dict) else '?'}, "
+                         f"not on {spec.teacher}")
+    return state["method"]
+
+
+def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpoint: str | None,
+                     artifact_path: str | None, threads: int = 0, log=print, identity: str | None = None,
+                     jobs_per_gpu: int | None = None) -> dict:
+    """Check the job's inputs, then train it under an MLflow run; returns its metrics record."""
+    from .methods import check_method_params, method_class
+
+    check_method_params(spec.method, spec.method_params, f"{spec.title}: method_params")
+    stage = method_class(spec.method).pre_stage(spec.method_params)
+    if stage and not artifact_path:
+        what = {"links": "the links stage's links.json", "heads": "the heads stage's model.pt"}[stage]
+        raise ValueError(f"{spec.title}: method {spec.method!r} needs --artifact ({what})")
+    if spec.teacher and not teacher_checkpoint:
+        raise ValueError(f"{spec.title}: method {spec.method!r} needs --teacher-checkpoint")
+    artifact = load_artifact(stage, artifact_path, spec) if stage else None
+
+    if spec.device != "cpu":
+        from .gpu import claim
+
+        gpu = claim(log=log, per_gpu=jobs_per_gpu)
+        if gpu is not None:
+            log(f"[{spec.title}] using GPU {gpu}")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    from . import tracking
+    from .engine import train
+
+    tracker = tracking.for_job(spec)
+    try:
+        result = train(spec, data_dir, out_dir, teacher_checkpoint=teacher_checkpoint, artifact=artifact,
+                       tracker=tracker, log=log, identity=identity)
+        out = Path(out_dir)
+        if spec.kind == "links":
+            from . import links as links_module
+
+            links_module.write(result, out)
+            for name in links_module.FILES:
+                tracker.log_artifact(out / name)
+        elif result.record["summaries"] and "attention" in result.record["summaries"][-1]:
+            _log_attention_heatmap(result, out, tracker)
+        tracker.log_artifact(out / "metrics.json")
+        tracker.finish("FINISHED")
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    top1 = result.record.get("test_top1")
+    log(f"[{spec.title}] done" + (f": test top-1 {top1:.4f}" if top1 is not None else ""))
+    return result.record
+
+
+def _log_attention_heatmap(result, out: Path, tracker) -> None:
+    """AFD students also keep a picture of their last epoch's mean links."""
+    import numpy as np
+
+    from .figures import plot_links
+
+    spec = result.record["spec"]
+    matrix = np.asarray(result.record["summaries"][-1]["attention"]).T
+    path = out / "attention.png"
+    plot_links([("last epoch (train mean)", matrix)], f"{spec['teacher']} -> {spec['arch']} {spec['run']}", path)
+    tracker.log_artifact(path)
