@@ -2,7 +2,7 @@
 import csv
 import json
 import re
-import sqlite3
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,11 +34,17 @@ def snakemake_project(tmp_path_factory):
     return project, first
 
 
+def trained(output: str) -> list[str]:
+    """Folders of the jobs a Snakemake (or DVC) run executed, from the shell commands it printed."""
+    return re.findall(r"afdistill run --grid \S+ (\S+) --fingerprint", output)
+
+
 def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     project, first = snakemake_project
     log = first.stdout + first.stderr
-    for rule in ("prepare_data", "train_teacher", "find_links", "pretrain_heads", "distill", "report"):
+    for rule in ("prepare_data", "train_teacher", "find_links", "pretrain_heads", "distill", "make_report"):
         assert f"(Rule: {rule})" in log
+        assert list((project / "logs").rglob("*.log")), "every rule writes a log"
     assert (project / RESULTS / "links/digits/resnet8/resnet8/links.csv").exists()
     assert (project / "reports/default/figures/links_resnet8_resnet8.png").stat().st_size > 1000
     assert (project / "reports/default/figures/curves_resnet8_resnet8.png").stat().st_size > 1000
@@ -91,10 +97,44 @@ def test_the_report_holds_the_tracked_numbers(snakemake_project):
     assert metrics["resnet8->resnet8/kd"]["n"] == 2
 
 
-def test_snakemake_html_report(snakemake_project):
+def test_snakemake_html_report_shows_the_table_and_figures(snakemake_project):
     project, _ = snakemake_project
     run(["snakemake", "--cores", "1", "--report", "report.html"], cwd=project)
-    assert "Tables" in (project / "report.html").read_text(errors="ignore")
+    page = (project / "report.html").read_text(errors="ignore")
+    assert "Tables" in page and "table.html" in page and "curves_resnet8_resnet8.png" in page
+    table = (project / "reports/default/table.html").read_text()
+    assert "<table>" in table and "<td>KD</td>" in table
+
+
+def test_deleting_a_jobs_outputs_reruns_exactly_that_job_and_the_report(snakemake_project, tmp_path):
+    source, _ = snakemake_project
+    project = tmp_path / "copy"
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns(".snakemake"))
+    shutil.rmtree(project / RESULTS / "students/digits/resnet8/resnet8/kd/seed1")
+    (project / RESULTS / "students/digits/resnet8/resnet8/crd/seed0/model.pt").unlink()
+    plan = run(["snakemake", "-n", "--cores", "1"], cwd=project)
+    output = plan.stdout + plan.stderr
+    assert "crd/seed0: some of its files are missing; it will run again" in output
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
+    assert counts == {"distill": "2", "make_report": "1", "all": "1", "total": "4"}
+    assert sorted(trained(output)) == [f"{RESULTS}/students/digits/resnet8/resnet8/crd/seed0",
+                                       f"{RESULTS}/students/digits/resnet8/resnet8/kd/seed1"]
+
+
+def test_a_fresh_clone_trains_the_whole_grid(snakemake_project, tmp_path):
+    # The committed report must not make the main command a no-op: a clone has reports/ but no results/.
+    source, _ = snakemake_project
+    repository = tmp_path / "repository"
+    shutil.copytree(source, repository, ignore=shutil.ignore_patterns(".snakemake", "results", "data", "logs",
+                                                                        "mlflow.db", "mlartifacts"))
+    _git(repository, "init", "-q")
+    _git(repository, "add", "-A")
+    _git(repository, "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "pinned report")
+    assert (repository / "reports/default/table.md").exists()
+    run(["git", "clone", "-q", str(repository), str(tmp_path / "clone")], cwd=tmp_path)
+    plan = run(["snakemake", "-n", "--cores", "1"], cwd=tmp_path / "clone")
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
+    assert counts["distill"] == str(STUDENT_JOBS) and counts["make_report"] == "1" and counts["prepare_data"] == "1"
 
 
 def test_paper_grid_dry_run_lists_every_job():
@@ -103,7 +143,17 @@ def test_paper_grid_dry_run_lists_every_job():
     # 7 pairs x 5 seeds x (KD, FitNet, AT, RKD, CRD, L2T + AFD at four betas)
     # + the plain student once per architecture (5) x 5 seeds
     assert counts["distill"] == str(7 * 5 * 10 + 5 * 5)
-    assert counts["train_teacher"] == "4" and counts["prepare_data"] == "1" and counts["report"] == "1"
+    assert counts["train_teacher"] == "4" and counts["prepare_data"] == "1" and counts["make_report"] == "1"
+
+
+def test_a_grid_file_without_a_name_is_refused_not_merged_into_the_default(tmp_path):
+    project = make_project(tmp_path / "project")
+    grid = {key: value for key, value in TINY_GRID.items() if key != "grid"}
+    (project / "params" / "mine.yaml").write_text(yaml.safe_dump(grid))
+    result = run(["snakemake", "-n", "--cores", "1", "--configfile", "params/mine.yaml"], cwd=project, check=False)
+    assert result.returncode != 0
+    assert "params/mine.yaml: grid: missing" in result.stdout + result.stderr
+    assert not (project / "results").exists() and not (project / "reports" / "default").exists()
 
 
 def test_an_invalid_grid_is_refused_before_any_job_starts(tmp_path):
@@ -121,44 +171,73 @@ def _git(project, *args):
     run(["git", *args], cwd=project)
 
 
-def test_dvc_repro_pins_the_pipeline_and_reruns_only_what_changed(tmp_path):
+def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     # every stage, fewer jobs: one seed, the methods that need links and heads, and KD to change
     grid = json.loads(json.dumps(TINY_GRID))
     grid["seeds"] = [0]
     grid["methods"] = {name: grid["methods"][name] for name in ("vanilla", "kd", "mhgd", "afd_pretrained")}
     project = make_project(tmp_path / "project", grid)
+    env = tool_env()
+    env["PYTHONPATH"] = str(project / "src")  # the project's own code decides its fingerprints
     _git(project, "init", "-q")
     _git(project, "config", "user.email", "ci@example.com")
     _git(project, "config", "user.name", "ci")
-    (project / ".gitignore").write_text("/data/\n/results/\n/mlflow.db\n/mlartifacts/\n/.snakemake/\n")
+    (project / ".gitignore").write_text("/data/\n/results/\n/logs/\n/mlflow.db\n/mlartifacts/\n/.snakemake/\n")
     run(["dvc", "init", "-q"], cwd=project)
     _git(project, "add", "-A")
     _git(project, "commit", "-qm", "pipeline")
 
-    first = run(["dvc", "repro"], cwd=project)
+    first = run(["dvc", "repro"], cwd=project, env=env)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"data", "teachers", "links", "heads", "students", "report"}
     outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-    assert {"data/digits", "results/default/teachers", "results/default/links", "results/default/heads",
-            "results/default/students", "reports/default/metrics.json", "reports/default/table.md"} <= outs
+    assert {"data/digits", "results/default/teachers/digits", "results/default/links/digits",
+            "results/default/heads/digits", "results/default/students/digits", "reports/default/metrics.json",
+            "reports/default/table.md"} <= outs
     assert lock["stages"]["students"]["params"]["params/default.yaml"]["methods"]["kd"]["temperature"] == 4
-    assert "Running stage 'report'" in first.stdout
+    ran = trained(first.stdout + first.stderr)
+    assert len(ran) == 9 and sum("/students/" in job for job in ran) == 4  # data, teacher, links, heads, report
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "pinned")
 
-    second = run(["dvc", "repro"], cwd=project)
-    assert "Running stage" not in second.stdout
-    assert "up to date" in second.stdout
+    second = run(["dvc", "repro"], cwd=project, env=env)
+    assert "Running stage" not in second.stdout and "up to date" in second.stdout
+    assert "resnet8->resnet8/afd_pretrained" in run(["dvc", "metrics", "show", "--json"], cwd=project).stdout
 
-    shown = run(["dvc", "metrics", "show", "--json"], cwd=project).stdout
-    assert "resnet8->resnet8/afd" in shown
+    # An experiment in a temporary workspace (no .snakemake/, files restored by DVC) retrains the KD student alone.
+    experiment = run(["dvc", "exp", "run", "--temp", "-n", "kd-T2", "-S", "params/default.yaml:methods.kd.temperature=2"],
+                     cwd=project, env=env)
+    assert "Ran experiment(s): kd-T2" in experiment.stdout
+    assert trained(experiment.stdout + experiment.stderr) == ["results/default/students/digits/resnet8/resnet8/kd/seed0",
+                                                              "reports/default"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], cwd=project).stdout)
+    assert "kd-T2" in json.dumps(shown)
 
+    # The same change in the workspace: dvc repro retrains the KD student and rebuilds the report, nothing else.
     params = yaml.safe_load((project / "params/default.yaml").read_text())
     params["methods"]["kd"]["temperature"] = 3
     (project / "params/default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = run(["dvc", "repro"], cwd=project)
-    ran = set(re.findall(r"Running stage '(\w+)'", third.stdout))
-    assert ran == {"students", "report"}
-    trained = re.findall(r'afdistill train --spec \'(\{.*?\})\'', third.stdout + third.stderr)
-    assert [json.loads(spec)["run"] for spec in trained] == ["kd"]
+    third = run(["dvc", "repro"], cwd=project, env=env)
+    assert trained(third.stdout + third.stderr) == ["results/default/students/digits/resnet8/resnet8/kd/seed0",
+                                                    "reports/default"]
+
+    # A code change to augmentation: DVC marks the teachers stale, and Snakemake would retrain them.
+    data = project / "src/afdistill/data.py"
+    data.write_text(data.read_text().replace("        pad = self.pad\n", "        pad = self.pad + 0\n"))
+    status = run(["dvc", "status", "dvc.yaml"], cwd=project, env=env).stdout
+    assert "teachers:" in status and "modified:           src/afdistill/data.py" in status
+    plan = run(["snakemake", "-n", "--cores", "1"], cwd=project, env=env).stdout
+    assert dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.M))["train_teacher"] == "1"
+
+
+def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch):
+    from afdistill.dvc import write_pipeline
+    from afdistill.grid import Grid
+
+    monkeypatch.chdir(ROOT)
+    for path in sorted(Path("params").glob("*.yaml")):
+        assert not write_pipeline(Grid.from_file(path), str(path), check=True), \
+            f"the DVC pipeline of {path} is stale: run `afdistill dvc --grid {path}`"
 
 
 def test_the_slurm_profile_asks_one_gpu_per_training_job():
@@ -166,4 +245,4 @@ def test_the_slurm_profile_asks_one_gpu_per_training_job():
     jobs = result.stdout.split("\nrule ")[1:]
     training = [job for job in jobs if job.startswith(("distill", "train_teacher"))]
     assert training and all("gpu=1" in job and "slurm_partition=" in job for job in training)
-    assert all("gpu=1" not in job for job in jobs if job.startswith(("prepare_data", "report")))
+    assert all("gpu=1" not in job for job in jobs if job.startswith(("prepare_data", "make_report")))

@@ -4,6 +4,7 @@
     afdistill jobs --grid params/default.yaml              # every job folder, with its state
     afdistill run --grid params/default.yaml results/default/students/digits/resnet20/resnet8/afd/seed0
     afdistill dvc --grid params/default.yaml              # (re)write the grid's DVC pipeline
+    afdistill schema                                       # (re)write the grid schema Snakemake validates
     afdistill prepare --dataset digits --out data/digits
     afdistill list
 """
@@ -49,6 +50,22 @@ def _load_grid(args):
     for assignment in getattr(args, "set", None) or []:
         _set(config, assignment)
     return Grid(config, source=str(path))
+
+
+SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
+
+
+def cmd_schema(args) -> None:
+    from .grid import schema_yaml
+
+    text = schema_yaml()
+    current = SCHEMA_FILE.read_text() if SCHEMA_FILE.is_file() else None
+    if args.check:
+        if current != text:
+            raise SystemExit(f"error: {SCHEMA_FILE} is out of date; run `afdistill schema`")
+    elif current != text:
+        SCHEMA_FILE.write_text(text)
+    _print(f"{SCHEMA_FILE}: {'up to date' if current == text else 'written' if not args.check else 'stale'}")
 
 
 def cmd_prepare(args) -> None:
@@ -151,6 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     dvc = with_grid(commands.add_parser("dvc", help="write the grid's DVC pipeline (dvc.yaml or pipelines/<grid>/)"))
     dvc.add_argument("--check", action="store_true", help="fail if the pipeline file is out of date; write nothing")
     dvc.set_defaults(func=cmd_dvc)
+
+    schema = commands.add_parser("schema", help="write the grid schema Snakemake validates against (from the code)")
+    schema.add_argument("--check", action="store_true", help="fail if the schema file is out of date")
+    schema.set_defaults(func=cmd_schema)
 
     prepare = commands.add_parser("prepare", help="prepare a dataset into the on-disk training format")
     prepare.add_argument("--dataset", required=True)

@@ -67,6 +67,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+REPREPARE = "delete the prepared dataset's folder and run its data stage again (`afdistill prepare`)"
 
 
 class DataError(RuntimeError):
@@ -166,12 +167,12 @@ def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "da
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from .files import atomic_write
+
     for split, (x, y) in {"train": (train_x, train_y), "test": (test_x, test_y)}.items():
-        tmp = out / f".{split}.npz.tmp"
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=x, labels=y)
-        os.replace(tmp, out / f"{split}.npz")
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(out / f"{split}.npz", lambda handle, x=x, y=y: np.savez(handle, images=x, labels=y))
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(out / "meta.json", lambda handle: handle.write(text.encode()))
     return meta
 
 
@@ -194,11 +195,13 @@ class DeviceData:
     """A prepared dataset held on one device, served as normalised float batches."""
 
     def __init__(self, data_dir: str | os.PathLike, device: torch.device | str = "cpu"):
+        from .files import load_json
+
         data_dir = Path(data_dir)
         meta_path = data_dir / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"{data_dir} is not a prepared dataset (no meta.json); run `afdistill prepare` first")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = load_json(meta_path, "the prepared dataset's description", fix=REPREPARE)
         self.device = torch.device(device)
         self.num_classes = int(self.meta["num_classes"])
         self.pad = int(self.meta["pad"])
@@ -210,10 +213,26 @@ class DeviceData:
         self.test = self._load(data_dir / "test.npz")
 
     def _load(self, path: Path) -> Split:
-        with np.load(path) as arrays:
-            images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).contiguous()
-            labels = torch.from_numpy(arrays["labels"]).long()
-        return Split(images.to(self.device), labels.to(self.device))
+        """One split, checked once here (shapes, dtype, label range) so bad data never reaches a training step."""
+        from .files import load_npz
+
+        arrays = load_npz(path, "a prepared split", ("images", "labels"), fix=REPREPARE)
+        images, labels = arrays["images"], arrays["labels"]
+        size = int(self.meta.get("image_size", images.shape[1] if images.ndim == 4 else 0))
+        problem = None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            problem = f"images are {images.dtype} of shape {images.shape}; expected uint8 N x H x W x 3"
+        elif images.shape[1:3] != (size, size):
+            problem = f"images are {images.shape[1]}x{images.shape[2]}; meta.json says {size}x{size}"
+        elif labels.ndim != 1 or len(labels) != len(images):
+            problem = f"{len(labels)} labels of shape {labels.shape} for {len(images)} images"
+        elif len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            problem = (f"labels range over {int(labels.min())}..{int(labels.max())}; meta.json says "
+                       f"{self.num_classes} classes (0..{self.num_classes - 1})")
+        if problem:
+            raise DataError(f"{path}: {problem}; {REPREPARE}")
+        images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        return Split(images.to(self.device), torch.from_numpy(labels).long().to(self.device))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> float as ToTensor() then Normalize(mean, std)."""

@@ -1,35 +1,19 @@
 """Experiment grids (``params/*.yaml``): validation, and the jobs a grid expands to.
 
 The grid file is the one place where an experiment is described; the
-Snakemake rules, ``dvc.yaml`` and the report all read it through this module.
-Every problem is reported before any job starts, naming the key and what is
-allowed there.
-
-Keys (see ``params/default.yaml`` for a commented example)::
-
-    grid: default              # names the MLflow experiment and results/<grid>, reports/<grid>
-    dataset: digits            # digits | cifar10 | cifar100
-    data: {root: data/raw, download: false, verify_checksums: true}
-    device: auto               # auto | cpu | cuda
-    runtime: {precision: auto, channels_last: auto, compile: auto, deterministic: true, cuda_graphs: auto,
-              keep_freed_memory: auto}   # spec.Runtime
-    jobs_per_gpu: 1            # training jobs sharing one GPU (a pipeline option; results do not depend on it)
-    seeds: [0, 1]              # one student job per seed
-    train: {epochs: 240, ...}  # the schedule of every training job (spec.Schedule)
-    teachers: {seed: 0, train: {...overrides}, checkpoints: {arch: path}}
-    links: {seed: 0, train: {...overrides}, params: {...afd params}}
-    heads: {seed: 0, train: {...overrides}}   # networks pretrained on the teacher (MHGD)
-    pairs:                     # teacher -> student columns of the table
-      - {teacher: resnet56, student: resnet20, methods: {afd: {beta: 100}}, train: {lr: 0.01}, runs: [kd, afd]}
-    methods:                   # rows of the table: name -> hyper-parameters
-      kd: {alpha: 0.9, temperature: 4}
-      at_kd: {method: at, alpha: 0.9, label: AT+KD}
-      afd: {beta: 200, sweep: {beta: [30, 50, 100, 200]}}
-    report: {paper_table: afd_table1, metric: accuracy}
+pipeline (``afdistill.jobs``), ``dvc.yaml`` and the report all read it
+through this module. Its structure is declared once, in :data:`SCHEMA`
+(the schedule and runtime keys come from ``spec.Schedule`` and
+``spec.Runtime``, each declared there with its range); the Snakemake config
+schema (``workflow/schemas/config.schema.yaml``) is generated from it
+(``afdistill schema``). Every problem is reported before any job starts,
+naming the key and what is allowed there. ``params/default.yaml`` is a
+commented example of every key.
 """
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,16 +23,112 @@ import yaml
 from .data import DATASETS
 from .methods import check_method_params, list_methods, method_class
 from .models import list_models
-from .spec import COMPILE_MODES, PRECISIONS, JobSpec, Runtime, Schedule
+from .spec import JobSpec, Runtime, Schedule
 
-DEVICES = ("auto", "cpu", "cuda")
-METRICS = ("accuracy", "error")
-TOP_KEYS = ("grid", "dataset", "data", "device", "runtime", "jobs_per_gpu", "seeds", "train", "teachers", "links",
-            "heads", "pairs", "methods", "report")
+NO_TEACHER = "none"  # the teacher path segment of students trained without one
 # Networks a method pretrains on the teacher (MHGD's attention network) train, unless the grid says
 # otherwise, with the grid's schedule for 20 epochs at a fixed learning rate (MHGD supplementary).
 HEADS_TRAIN = {"epochs": 20, "lr_decay_epochs": []}
-NO_TEACHER = "none"  # the teacher path segment of students trained without one
+
+
+def _section(cls) -> dict:
+    """The JSON schema of a spec dataclass (Schedule, Runtime), from its fields' declarations."""
+    return {"type": "object", "additionalProperties": False,
+            "properties": {f.name: dict(f.metadata) for f in fields(cls)}}
+
+
+SCHEDULE = _section(Schedule)
+PARAMS = {"type": ["object", "null"], "description": "method hyper-parameters (checked against the method)"}
+SEED = {"type": "integer", "minimum": 0}
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "description": "An experiment grid (params/*.yaml). Generated from afdistill.grid.SCHEMA by `afdistill schema`; "
+                   "names (datasets, architectures, methods, hyper-parameters) are checked against the package's "
+                   "registries by afdistill.grid.Grid.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["grid", "dataset", "pairs", "methods"],
+    "properties": {
+        "grid": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$",
+                 "description": "the grid's name: MLflow experiment, results/<grid>, reports/<grid>"},
+        "dataset": {"type": "string", "enum": sorted(DATASETS)},
+        "data": {"type": "object", "additionalProperties": False, "properties": {
+            "root": {"type": "string", "description": "where the raw archives are (or go)"},
+            "download": {"type": "boolean", "description": "let the data stage download the archive"},
+            "verify_checksums": {"type": "boolean"}}},
+        "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
+        "runtime": _section(Runtime),
+        "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
+        "seeds": {"type": "array", "minItems": 1, "items": SEED, "description": "one student job per seed"},
+        "train": SCHEDULE,
+        "teachers": {"type": "object", "additionalProperties": False, "properties": {
+            "seed": SEED, "train": SCHEDULE,
+            "checkpoints": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "architecture -> published weights to evaluate instead of training"}}},
+        "links": {"type": "object", "additionalProperties": False, "properties": {
+            "seed": SEED, "train": SCHEDULE, "params": PARAMS}},
+        "heads": {"type": "object", "additionalProperties": False, "properties": {"seed": SEED, "train": SCHEDULE}},
+        "pairs": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["teacher", "student"], "properties": {
+                "teacher": {"type": "string"}, "student": {"type": "string"},
+                "methods": {"type": "object", "additionalProperties": PARAMS,
+                            "description": "per-pair overrides of methods entries (and `links`)"},
+                "train": SCHEDULE,
+                "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}},
+        "methods": {"type": "object", "minProperties": 1, "additionalProperties": PARAMS,
+                    "description": "table rows: run name -> hyper-parameters (`method:` names the type)"},
+        "report": {"type": "object", "additionalProperties": False, "properties": {
+            "paper_table": {"type": ["string", "null"]},
+            "metric": {"type": "string", "enum": ["accuracy", "error"]}}},
+    },
+}
+
+
+def schema_yaml() -> str:
+    return "# Generated by `afdistill schema` from afdistill.grid.SCHEMA; do not edit.\n" + yaml.safe_dump(
+        SCHEMA, sort_keys=False, width=120)
+
+
+def _describe(rule: dict) -> str:
+    if "enum" in rule:
+        return "one of " + ", ".join(str(v) for v in rule["enum"])
+    kind = rule.get("type")
+    parts = [{"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+              "array": "a list", "object": "a mapping"}.get(kind, str(kind))]
+    for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+        if key in rule:
+            parts.append(f"{word} {rule[key]}")
+    if kind == "array" and "items" in rule:
+        parts.append("of " + _describe(rule["items"]))
+    return " ".join(parts)
+
+
+def _check(value: Any, rule: dict, where: str) -> None:
+    """Validate one value against a (subset of) JSON-schema rule, naming the key and what is allowed."""
+    if "enum" in rule:
+        if not any(value == allowed and type(value) is type(allowed) for allowed in rule["enum"]):
+            raise GridError(f"{where}: {value!r} is not allowed; allowed: {', '.join(str(v) for v in rule['enum'])}")
+        return
+    kind = rule.get("type")
+    ok = {"integer": isinstance(value, int) and not isinstance(value, bool),
+          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "boolean": isinstance(value, bool), "string": isinstance(value, str),
+          "array": isinstance(value, (list, tuple)), "object": isinstance(value, dict)}.get(kind, True)
+    if not ok or (kind in ("integer", "number") and (
+            ("minimum" in rule and value < rule["minimum"]) or ("maximum" in rule and value > rule["maximum"])
+            or ("exclusiveMinimum" in rule and value <= rule["exclusiveMinimum"])
+            or ("exclusiveMaximum" in rule and value >= rule["exclusiveMaximum"]))):
+        raise GridError(f"{where}: {value!r} is not allowed; expected {_describe(rule)}")
+    if kind == "array" and "items" in rule:
+        for index, item in enumerate(value):
+            _check(item, rule["items"], f"{where}[{index}]")
+
+
+def _known_keys(mapping: dict, rule: dict, where: str) -> None:
+    allowed = rule["properties"]
+    for key in mapping:
+        if key not in allowed:
+            raise GridError(f"{where}{key}: unknown key; allowed: {', '.join(allowed)}")
 
 
 class GridError(ValueError):
@@ -85,33 +165,15 @@ def _schedule(base: Schedule, overrides: Any, where: str) -> Schedule:
         return base
     if not isinstance(overrides, dict):
         raise GridError(f"{where}: expected a mapping of schedule keys, got {overrides!r}")
-    allowed = {f.name: f for f in fields(Schedule)}
-    values = {f.name: getattr(base, f.name) for f in fields(Schedule)}
+    _known_keys(overrides, SCHEDULE, f"{where}.")
     for key, value in overrides.items():
-        if key not in allowed:
-            raise GridError(f"{where}.{key}: unknown schedule key; allowed: {_allowed(allowed)}")
-        if key == "nesterov":
-            if not isinstance(value, bool):
-                raise GridError(f"{where}.{key}: expected true or false, got {value!r}")
-        elif key == "lr_decay_epochs":
-            if not isinstance(value, list) or not all(isinstance(v, int) and v > 0 for v in value):
-                raise GridError(f"{where}.{key}: expected a list of positive epoch numbers, got {value!r}")
-            value = tuple(value)
-        elif key in ("epochs", "batch_size"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "epochs" else 1):
-                raise GridError(f"{where}.{key}: expected a {'non-negative' if key == 'epochs' else 'positive'} "
-                                f"integer, got {value!r}")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise GridError(f"{where}.{key}: expected a non-negative number, got {value!r}")
-        values[key] = value
-    return Schedule(**values)
-
-
-def _mapping(config: dict, key: str, where: str) -> dict:
-    value = config.get(key) or {}
-    if not isinstance(value, dict):
-        raise GridError(f"{where}{key}: expected a mapping, got {value!r}")
-    return value
+        _check(value, SCHEDULE["properties"][key], f"{where}.{key}")
+    schedule = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    late = [epoch for epoch in schedule.lr_decay_epochs if epoch > schedule.epochs]
+    if late:
+        raise GridError(f"{where}.lr_decay_epochs: {list(schedule.lr_decay_epochs)} decays after the last epoch "
+                        f"({schedule.epochs}) at {late}; list epochs from 1 to {schedule.epochs}")
+    return schedule
 
 
 class Grid:
@@ -135,83 +197,62 @@ class Grid:
     def _parse(self, config: dict[str, Any]) -> None:
         if not isinstance(config, dict):
             raise GridError("expected a mapping at the top level")
-        unknown = sorted(set(config) - set(TOP_KEYS))
-        if unknown:
-            raise GridError(f"{unknown[0]}: unknown key; allowed: {_allowed(TOP_KEYS)}")
-        for key in ("grid", "dataset", "pairs", "methods"):
+        _known_keys(config, SCHEMA, "")
+        for key in SCHEMA["required"]:
             if key not in config:
-                raise GridError(f"{key}: missing (required keys: grid, dataset, pairs, methods)")
-
+                raise GridError(f"{key}: missing (required keys: {', '.join(SCHEMA['required'])})")
+        top = SCHEMA["properties"]
+        for key in ("grid", "device", "jobs_per_gpu", "seeds"):
+            if key in config:
+                _check(config[key], top[key], key)
         self.name = config["grid"]
-        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
+        if not re.fullmatch(top["grid"]["pattern"].strip("^$"), self.name):
             raise GridError(f"grid: expected a name of letters, digits, '-' and '_', got {self.name!r}")
         self.dataset = config["dataset"]
         if self.dataset not in DATASETS:
             raise GridError(f"dataset: unknown dataset {self.dataset!r}; allowed: {_allowed(sorted(DATASETS))}")
 
-        data = _mapping(config, "data", "")
-        for key in data:
-            if key not in ("root", "download", "verify_checksums"):
-                raise GridError(f"data.{key}: unknown key; allowed: root, download, verify_checksums")
+        data = self._section(config, "data")
         self.data_root = str(data.get("root", "data/raw"))
         self.download = bool(data.get("download", False))
         self.verify_checksums = bool(data.get("verify_checksums", True))
-
         self.device = config.get("device", "auto")
-        if self.device not in DEVICES:
-            raise GridError(f"device: {self.device!r} is not allowed; allowed: {_allowed(DEVICES)}")
-
         self.runtime = self._parse_runtime(config.get("runtime"))
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
-        if not isinstance(self.jobs_per_gpu, int) or isinstance(self.jobs_per_gpu, bool) or self.jobs_per_gpu < 1:
-            raise GridError(f"jobs_per_gpu: expected a positive integer, got {self.jobs_per_gpu!r}")
-
-        seeds = config.get("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-            raise GridError(f"seeds: expected a non-empty list of non-negative integers, got {seeds!r}")
-        if len(set(seeds)) != len(seeds):
-            raise GridError(f"seeds: {seeds!r} repeats a seed")
-        self.seeds = seeds
+        self.seeds = config.get("seeds", [0])
+        if len(set(self.seeds)) != len(self.seeds):
+            raise GridError(f"seeds: {self.seeds!r} repeats a seed")
 
         self.schedule = _schedule(Schedule(), config.get("train"), "train")
 
-        teachers = _mapping(config, "teachers", "")
-        for key in teachers:
-            if key not in ("seed", "train", "checkpoints"):
-                raise GridError(f"teachers.{key}: unknown key; allowed: seed, train, checkpoints")
+        teachers = self._section(config, "teachers")
         self.teacher_seed = teachers.get("seed", 0)
         self.teacher_schedule = _schedule(self.schedule, teachers.get("train"), "teachers.train")
         self.teacher_checkpoints = dict(teachers.get("checkpoints") or {})
-        for arch in self.teacher_checkpoints:
-            self._check_arch(arch, f"teachers.checkpoints.{arch}")
 
         self.runs = self._parse_methods(config["methods"])
         self.pairs = self._parse_pairs(config["pairs"])
+        for arch, path in self.teacher_checkpoints.items():
+            where = f"teachers.checkpoints.{arch}"
+            self._check_arch(arch, where)
+            if arch not in self.teachers():
+                raise GridError(f"{where}: {arch} is not a teacher of any pair; teachers: {_allowed(self.teachers())}")
+            if not Path(path).is_file():
+                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root)")
 
-        links = _mapping(config, "links", "")
-        for key in links:
-            if key not in ("seed", "train", "params"):
-                raise GridError(f"links.{key}: unknown key; allowed: seed, train, params")
+        links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)
         self.links_schedule = _schedule(self.schedule, links.get("train"), "links.train")
         self.links_params = dict(links.get("params") or {})
         self._check_params("afd", self.links_params, "links.params")
 
-        heads = _mapping(config, "heads", "")
-        for key in heads:
-            if key not in ("seed", "train"):
-                raise GridError(f"heads.{key}: unknown key; allowed: seed, train")
+        heads = self._section(config, "heads")
         self.heads_seed = heads.get("seed", 0)
         self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
                                         "heads.train")
 
-        report = _mapping(config, "report", "")
-        for key in report:
-            if key not in ("paper_table", "metric"):
-                raise GridError(f"report.{key}: unknown key; allowed: paper_table, metric")
+        report = self._section(config, "report")
         self.metric = report.get("metric", "accuracy")
-        if self.metric not in METRICS:
-            raise GridError(f"report.metric: {self.metric!r} is not allowed; allowed: {_allowed(METRICS)}")
         self.paper_table = report.get("paper_table")
         if self.paper_table is not None:
             from .paper import PAPER_TABLES
@@ -220,20 +261,27 @@ class Grid:
                 raise GridError(f"report.paper_table: unknown table {self.paper_table!r}; "
                                 f"allowed: {_allowed(sorted(PAPER_TABLES))}")
 
+    def _section(self, config: dict, key: str) -> dict:
+        """A mapping section of the grid, its keys and scalar values checked against :data:`SCHEMA`."""
+        value = config.get(key) or {}
+        if not isinstance(value, dict):
+            raise GridError(f"{key}: expected a mapping, got {value!r}")
+        rule = SCHEMA["properties"][key]
+        _known_keys(value, rule, f"{key}.")
+        for name, item in value.items():
+            if rule["properties"][name].get("type") in ("integer", "number", "boolean", "string") \
+                    or "enum" in rule["properties"][name]:
+                _check(item, rule["properties"][name], f"{key}.{name}")
+        return value
+
     def _parse_runtime(self, runtime: Any) -> Runtime:
         runtime = runtime or {}
         if not isinstance(runtime, dict):
             raise GridError(f"runtime: expected a mapping, got {runtime!r}")
-        allowed = {"precision": PRECISIONS, "channels_last": ("auto", True, False), "compile": COMPILE_MODES,
-                   "deterministic": (True, False), "cuda_graphs": ("auto", True, False),
-                   "keep_freed_memory": ("auto", True, False)}
-        kinds = {"precision": str, "channels_last": (str, bool), "compile": str, "deterministic": bool,
-                 "cuda_graphs": (str, bool), "keep_freed_memory": (str, bool)}
+        rule = SCHEMA["properties"]["runtime"]
+        _known_keys(runtime, rule, "runtime.")
         for key, value in runtime.items():
-            if key not in allowed:
-                raise GridError(f"runtime.{key}: unknown key; allowed: {_allowed(allowed)}")
-            if not isinstance(value, kinds[key]) or value not in allowed[key]:
-                raise GridError(f"runtime.{key}: {value!r} is not allowed; allowed: {_allowed(allowed[key])}")
+            _check(value, rule["properties"][key], f"runtime.{key}")
         return Runtime(**runtime)
 
     def _check_arch(self, arch: Any, where: str) -> None:
@@ -288,9 +336,7 @@ class Grid:
             where = f"pairs[{index}]"
             if not isinstance(entry, dict):
                 raise GridError(f"{where}: expected a mapping with teacher and student")
-            for key in entry:
-                if key not in ("teacher", "student", "methods", "train", "runs"):
-                    raise GridError(f"{where}.{key}: unknown key; allowed: teacher, student, methods, train, runs")
+            _known_keys(entry, SCHEMA["properties"]["pairs"]["items"], f"{where}.")
             runs = entry.get("runs")
             if runs is not None:
                 if not isinstance(runs, list) or not runs:

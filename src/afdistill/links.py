@@ -18,6 +18,7 @@ import torch
 
 from .engine import Result
 from .figures import plot_links
+from .files import atomic_write
 
 FILES = ("links.json", "links.csv", "links.png")
 
@@ -53,7 +54,8 @@ def write(result: Result, out_dir: str | Path) -> dict:
         "run_id": result.record["run_id"],
         "test_top1": result.record["test_top1"],
     }
-    (out_dir / "links.json").write_text(json.dumps(record) + "\n")
+    text = json.dumps(record) + "\n"
+    atomic_write(out_dir / "links.json", lambda handle: handle.write(text.encode()))
     with open(out_dir / "links.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["student\\teacher"] + [f"t{t}" for t in record["teacher_candidates"]])
@@ -70,10 +72,10 @@ def write(result: Result, out_dir: str | Path) -> dict:
 
 def read(path: str | Path, teacher: str, student: str) -> dict:
     """Load a links file and check it belongs to this pair."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"links file {path} does not exist; run the links stage for {teacher} -> {student}")
-    record = json.loads(path.read_text())
+    from .files import load_json
+
+    record = load_json(path, f"the links of {teacher} -> {student}",
+                       fix=f"delete it and rerun the links stage for {teacher} -> {student}")
     if (record.get("teacher"), record.get("student")) != (teacher, student):
         raise ValueError(f"{path} holds links for {record.get('teacher')} -> {record.get('student')}, "
                          f"not {teacher} -> {student}")

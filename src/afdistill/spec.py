@@ -8,18 +8,31 @@ from typing import Any
 KINDS = ("teacher", "student", "links", "heads")  # the training job kinds (afdistill.jobs declares them)
 
 
+def option(default: Any, doc: str, **schema: Any):
+    """A dataclass field that also declares its JSON-schema constraints and description.
+
+    ``afdistill.grid`` validates grid values against these declarations and
+    generates the Snakemake config schema from them: each key is declared here
+    once.
+    """
+    factory = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return field(metadata={"description": doc, **schema}, **factory)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """SGD with step decay; the defaults are the AFD paper's CIFAR-100 settings."""
 
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay_epochs: tuple[int, ...] = (150, 180, 210)
-    lr_decay_rate: float = 0.1
-    nesterov: bool = False
+    epochs: int = option(240, "training epochs", type="integer", minimum=1)
+    batch_size: int = option(64, "images per step (BatchNorm needs two or more)", type="integer", minimum=2)
+    lr: float = option(0.05, "initial learning rate", type="number", exclusiveMinimum=0)
+    momentum: float = option(0.9, "SGD momentum", type="number", minimum=0, exclusiveMaximum=1)
+    weight_decay: float = option(5e-4, "L2 weight decay", type="number", minimum=0)
+    lr_decay_epochs: tuple[int, ...] = option((150, 180, 210), "epochs at whose start the learning rate decays",
+                                              type="array", items={"type": "integer", "minimum": 1})
+    lr_decay_rate: float = option(0.1, "factor applied at each decay epoch", type="number", exclusiveMinimum=0,
+                                  maximum=1)
+    nesterov: bool = option(False, "Nesterov momentum", type="boolean")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``.
@@ -70,12 +83,15 @@ class Runtime:
     does not undo it.
     """
 
-    precision: str = "auto"
-    channels_last: str | bool = "auto"
-    compile: str = "auto"
-    deterministic: bool = True
-    cuda_graphs: str | bool = "auto"
-    keep_freed_memory: str | bool = "auto"
+    precision: str = option("auto", "bf16 autocast where the hardware has bf16 units, else fp32", enum=list(PRECISIONS))
+    channels_last: str | bool = option("auto", "NHWC layout for convolutions (auto: on)", enum=["auto", True, False])
+    compile: str = option("auto", "a torch.compile mode (auto: none)", enum=list(COMPILE_MODES))
+    deterministic: bool = option(True, "deterministic CUDA kernels: a seed reproduces a run's metrics",
+                                 type="boolean")
+    cuda_graphs: str | bool = option("auto", "replay each training step as one CUDA graph where the method allows it",
+                                     enum=["auto", True, False])
+    keep_freed_memory: str | bool = option("auto", "keep freed heap memory for the next step (auto: on CPU)",
+                                           enum=["auto", True, False])
 
 
 @dataclass(frozen=True)
