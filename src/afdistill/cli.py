@@ -93,14 +93,19 @@ def cmd_run(args) -> None:
 
 
 def cmd_jobs(args) -> None:
-    from .jobs import Plan
+    from .jobs import Plan, progress
 
     plan = Plan(_load_grid(args))
+    states = progress(plan)
     for job in plan.jobs:
         if args.kind and job.kind.name != args.kind:
             continue
-        state = "done" if Path(job.marker).is_file() else "to run"
-        _print(f"{job.kind.name:8} {state:7} {job.folder}")
+        _print(f"{job.kind.name:8} {states[job.folder]:22} {job.folder}")
+    counts: dict[str, int] = {}
+    for state in states.values():
+        key = state.split(" at epoch")[0]
+        counts[key] = counts.get(key, 0) + 1
+    _print(f"grid {plan.grid.name!r}: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
 
 
 def cmd_dvc(args) -> None:
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     run.set_defaults(func=cmd_run)
 
-    jobs = with_grid(commands.add_parser("jobs", help="list a grid's jobs and whether each is done"))
+    jobs = with_grid(commands.add_parser("jobs", help="list a grid's jobs with their state (done, running, to run)"))
     jobs.add_argument("--kind", help="only jobs of this kind")
     jobs.set_defaults(func=cmd_jobs)
 

@@ -385,8 +385,8 @@ class Grid:
         return list(dict.fromkeys(pair.teacher for pair in self.pairs))
 
     def run_needs(self, run: str) -> str | None:
-        """The pre-stage a run consumes (``"links"`` or ``"heads"``), if any."""
-        return method_class(self.runs[run].method).needs_artifact
+        """The pre-stage a run consumes (``"links"`` or ``"heads"``), if any: the method says, from its params."""
+        return method_class(self.runs[run].method).pre_stage(self.runs[run].params)
 
     def heads_jobs(self) -> list[tuple[str, str]]:
         """(teacher, run) of every network a method pretrains on a teacher."""
@@ -453,12 +453,3 @@ class Grid:
         return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
                        seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
                        device=self.device, runtime=self.runtime)
-
-    def artifact(self, teacher: str, student: str, run: str) -> tuple[str, str] | None:
-        """(stage, job directory relative to results/<grid>) of the pre-stage a student job reads."""
-        needs = self.run_needs(run)
-        if needs == "links":
-            return needs, f"links/{self.dataset}/{teacher}/{student}"
-        if needs == "heads":
-            return needs, f"heads/{self.dataset}/{teacher}/{run}"
-        return None
