@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     prepared = Path(args.dir) / f"prepared-{args.images}"
     prepare("imagenet", prepared, root=root)
     data = StreamingData(prepared, args.device, workers=args.workers)
-    paths = [data.root / p for p in data.train.dataset.paths]
+    paths = [data.root / p.decode() for p in data.train.dataset.paths]
     n = len(paths)
     sizes = [p.stat().st_size for p in paths]
     print(f"{n} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB; {args.workers} workers; batch {args.batch_size}; "

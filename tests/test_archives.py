@@ -158,6 +158,18 @@ def test_tiny_imagenet_prepares_every_image_rgb_with_sorted_wnid_labels(tmp_path
     assert images.shape == (5, 3, 64, 64) and data.num_classes == 3
 
 
+def test_tinyimagenet_mhgd_is_the_same_arrays_with_mhgds_padding_and_range(tmp_path):
+    root = _tiny_imagenet(tmp_path / "raw")
+    afd = prepare("tinyimagenet", tmp_path / "afd", root=root)
+    mhgd = prepare("tinyimagenet_mhgd", tmp_path / "mhgd", root=root)
+    assert (afd["pad"], mhgd["pad"]) == (4, 8) and mhgd["mean"] == [0.5] * 3 and mhgd["std"] == [1.0] * 3
+    assert mhgd["classes"] == afd["classes"] and "tiny-imagenet-200.zip" in mhgd["source"]
+    with np.load(tmp_path / "afd" / "train.npz") as a, np.load(tmp_path / "mhgd" / "train.npz") as b:
+        assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["labels"], b["labels"])
+    values = DeviceData(tmp_path / "mhgd").normalize(torch.tensor([[[[0]], [[255]], [[0]]]], dtype=torch.uint8))
+    assert values.flatten().tolist() == [-0.5, 0.5, -0.5]
+
+
 def test_imagenet_lists_sorted_wnid_folders_and_streams_rgb_224(tmp_path):
     root = _imagenet(tmp_path / "raw")
     meta = prepare("imagenet", tmp_path / "prepared", root=root)

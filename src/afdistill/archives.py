@@ -13,7 +13,11 @@ own files, so a subset in the same format prepares the same way:
     ``test.npz``, 64x64 uint8 (any image of another size is resized to 64x64,
     bilinear; the official archive has none). Training augmentation as the AFD
     paper and MHGD's supplementary state it: zero-pad to 72, random 64 crop,
-    horizontal flip.
+    horizontal flip, normalised with ImageNet's mean and std (the paper gives none).
+``tinyimagenet_mhgd``
+    The same archive and arrays, with MHGD's supplementary preprocessing:
+    zero-pad 8 (to 80), random 64 crop, flip, pixels scaled to [-0.5, 0.5]
+    (mean 0.5, std 1).
 ``imagenet`` (ILSVRC2012, https://image-net.org/challenges/LSVRC/2012/)
     ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` (the validation images
     sorted into class folders, e.g. with the ``valprep.sh`` script of
@@ -94,9 +98,11 @@ ARCHIVES = {
 }
 
 #: Datasets this module prepares, and how they are stored: "device" (npz arrays) or "stream" (file lists).
-STORAGE = {"tinyimagenet": "device", "imagenet": "stream", "cub200": "stream", "mit67": "stream",
-           "stanford40": "stream", "stanford_dogs": "stream"}
+STORAGE = {"tinyimagenet": "device", "tinyimagenet_mhgd": "device", "imagenet": "stream", "cub200": "stream",
+           "mit67": "stream", "stanford40": "stream", "stanford_dogs": "stream"}
 TRANSFER = ("cub200", "mit67", "stanford40", "stanford_dogs")
+#: Datasets that are another preprocessing of an archive read under another name.
+SAME_ARCHIVE = {"tinyimagenet_mhgd": "tinyimagenet"}
 
 
 @dataclass
@@ -306,6 +312,7 @@ LISTERS = {"tinyimagenet": list_tinyimagenet, "imagenet": list_imagenet, "cub200
 def list_archive(dataset: str, root: str | os.PathLike) -> Listing:
     """Classes and splits of an extracted archive; every listed file is checked to exist."""
     root = Path(root)
+    dataset = SAME_ARCHIVE.get(dataset, dataset)
     if not root.is_dir():
         raise _missing(dataset, root, "the folder the archive was extracted into")
     listing = LISTERS[dataset](root)
@@ -366,7 +373,7 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
     listing = list_archive(dataset, root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    archive = ARCHIVES[dataset]
+    archive = ARCHIVES[SAME_ARCHIVE.get(dataset, dataset)]
     meta = {
         "dataset": dataset,
         "format": STORAGE[dataset],

@@ -25,7 +25,7 @@ Datasets:
     (``download=True``). Augmentation: pad 4 + random 32x32 crop + horizontal
     flip, as in the AFD and RepDistiller code (CIFAR-100, zero padding) and the
     attention-transfer code (CIFAR-10, reflection padding).
-``tinyimagenet``, ``imagenet``, ``cub200``, ``mit67``, ``stanford40``, ``stanford_dogs``
+``tinyimagenet``, ``tinyimagenet_mhgd``, ``imagenet``, ``cub200``, ``mit67``, ``stanford40``, ``stanford_dogs``
     Read from the official archives as they unpack by :mod:`afdistill.archives`
     (formats, class lists, validation splits). Tiny ImageNet is stored as the
     npz arrays above; the others are streamed (:mod:`afdistill.streaming`).
@@ -73,7 +73,10 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     # The official archives, read by afdistill.archives (its docstring lists each format).
     # Tiny ImageNet: zero-pad 64 -> 72, random 64 crop, flip (AFD paper; MHGD supplementary).
+    # The AFD paper gives no normalisation: ImageNet's mean and std.
     "tinyimagenet": DatasetInfo(200, 64, 4, "zeros", True, *_IMAGENET_NORM, "tiny-imagenet-200.zip"),
+    # MHGD's supplementary: zero-pad 8, random 64 crop, flip, values in [-0.5, 0.5].
+    "tinyimagenet_mhgd": DatasetInfo(200, 64, 8, "zeros", True, (0.5,) * 3, (1.0,) * 3, "tiny-imagenet-200.zip"),
     # Streamed at 224: RandomResizedCrop(224) + flip to train, Resize(256) + CenterCrop(224) to test.
     "imagenet": DatasetInfo(1000, 224, 0, "zeros", True, *_IMAGENET_NORM, "ILSVRC2012", "stream"),
     "cub200": DatasetInfo(200, 224, 0, "zeros", True, *_IMAGENET_NORM, "CUB_200_2011.tgz", "stream"),

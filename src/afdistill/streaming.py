@@ -95,14 +95,17 @@ class _Decode(Dataset):
     """Sample ``(index, seed)`` -> (HxWx3 uint8 array, index); seed None means the test transform."""
 
     def __init__(self, root: Path, paths: list[str], size: int, resize: int):
-        self.root, self.paths, self.size, self.resize = root, paths, size, resize
+        # One numpy bytes array, not a list of str: forked workers would otherwise copy
+        # every page of 1.3M Python objects as reference counts touch them.
+        self.root, self.size, self.resize = root, size, resize
+        self.paths = np.array([path.encode() for path in paths], dtype=np.bytes_)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
         index, seed = key
-        image = load_rgb(self.root / self.paths[index])
+        image = load_rgb(self.root / self.paths[index].decode())
         if seed is None:
             image = eval_transform(image, self.size, self.resize)
         else:

@@ -8,9 +8,12 @@ https://download.pytorch.org/models/, or ``torchvision.models.resnet34(weights=
 ``strict=True``. The official AFD code's ``models/resnet_im.py`` is the same
 network (it loads the same files).
 
-``resnet18_tiny`` / ``resnet34_tiny`` are the Tiny ImageNet variants the AFD
-paper describes for 64x64 inputs: the stem is a 3x3 stride-1 convolution
-without max-pooling; the rest (and the parameter names) are unchanged.
+``resnet18_tiny`` / ``resnet34_tiny`` are the Tiny ImageNet variants of the AFD
+paper for 64x64 inputs: the stem is a 3x3 convolution ("we resize the first
+convolutional filter size from 7 to 3"); the paper states neither its stride
+nor the max-pool, and we take stride 1 without max-pool (as the CIFAR
+ResNet18/34 of the official code do), so the last stage sees 8x8 maps. The
+rest, and the parameter names, are unchanged.
 
 Features (``model(x, with_features=True)``) as the official code returns them
 for ``resnet34im`` / ``resnet18im``: the stem after BN+ReLU (before the
