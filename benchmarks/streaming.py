@@ -1,6 +1,6 @@
 """Streaming throughput against the decode limit of the same JPEGs.
 
-    python benchmarks/streaming.py --images 400 --workers 2
+    PYTHONPATH=src python benchmarks/streaming.py --images 400 --workers 2
 
 Writes ``--images`` synthetic ImageNet-like JPEGs (500x375 and 375x500 photos'
 sizes, smooth content plus grain, quality 90: about the ImageNet training
@@ -13,6 +13,8 @@ worker processes:
 - ``stream train``: :class:`afdistill.streaming.StreamingData.train_batches`
   (RandomResizedCrop(224) + flip, batches on ``--device``, normalised);
 - ``stream eval``: ``eval_batches`` (Resize(256) + CenterCrop(224));
+- ``stream train, stored copy``: the same on a copy ``prepare`` stored with
+  ``stored_shorter_side`` (``--stored-shorter-side``, 256 by default; 0: skip);
 - ``torchvision``: ``ImageFolder`` + ``RandomResizedCrop`` + flip +
   ``PILToTensor`` through a ``DataLoader``, the usual reference pipeline.
 
@@ -86,6 +88,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stored-shorter-side", type=int, default=256)
     args = parser.parse_args(argv)
 
     root = synthetic_imagenet(Path(args.dir) / "raw", args.images)
@@ -114,6 +117,15 @@ def main(argv=None) -> None:
     results["stream train"] = _rate(lambda: drain(data.train_batches(args.batch_size, generator)), n, args.repeats)
     n_test = len(data.test.labels)
     results["stream eval"] = _rate(lambda: drain(data.eval_batches(batch_size=args.batch_size)), n_test, args.repeats)
+
+    if args.stored_shorter_side:
+        copy_dir = Path(args.dir) / f"prepared-{args.images}-stored-{args.stored_shorter_side}"
+        prepare("imagenet", copy_dir, root=root, stored_shorter_side=args.stored_shorter_side)
+        stored = StreamingData(copy_dir, args.device, workers=args.workers)
+        results[f"stream train, stored copy ({args.stored_shorter_side})"] = _rate(
+            lambda: drain(stored.train_batches(args.batch_size, generator)), n, args.repeats)
+        results[f"stream eval, stored copy ({args.stored_shorter_side})"] = _rate(
+            lambda: drain(stored.eval_batches(batch_size=args.batch_size)), n_test, args.repeats)
 
     from torchvision import datasets, transforms
 

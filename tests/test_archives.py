@@ -189,6 +189,31 @@ def test_imagenet_lists_sorted_wnid_folders_and_streams_rgb_224(tmp_path):
     assert all(torch.equal(b[1], data.train.labels[b[2]]) for b in batches)
 
 
+def test_a_stored_copy_is_rgb_jpeg_resized_as_torchvision_resize_and_streams_alike(tmp_path):
+    root = _imagenet(tmp_path / "raw")
+    _write(root / "train" / "n01" / "small.JPEG", "rgb", (200, 230), seed=9)  # already small: copied as it is
+    original = prepare("imagenet", tmp_path / "original", root=root)
+    stored = prepare("imagenet", tmp_path / "stored", root=root, stored_shorter_side=256)
+    assert stored["stored"]["shorter_side"] == 256 and stored["image_root"] == str((tmp_path / "stored" / "images").resolve())
+    assert read_tsv(tmp_path / "stored" / "train.tsv")[0] == read_tsv(tmp_path / "original" / "train.tsv")[0]
+    assert stored["n_train"] == original["n_train"] == 7
+    for relative in read_tsv(tmp_path / "stored" / "train.tsv")[0] + read_tsv(tmp_path / "stored" / "test.tsv")[0]:
+        with Image.open(tmp_path / "stored" / "images" / relative) as image:
+            source = Image.open(root / relative)
+            width, height = source.size
+            assert image.format == "JPEG" and image.mode == "RGB"
+            if min(width, height) > 256:  # Resize(256): shorter side 256, the longer one truncated
+                assert image.size == ((int(256 * width / height), 256) if height < width else (256, int(256 * height / width)))
+            else:
+                assert image.size == (width, height)
+    assert (tmp_path / "stored/images/train/n01/small.JPEG").read_bytes() == (root / "train/n01/small.JPEG").read_bytes()
+    a = next(StreamingData(tmp_path / "original", workers=0).eval_batches())[0]
+    b = next(StreamingData(tmp_path / "stored", workers=0).eval_batches())[0]
+    assert (a - b).abs().mean() < 0.05  # re-encoding at quality 95 only (normalised units)
+    with pytest.raises(ValueError, match="at least the crop size 224"):
+        prepare("imagenet", tmp_path / "bad", root=root, stored_shorter_side=200)
+
+
 @pytest.mark.parametrize("name, classes", [
     ("cub200", ["001.Albatross", "002.Auklet", "003.Blackbird"]),
     ("mit67", ["airport_inside", "bar", "kitchen"]),

@@ -368,9 +368,67 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike, info) -> dict:
-    """Prepare one archive dataset under ``out_dir``; ``info`` is its :class:`afdistill.data.DatasetInfo`."""
+STORED_QUALITY = 95
+
+
+def _store_resized(job: tuple[str, str, int]) -> None:
+    """Copy one image as an RGB JPEG whose shorter side is at most ``shorter`` (an RGB JPEG already small: as is)."""
+    import shutil
+
+    from PIL import Image
+
+    source, target, shorter = job
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        if image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= shorter:
+            shutil.copyfile(source, target)
+            return
+        image = image.convert("RGB")
+    width, height = image.size
+    if min(width, height) > shorter:  # torchvision Resize(shorter)'s output size
+        scale = shorter / min(width, height)
+        size = (shorter, int(shorter * height / width)) if width <= height else (int(shorter * width / height), shorter)
+        image = image.resize(size, Image.BILINEAR)
+        assert min(image.size) == shorter and abs(max(image.size) - max(width, height) * scale) < 1
+    image.save(target, format="JPEG", quality=STORED_QUALITY)
+
+
+def store_resized_copy(listing: Listing, folder: Path, shorter: int, workers: int | None = None) -> None:
+    """Every listed image as an RGB JPEG with its shorter side at most ``shorter``, under ``folder``, in parallel."""
+    from multiprocessing import get_context
+
+    relatives = sorted({relative for samples in listing.splits.values() for relative, _ in samples})
+    jobs = [(str(listing.image_root / r), str(folder / r), shorter) for r in relatives]
+    if workers == 0 or len(jobs) < 64:
+        for job in jobs:
+            _store_resized(job)
+        return
+    with get_context("fork").Pool(workers or os.cpu_count()) as pool:
+        for _ in pool.imap_unordered(_store_resized, jobs, chunksize=64):
+            pass
+
+
+def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike, info,
+                    stored_shorter_side: int | None = None) -> dict:
+    """Prepare one archive dataset under ``out_dir``; ``info`` is its :class:`afdistill.data.DatasetInfo`.
+
+    ``stored_shorter_side`` (streamed datasets only): instead of pointing at the
+    archive's files, store a copy of each image under ``out_dir/images/`` as an
+    RGB JPEG (quality 95) whose shorter side is at most that many pixels, resized
+    as torchvision's ``Resize`` does. Smaller files decode faster. Effect on
+    accuracy: at 256 the test transform changes only by the re-encoding (its
+    Resize(256) becomes the identity); training crops come from fewer source
+    pixels, so crops that covered more than 224 pixels of the original are
+    downsampled less and small crops are upsampled from a coarser image.
+    Not measured here; the paper's figures are for the original files (the default).
+    """
     listing = list_archive(dataset, root)
+    if stored_shorter_side is not None:
+        if STORAGE[dataset] != "stream":
+            raise ValueError(f"{dataset}: stored_shorter_side applies to streamed datasets, not to {dataset}'s arrays")
+        if stored_shorter_side < info.image_size:
+            raise ValueError(f"stored_shorter_side must be at least the crop size {info.image_size}, "
+                             f"got {stored_shorter_side}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = ARCHIVES[SAME_ARCHIVE.get(dataset, dataset)]
@@ -395,6 +453,11 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
             images = _decode_to_array([listing.image_root / p for p, _ in samples], info.image_size)
             _write_npz(out / f"{split}.npz", images, np.asarray([label for _, label in samples], dtype=np.int64))
     else:
+        if stored_shorter_side is not None:
+            store_resized_copy(listing, out / "images", stored_shorter_side)
+            meta["stored"] = {"shorter_side": stored_shorter_side, "format": "JPEG", "quality": STORED_QUALITY,
+                              "from": str(listing.image_root.resolve())}
+            listing.image_root = out / "images"
         meta["image_root"] = str(listing.image_root.resolve())
         meta["resize"] = 256  # test: Resize(256) + CenterCrop(image_size); train: RandomResizedCrop(image_size)
         meta["splits"] = {split: len(samples) for split, samples in listing.splits.items()}
