@@ -194,7 +194,8 @@ def test_a_stored_copy_is_rgb_jpeg_resized_as_torchvision_resize_and_streams_ali
     _write(root / "train" / "n01" / "small.JPEG", "rgb", (200, 230), seed=9)  # already small: copied as it is
     original = prepare("imagenet", tmp_path / "original", root=root)
     stored = prepare("imagenet", tmp_path / "stored", root=root, stored_shorter_side=256)
-    assert stored["stored"]["shorter_side"] == 256 and stored["image_root"] == str((tmp_path / "stored" / "images").resolve())
+    assert stored["stored"]["shorter_side"] == 256
+    assert stored["image_root"] == str((tmp_path / "stored" / "images").resolve())
     assert read_tsv(tmp_path / "stored" / "train.tsv")[0] == read_tsv(tmp_path / "original" / "train.tsv")[0]
     assert stored["n_train"] == original["n_train"] == 7
     for relative in read_tsv(tmp_path / "stored" / "train.tsv")[0] + read_tsv(tmp_path / "stored" / "test.tsv")[0]:
@@ -203,10 +204,12 @@ def test_a_stored_copy_is_rgb_jpeg_resized_as_torchvision_resize_and_streams_ali
             width, height = source.size
             assert image.format == "JPEG" and image.mode == "RGB"
             if min(width, height) > 256:  # Resize(256): shorter side 256, the longer one truncated
-                assert image.size == ((int(256 * width / height), 256) if height < width else (256, int(256 * height / width)))
+                expected = (int(256 * width / height), 256) if height < width else (256, int(256 * height / width))
+                assert image.size == expected
             else:
                 assert image.size == (width, height)
-    assert (tmp_path / "stored/images/train/n01/small.JPEG").read_bytes() == (root / "train/n01/small.JPEG").read_bytes()
+    small = "train/n01/small.JPEG"
+    assert (tmp_path / "stored" / "images" / small).read_bytes() == (root / small).read_bytes()
     a = next(StreamingData(tmp_path / "original", workers=0).eval_batches())[0]
     b = next(StreamingData(tmp_path / "stored", workers=0).eval_batches())[0]
     assert (a - b).abs().mean() < 0.05  # re-encoding at quality 95 only (normalised units)
@@ -310,7 +313,8 @@ def test_transforms_match_torchvisions_pixels_for_the_same_parameters():
         expected = TF.resized_crop(image, top, left, h, w, [224, 224], transforms.InterpolationMode.BILINEAR)
         if replay.uniform() < 0.5:
             expected = TF.hflip(expected)
-        assert np.array_equal(np.asarray(train_transform(image, np.random.default_rng(seed), 224)), np.asarray(expected))
+        ours = train_transform(image, np.random.default_rng(seed), 224)
+        assert np.array_equal(np.asarray(ours), np.asarray(expected))
 
 
 def test_flip_happens_half_the_time():

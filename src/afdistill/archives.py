@@ -26,7 +26,7 @@ own files, so a subset in the same format prepares the same way:
 ``cub200`` (``CUB_200_2011.tgz``, https://www.vision.caltech.edu/datasets/cub_200_2011/)
     ``CUB_200_2011/classes.txt``, ``images.txt``, ``image_class_labels.txt``,
     ``train_test_split.txt`` (1 = train) and ``images/``.
-``mit67`` (``indoorCVPR_09.tar`` + ``TrainImages.txt``, ``TestImages.txt``, https://web.mit.edu/torralba/www/indoor.html)
+``mit67`` (``indoorCVPR_09.tar``, ``TrainImages.txt``, ``TestImages.txt``: https://web.mit.edu/torralba/www/indoor.html)
     ``Images/<category>/*.jpg``; classes: the categories the two lists name, sorted.
 ``stanford40`` (``JPEGImages.zip`` + ``ImageSplits.zip``, http://vision.stanford.edu/Datasets/40actions.html)
     ``JPEGImages/*.jpg``, ``ImageSplits/actions.txt`` (header line, then
@@ -84,8 +84,8 @@ class Archive:
 
 
 ARCHIVES = {
-    "tinyimagenet": Archive("Tiny ImageNet", "tiny-imagenet-200.zip", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
-                            "tiny-imagenet-200"),
+    "tinyimagenet": Archive("Tiny ImageNet", "tiny-imagenet-200.zip",
+                            "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200"),
     "imagenet": Archive("ImageNet (ILSVRC2012)", "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (validation "
                         "images sorted into val/<wnid>/)", "https://image-net.org/challenges/LSVRC/2012/"),
     "cub200": Archive("Caltech-UCSD Birds-200-2011", "CUB_200_2011.tgz",
@@ -94,7 +94,8 @@ ARCHIVES = {
                      "https://web.mit.edu/torralba/www/indoor.html"),
     "stanford40": Archive("Stanford 40 Actions", "JPEGImages.zip and ImageSplits.zip",
                           "http://vision.stanford.edu/Datasets/40actions.html"),
-    "stanford_dogs": Archive("Stanford Dogs", "images.tar and lists.tar", "http://vision.stanford.edu/aditya86/ImageNetDogs/"),
+    "stanford_dogs": Archive("Stanford Dogs", "images.tar and lists.tar",
+                             "http://vision.stanford.edu/aditya86/ImageNetDogs/"),
 }
 
 #: Datasets this module prepares, and how they are stored: "device" (npz arrays) or "stream" (file lists).
@@ -251,11 +252,13 @@ def list_cub200(root: Path) -> Listing:
 
 
 def list_mit67(root: Path) -> Listing:
-    lists = {split: _lines("mit67", root / f"{name}Images.txt") for split, name in (("train", "Train"), ("test", "Test"))}
+    lists = {split: _lines("mit67", root / f"{name}Images.txt")
+             for split, name in (("train", "Train"), ("test", "Test"))}
     _need("mit67", root / "Images", "the image folders, Images/<category>/")
     classes = sorted({line.split("/")[0] for lines in lists.values() for line in lines})
     label = {c: i for i, c in enumerate(classes)}
-    splits = {split: [(f"Images/{line}", label[line.split("/")[0]]) for line in lines] for split, lines in lists.items()}
+    splits = {split: [(f"Images/{line}", label[line.split("/")[0]]) for line in lines]
+              for split, lines in lists.items()}
     return Listing(classes, root, splits)
 
 
@@ -270,7 +273,8 @@ def list_stanford40(root: Path) -> Listing:
     splits: dict[str, list] = {"train": [], "test": []}
     for label, action in enumerate(classes):
         for split in splits:
-            splits[split] += [(f"JPEGImages/{name}", label) for name in _lines("stanford40", splits_dir / f"{action}_{split}.txt")]
+            names = _lines("stanford40", splits_dir / f"{action}_{split}.txt")
+            splits[split] += [(f"JPEGImages/{name}", label) for name in names]
     return Listing(classes, root, splits)
 
 
@@ -279,7 +283,8 @@ def _mat_list(dataset: str, path: Path) -> tuple[list[str], list[int]]:
 
     content = loadmat(str(_need(dataset, path)))
     if "file_list" not in content or "labels" not in content:
-        raise ArchiveError(f"{dataset}: {path} lacks 'file_list' or 'labels' (found: {sorted(k for k in content if not k.startswith('__'))})")
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise ArchiveError(f"{dataset}: {path} lacks 'file_list' or 'labels' (found: {found})")
     files = [str(np.asarray(cell).ravel()[0]) for cell in np.asarray(content["file_list"], dtype=object).ravel()]
     labels = [int(v) for v in np.asarray(content["labels"]).ravel()]
     if len(files) != len(labels):
@@ -301,7 +306,8 @@ def list_stanford_dogs(root: Path) -> Listing:
     if len(classes) != len(breed_of_label):
         raise ArchiveError(f"stanford_dogs: one breed folder has two labels in {root}'s lists")
     label = {breed: i for i, breed in enumerate(classes)}
-    splits = {split: [(f"Images/{name}", label[name.split("/")[0]]) for name in files] for split, (files, _) in lists.items()}
+    splits = {split: [(f"Images/{name}", label[name.split("/")[0]]) for name in files]
+              for split, (files, _) in lists.items()}
     return Listing(classes, root, splits)
 
 
