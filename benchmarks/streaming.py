@@ -19,6 +19,9 @@ worker processes:
   ``PILToTensor`` through a ``DataLoader``, the usual reference pipeline.
 
 Each figure is the median of ``--repeats`` passes over all images, in images/s.
+The ``stream`` rows include what the engine receives: batches moved to
+``--device`` and normalised to float there (on a CPU that work shares the
+cores with the workers); the torchvision row stops at uint8 tensors.
 """
 from __future__ import annotations
 
