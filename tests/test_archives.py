@@ -345,3 +345,17 @@ def test_unknown_split_names_the_allowed_ones(tmp_path):
     prepare("mit67", tmp_path / "prepared", root=_mit67(tmp_path / "raw"))
     with pytest.raises(Exception, match="train_without_val"):
         StreamingData(tmp_path / "prepared", train_split="training")
+
+
+def test_inconsistent_lists_are_refused_with_the_file_and_line(tmp_path):
+    root = _tiny_imagenet(tmp_path / "tiny")
+    annotations = root / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + "val_9.JPEG\tn99\t0\t0\t63\t63\n")
+    with pytest.raises(ArchiveError, match=r"val_annotations\.txt line 7.*wnids\.txt"):
+        prepare("tinyimagenet", tmp_path / "out", root=root)
+    dogs = _stanford_dogs(tmp_path / "dogs")
+    cells = np.empty((1, 1), dtype=object)
+    cells[0, 0] = np.array(["n02085620-Chihuahua/n02085620_0.jpg"])
+    savemat(dogs / "test_list.mat", {"file_list": cells, "labels": np.array([[2]], dtype=np.uint8)})
+    with pytest.raises(ArchiveError, match="label 2 names both"):
+        prepare("stanford_dogs", tmp_path / "out", root=dogs)
