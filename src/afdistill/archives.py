@@ -41,8 +41,9 @@ own files, so a subset in the same format prepares the same way:
 ImageNet and the four transfer sets are stored for streaming
 (:mod:`afdistill.streaming`): ``<split>.tsv`` (image path relative to
 ``meta["image_root"]``, tab, label) pointing at the original files, which
-are decoded in loader workers, so nothing is re-encoded and accuracy is
-exactly that of the original JPEGs. Every image is converted to RGB when it
+are decoded in loader workers: by default nothing is re-encoded and accuracy
+is that of the original JPEGs (``prepare_archive``'s ``stored_shorter_side``
+stores a smaller copy instead; its docstring says what that changes). Every image is converted to RGB when it
 is decoded (real archives hold grayscale and CMYK JPEGs, and ImageNet one PNG
 under a ``.JPEG`` name).
 
