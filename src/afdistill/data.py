@@ -25,6 +25,10 @@ Datasets:
     (``download=True``). Augmentation: pad 4 + random 32x32 crop + horizontal
     flip, as in the AFD and RepDistiller code (CIFAR-100, zero padding) and the
     attention-transfer code (CIFAR-10, reflection padding).
+``tinyimagenet``, ``tinyimagenet_mhgd``, ``imagenet``, ``cub200``, ``mit67``, ``stanford40``, ``stanford_dogs``
+    Read from the official archives as they unpack by :mod:`afdistill.archives`
+    (formats, class lists, validation splits). Tiny ImageNet is stored as the
+    npz arrays above; the others are streamed (:mod:`afdistill.streaming`).
 """
 from __future__ import annotations
 
@@ -50,7 +54,10 @@ class DatasetInfo:
     mean: tuple[float, float, float] | None  # None: computed from the training split
     std: tuple[float, float, float] | None
     source: str
+    storage: str = "device"  # "device": npz arrays held on the device (DeviceData); "stream": afdistill.streaming
 
+
+_IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 16, 2, "zeros", False, None, None,
@@ -64,6 +71,18 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(
         100, 32, 4, "zeros", True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100"
     ),
+    # The official archives, read by afdistill.archives (its docstring lists each format).
+    # Tiny ImageNet: zero-pad 64 -> 72, random 64 crop, flip (AFD paper; MHGD supplementary).
+    # The AFD paper gives no normalisation: ImageNet's mean and std.
+    "tinyimagenet": DatasetInfo(200, 64, 4, "zeros", True, *_IMAGENET_NORM, "tiny-imagenet-200.zip"),
+    # MHGD's supplementary: zero-pad 8, random 64 crop, flip, values in [-0.5, 0.5].
+    "tinyimagenet_mhgd": DatasetInfo(200, 64, 8, "zeros", True, (0.5,) * 3, (1.0,) * 3, "tiny-imagenet-200.zip"),
+    # Streamed at 224: RandomResizedCrop(224) + flip to train, Resize(256) + CenterCrop(224) to test.
+    "imagenet": DatasetInfo(1000, 224, 0, "zeros", True, *_IMAGENET_NORM, "ILSVRC2012", "stream"),
+    "cub200": DatasetInfo(200, 224, 0, "zeros", True, *_IMAGENET_NORM, "CUB_200_2011.tgz", "stream"),
+    "mit67": DatasetInfo(67, 224, 0, "zeros", True, *_IMAGENET_NORM, "indoorCVPR_09.tar", "stream"),
+    "stanford40": DatasetInfo(40, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford 40 Actions", "stream"),
+    "stanford_dogs": DatasetInfo(120, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford Dogs", "stream"),
 }
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -140,9 +159,17 @@ def _cifar(name: str, root: Path, download: bool, verify_checksums: bool):
 
 
 def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "data/raw",
-            download: bool = False, verify_checksums: bool = True) -> dict:
-    """Write ``train.npz``, ``test.npz`` and ``meta.json`` for one dataset; returns the meta record."""
+            download: bool = False, verify_checksums: bool = True, stored_shorter_side: int | None = None) -> dict:
+    """Write ``train.npz``, ``test.npz`` and ``meta.json`` for one dataset; returns the meta record.
+
+    Streamed datasets write file lists instead (:func:`afdistill.archives.prepare_archive`, which
+    says what ``stored_shorter_side`` does).
+    """
     info = dataset_info(name)
+    from .archives import STORAGE, prepare_archive
+
+    if name in STORAGE:
+        return prepare_archive(name, root, out_dir, info, stored_shorter_side)
     if name == "digits":
         train_x, train_y, test_x, test_y = _digits()
     else:
