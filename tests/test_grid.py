@@ -18,7 +18,8 @@ def grid_with(**changes):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'; allowed: cifar10, cifar100, digits"),
+    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'; allowed: cifar10, cifar100, cub200, digits, imagenet, "
+                          "mit67, stanford40, stanford_dogs, tinyimagenet, tinyimagenet_mhgd"),
     ({"pairs": [{"teacher": "resnet21", "student": "resnet8"}]}, "pairs[0].teacher: unknown architecture 'resnet21'; allowed: "),
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
     ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),

@@ -72,7 +72,7 @@ def cmd_prepare(args) -> None:
     from .data import prepare
 
     meta = prepare(args.dataset, args.out, root=args.root, download=args.download,
-                   verify_checksums=not args.no_verify)
+                   verify_checksums=not args.no_verify, stored_shorter_side=args.stored_shorter_side)
     _print(f"prepared {args.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {args.out}")
 
 
@@ -181,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     prepare = commands.add_parser("prepare", help="prepare a dataset into the on-disk training format")
     prepare.add_argument("--dataset", required=True)
     prepare.add_argument("--out", required=True)
-    prepare.add_argument("--root", default="data/raw", help="where the CIFAR python archives are (or go)")
+    prepare.add_argument("--root", default="data/raw", help="where the dataset's archive is unpacked (or goes)")
     prepare.add_argument("--download", action="store_true", help="download CIFAR if it is not under --root")
     prepare.add_argument("--no-verify", action="store_true", help="skip the CIFAR files' md5 check")
+    prepare.add_argument("--stored-shorter-side", type=int, metavar="N",
+                         help="streamed sets: store a JPEG copy with its shorter side at most N (faster to decode)")
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train one job from its spec (JSON), outside any grid")

@@ -8,7 +8,8 @@ the :class:`~afdistill.spec.JobSpec`; the seed fixes initialisation, data
 order and augmentation (each epoch draws from its own generator seeded by
 ``(seed, epoch)``), so an interrupted job that resumes from its last
 checkpoint continues exactly where an uninterrupted one would be. The data
-source (``DeviceData``) is the one place a loader plugs in.
+source (``streaming.open_prepared``: a ``DeviceData`` held on the device, or a
+``StreamingData`` decoded by worker processes) is where a loader plugs in.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import nn
 from .data import DeviceData
 from .graphs import GraphedStep
 from .heap import keep_freed_memory
+from .streaming import open_prepared
 from .methods import Batch, Context, build_method, dry_run, method_class
 from .models import create_model
 from .models.fold import fold_batch_norm
@@ -267,7 +269,7 @@ def train(
     torch.manual_seed(spec.seed)
 
     # ---- data, networks, method, optimiser
-    data = DeviceData(data_dir, device)
+    data = open_prepared(data_dir, device)  # held on the device, or streamed from disk (ImageNet)
     networks = build_networks(spec, data, device, teacher_checkpoint)
     student, teacher = networks.student, networks.teacher
     sample = data.normalize(data.train.images[:2])

@@ -51,7 +51,7 @@ class Kind:
 
 #: In pipeline order. A kind's jobs read only jobs of earlier kinds.
 KINDS: dict[str, Kind] = {kind.name: kind for kind in [
-    Kind("data", "prepare_data", "data", "data/{dataset}", ("train.npz", "test.npz", "meta.json"), False,
+    Kind("data", "prepare_data", "data", "data/{dataset}", ("meta.json",), False,  # and the dataset's own files
          ("dataset", "data"),
          "Prepared dataset (uint8 arrays + meta.json), the input of every training job."),
     Kind("teacher", "train_teacher", "teachers", "{results}/teachers/{dataset}/{teacher}", ("model.pt", "metrics.json"),
