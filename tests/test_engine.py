@@ -1,5 +1,6 @@
 """The engine: training lowers the loss, a seed fixes the result, an interrupted job resumes exactly."""
 import json
+import re
 
 import pytest
 import torch
@@ -123,3 +124,14 @@ def test_evaluation_runs_through_a_compiled_network(small_data):
     plain = evaluate(model, data)
     through_compiled = evaluate(model, data, forward=torch.compile(model, backend="eager"))
     assert through_compiled == plain
+
+
+def test_each_epoch_prints_one_progress_line_with_lr_accuracy_speed_elapsed_and_eta(small_data, tmp_path):
+    lines = []
+    train(teacher_spec(), small_data, tmp_path / "job", log=lines.append)
+    epochs = [line for line in lines if " epoch " in line]
+    assert len(epochs) == 3
+    pattern = (r"^\[teacher resnet8\] epoch 2/3 lr 0\.05 loss \d+\.\d{4} train 0\.\d{4} test 0\.\d{4} "
+               r"\| \d+ img/s \| 0:\d\d:\d\d elapsed, ETA 0:\d\d:\d\d$")
+    assert re.match(pattern, epochs[1]), epochs[1]
+    assert epochs[2].endswith("ETA 0:00:00")

@@ -195,8 +195,17 @@ def _atomic_write_json(record: dict, path: Path) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def _owns_terminal() -> bool:
+    """A bar only for the terminal's foreground job: jobs started with ``&`` (or by a scheduler) print lines,
+    so two jobs in one terminal never overwrite each other's bars."""
+    try:
+        return sys.stderr.isatty() and os.tcgetpgrp(sys.stderr.fileno()) == os.getpgrp()
+    except OSError:
+        return False
+
+
 def _progress(iterable, total: int, description: str):
-    if not sys.stderr.isatty():
+    if not _owns_terminal():
         return iterable
     from tqdm import tqdm
 
@@ -335,7 +344,8 @@ def train(
     run_step = GraphedStep(step, optimizer) if runtime.cuda_graphs else step
 
     # ---- the loop
-    for epoch in range(progress.epoch + 1, schedule.epochs + 1):
+    started, first_epoch = time.monotonic(), progress.epoch + 1
+    for epoch in range(first_epoch, schedule.epochs + 1):
         metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device)
         if student is not None:
             test = evaluate(student, data, runtime=runtime, forward=student_forward)
@@ -351,14 +361,22 @@ def train(
         progress.summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
         progress.epoch = epoch
         tracker.log_metrics(metrics, step=epoch)
-        log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} loss {metrics['loss_total']:.4f}"
+        elapsed = time.monotonic() - started
+        remaining = elapsed / (epoch - first_epoch + 1) * (schedule.epochs - epoch)
+        log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} lr {metrics['lr']:.4g} loss {metrics['loss_total']:.4f}"
             + (f" train {metrics['train_top1']:.4f} test {metrics['test_top1']:.4f}" if student is not None else "")
-            + f" ({metrics['images_per_s']:.0f} img/s)")
+            + f" | {metrics['images_per_s']:.0f} img/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}")
         save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=epoch == schedule.epochs)
     if schedule.epochs == 0 or progress.epoch < schedule.epochs:
         progress.epoch = schedule.epochs
         save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=True)
     return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
 @dataclass
