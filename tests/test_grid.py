@@ -23,7 +23,7 @@ def grid_with(**changes):
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
     ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),
     ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature"),
-    ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: expected float"),
+    ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: 'high' is not allowed; expected a number >= 0"),
     ({"train": {"epoch": 3}}, "train.epoch: unknown schedule key; allowed: epochs, batch_size"),
     ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: expected a list of positive epoch numbers"),
     ({"device": "tpu"}, "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
