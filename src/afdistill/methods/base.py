@@ -137,7 +137,7 @@ def _declared_parameter(name: str, annotation: Any, default: Any) -> Parameter:
     if annotation is inspect.Parameter.empty:  # undeclared: the default's type
         annotation = None if default is None or default is inspect.Parameter.empty else type(default)
     kind = typing.get_origin(annotation) or annotation  # list[int] -> list
-    return Parameter(name, default, kind if isinstance(kind, type) else None, optional, rule)
+    return Parameter(name, default, kind if isinstance(kind, type) and kind is not Any else None, optional, rule)
 
 
 @functools.cache
@@ -348,11 +348,11 @@ def _network_sample(arch: str, num_classes: int, image_size: int) -> tuple[nn.Mo
     with torch.random.fork_rng(devices=[]):  # initialising weights must not move the caller's random stream
         try:
             with torch.device("meta"):
-                network = create_model(arch, num_classes)
-                return network.requires_grad_(False), dry_run(network, images.to("meta"))
+                network = create_model(arch, num_classes).requires_grad_(False)
+            return network, dry_run(network, images.to("meta"))  # outside the device mode: less dispatch
         except (NotImplementedError, RuntimeError):
-            network = create_model(arch, num_classes)
-            return network.requires_grad_(False), dry_run(network, images)
+            network = create_model(arch, num_classes).requires_grad_(False)
+            return network, dry_run(network, images)
 
 
 def check_method_fit(name: str, params: dict[str, Any], where: str, *, student: str, teacher: str | None,
