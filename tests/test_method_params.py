@@ -171,7 +171,8 @@ def test_check_method_params_dispatches_to_a_methods_own_check(composite):
     assert composite.calls == ["methods.both"]
     assert refused("test_nested", {"parts": {"kd": {"temperature": 0}}}) == \
         "methods.test_nested.parts.kd.temperature: 0 is not allowed; expected a number > 0"
-    assert refused("test_nested", {"alpha": -1}) == "methods.test_nested.alpha: -1 is not allowed; expected a number >= 0"
+    assert refused("test_nested", {"alpha": -1}) == \
+        "methods.test_nested.alpha: -1 is not allowed; expected a number >= 0"
     assert method_defaults("test_nested") == {"parts": None, "alpha": 0.9, "gamma": 1.0, "temperature": 4.0}
 
 

@@ -101,8 +101,9 @@ class Parameter:
         elif isinstance(self.rule, Choice):
             text = self.rule.describe()
         else:
-            text = {bool: "True or False", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-                    list: "a list", None: "any value"}.get(self.kind) or f"a {getattr(self.kind, '__name__', self.kind)}"
+            words = {bool: "True or False", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+                     list: "a list", None: "any value"}
+            text = words.get(self.kind) or f"a {getattr(self.kind, '__name__', self.kind)}"
         return text + (" or None" if self.optional else "")
 
     def check(self, value: Any, where: str) -> None:
