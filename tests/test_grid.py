@@ -24,7 +24,7 @@ def grid_with(**changes):
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
     ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),
     ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature"),
-    ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: expected float"),
+    ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: 'high' is not allowed; expected a number >= 0"),
     ({"train": {"epoch": 3}}, "train.epoch: unknown key; allowed: epochs, batch_size"),
     ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: 150 is not allowed; expected a list of an integer >= 1"),
     ({"train": {"epochs": 0}}, "train.epochs: 0 is not allowed; expected an integer >= 1"),

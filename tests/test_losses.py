@@ -143,7 +143,7 @@ def test_method_hyper_parameters_are_checked_by_name():
     context = _synthetic_context([torch.rand(2, 3, 4, 4)], [torch.rand(2, 3, 4, 4)])
     with pytest.raises(ValueError, match="methods.afd.delta: .*allowed: alpha, beta, gamma, qk_dim, temperature"):
         build_method("afd", {"delta": 1}, context)
-    with pytest.raises(ValueError, match="methods.afd.qk_dim: expected int"):
+    with pytest.raises(ValueError, match="methods.afd.qk_dim: 'big' is not allowed; expected an integer"):
         build_method("afd", {"qk_dim": "big"}, context)
 
 

@@ -136,14 +136,18 @@ def cmd_check(args) -> None:
 
 def cmd_list(args) -> None:
     from .data import DATASETS
-    from .methods import list_methods, method_defaults
+    from .methods import describe_method, list_methods
     from .models import list_models
 
     _print("architectures: " + ", ".join(list_models()))
     _print("datasets: " + ", ".join(sorted(DATASETS)))
-    _print("methods:")
+    _print("methods (hyper-parameter, default, allowed values):")
     for name in list_methods():
-        _print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in method_defaults(name).items()))
+        rows = describe_method(name)
+        _print(f"  {name}:" + ("" if rows else " (no hyper-parameters)"))
+        width = max((len(param) for param, _, _ in rows), default=0)
+        for param, default, allowed in rows:
+            _print(f"    {param:<{width}}  {default!r:<8}  {allowed}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,34 +55,36 @@ class DatasetInfo:
     std: tuple[float, float, float] | None
     source: str
     storage: str = "device"  # "device": npz arrays held on the device (DeviceData); "stream": afdistill.streaming
+    n_train: int = 0  # training images of the full archive (grid checks: CRD's negatives); a subset has fewer
 
 
 _IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 16, 2, "zeros", False, None, None,
-                          "sklearn.datasets.load_digits (bundled with scikit-learn)"),
+                          "sklearn.datasets.load_digits (bundled with scikit-learn)", n_train=1437),
     # Normalisation and padding as in the reference code bases: RepDistiller/AFD for
     # CIFAR-100, szagoruyko/attention-transfer (reflection padding) for CIFAR-10.
     "cifar10": DatasetInfo(
         10, 32, 4, "reflect", True, (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255),
-        "torchvision.datasets.CIFAR10",
+        "torchvision.datasets.CIFAR10", n_train=50000,
     ),
     "cifar100": DatasetInfo(
-        100, 32, 4, "zeros", True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100"
+        100, 32, 4, "zeros", True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100",
+        n_train=50000,
     ),
     # The official archives, read by afdistill.archives (its docstring lists each format).
     # Tiny ImageNet: zero-pad 64 -> 72, random 64 crop, flip (AFD paper; MHGD supplementary).
     # The AFD paper gives no normalisation: ImageNet's mean and std.
-    "tinyimagenet": DatasetInfo(200, 64, 4, "zeros", True, *_IMAGENET_NORM, "tiny-imagenet-200.zip"),
+    "tinyimagenet": DatasetInfo(200, 64, 4, "zeros", True, *_IMAGENET_NORM, "tiny-imagenet-200.zip", n_train=100000),
     # MHGD's supplementary: zero-pad 8, random 64 crop, flip, values in [-0.5, 0.5].
-    "tinyimagenet_mhgd": DatasetInfo(200, 64, 8, "zeros", True, (0.5,) * 3, (1.0,) * 3, "tiny-imagenet-200.zip"),
+    "tinyimagenet_mhgd": DatasetInfo(200, 64, 8, "zeros", True, (0.5,) * 3, (1.0,) * 3, "tiny-imagenet-200.zip", n_train=100000),
     # Streamed at 224: RandomResizedCrop(224) + flip to train, Resize(256) + CenterCrop(224) to test.
-    "imagenet": DatasetInfo(1000, 224, 0, "zeros", True, *_IMAGENET_NORM, "ILSVRC2012", "stream"),
-    "cub200": DatasetInfo(200, 224, 0, "zeros", True, *_IMAGENET_NORM, "CUB_200_2011.tgz", "stream"),
-    "mit67": DatasetInfo(67, 224, 0, "zeros", True, *_IMAGENET_NORM, "indoorCVPR_09.tar", "stream"),
-    "stanford40": DatasetInfo(40, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford 40 Actions", "stream"),
-    "stanford_dogs": DatasetInfo(120, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford Dogs", "stream"),
+    "imagenet": DatasetInfo(1000, 224, 0, "zeros", True, *_IMAGENET_NORM, "ILSVRC2012", "stream", n_train=1281167),
+    "cub200": DatasetInfo(200, 224, 0, "zeros", True, *_IMAGENET_NORM, "CUB_200_2011.tgz", "stream", n_train=5994),
+    "mit67": DatasetInfo(67, 224, 0, "zeros", True, *_IMAGENET_NORM, "indoorCVPR_09.tar", "stream", n_train=5360),
+    "stanford40": DatasetInfo(40, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford 40 Actions", "stream", n_train=4000),
+    "stanford_dogs": DatasetInfo(120, 224, 0, "zeros", True, *_IMAGENET_NORM, "Stanford Dogs", "stream", n_train=12000),
 }
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .data import DATASETS
-from .methods import check_method_params, list_methods, method_class
+from .methods import check_method_fit, check_method_params, list_methods, method_class
 from .models import list_models
 from .spec import JobSpec, Runtime, Schedule
 
@@ -251,6 +251,8 @@ class Grid:
         self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
                                         "heads.train")
 
+        self._check_fits()
+
         report = self._section(config, "report")
         self.metric = report.get("metric", "accuracy")
         self.paper_table = report.get("paper_table")
@@ -260,6 +262,35 @@ class Grid:
             if self.paper_table not in PAPER_TABLES:
                 raise GridError(f"report.paper_table: unknown table {self.paper_table!r}; "
                                 f"allowed: {_allowed(sorted(PAPER_TABLES))}")
+
+    def _check_fits(self) -> None:
+        """Checks that need shapes and dataset sizes (hint layers, negatives, stage widths): every run on every
+        pair it trains on, and every pre-stage, from the architectures and the dataset's metadata."""
+        info = DATASETS[self.dataset]
+        dataset = dict(num_classes=info.num_classes, image_size=info.image_size, n_train=info.n_train)
+        for pair in self.pairs:
+            for name in pair.runs:
+                run = self.runs[name]
+                teacher = pair.teacher if method_class(run.method).needs_teacher else None
+                params = {**run.params, **(pair.overrides.get(run.group) or {})}
+                where = f"methods.{name}" + (f" (pair {pair.teacher} -> {pair.student})" if len(self.pairs) > 1 else "")
+                self._fit(run.method, params, where, student=pair.student, teacher=teacher,
+                          batch_size=pair.schedule.batch_size, **dataset)
+        for pair in self.link_pairs():
+            params = {**self.links_params, **(pair.overrides.get("links") or {})}
+            self._fit("afd", params, "links.params", student=pair.student, teacher=pair.teacher,
+                      batch_size=self.links_schedule.batch_size, **dataset)
+        for teacher, name in self.heads_jobs():
+            method = method_class(self.runs[name].method)
+            params = {k: v for k, v in self.runs[name].params.items() if k in method.heads_params}
+            self._fit(method.heads_method, params, f"methods.{name} (its heads on {teacher})", student=None,
+                      teacher=teacher, batch_size=self.heads_schedule.batch_size, **dataset)
+
+    def _fit(self, method: str, params: dict, where: str, **shapes) -> None:
+        try:
+            check_method_fit(method, params, where, **shapes)
+        except ValueError as error:
+            raise GridError(str(error)) from None
 
     def _section(self, config: dict, key: str) -> dict:
         """A mapping section of the grid, its keys and scalar values checked against :data:`SCHEMA`."""

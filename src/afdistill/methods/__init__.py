@@ -1,7 +1,9 @@
 """Distillation methods by name (see :mod:`afdistill.methods.base`)."""
 from . import afd, at, crd, fitnet, kd, l2t, mhgd, rkd  # noqa: F401  (registers the methods)
-from .base import (Batch, Choice, Context, Method, Range, build_method, check_method_params, dry_run, kd_loss,
-                   list_methods, method_class, method_defaults, register_method)
+from .base import (Batch, Choice, Context, Method, Parameter, Range, build_method, check_method_fit,
+                   check_method_params, describe_method, dry_run, kd_loss, list_methods, method_class,
+                   method_defaults, method_parameters, register_method)
 
-__all__ = ["Batch", "Choice", "Context", "Method", "Range", "build_method", "check_method_params", "dry_run",
-           "kd_loss", "list_methods", "method_class", "method_defaults", "register_method"]
+__all__ = ["Batch", "Choice", "Context", "Method", "Parameter", "Range", "build_method", "check_method_fit",
+           "check_method_params", "describe_method", "dry_run", "kd_loss", "list_methods", "method_class",
+           "method_defaults", "method_parameters", "register_method"]

@@ -22,12 +22,14 @@ so beta does not depend on the batch size.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method
+from .base import Batch, Choice, Context, Method, Range, register_method
 from .maps import resize_to
 
 MAPPINGS = ("sum", "max")
@@ -44,8 +46,9 @@ class AttentionTransfer(Method):
     cuda_graphs = True
     label = "ATT"
 
-    def __init__(self, context: Context, beta: float = 1000.0, p: float = 2.0, mapping: str = "sum",
-                 alpha: float = 0.9, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1000.0,
+                 p: Annotated[float, Range(gt=0)] = 2.0, mapping: Annotated[str, Choice(*MAPPINGS)] = "sum",
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         if mapping not in MAPPINGS:
             raise ValueError(f"methods.at.mapping: {mapping!r} is not allowed; allowed: {', '.join(MAPPINGS)}")
@@ -71,7 +74,8 @@ class GradientAttentionTransfer(Method):
     label = "Grad-AT"
     needs_input_grad = True
 
-    def __init__(self, context: Context, beta: float = 1.0, alpha: float = 0.0, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
+                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta = float(beta)
         self._teacher = (context.teacher,)  # a reference, not a submodule: the teacher is not trained

@@ -13,15 +13,18 @@ sets their number to the batch size, which the paper grids do.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method
+from .base import Batch, Context, Method, Range, register_method
 
 EPS = 1e-7
+#: ``check_fit`` refuses settings whose memory banks and per-step gathers would need more than this
+MEMORY_LIMIT = 32 * 2**30
 
 
 class Embed(nn.Module):
@@ -46,8 +49,11 @@ def contrast_loss(scores: Tensor, n_data: int) -> Tensor:
 class CRD(Method):
     label = "CRD"
 
-    def __init__(self, context: Context, beta: float = 0.8, nce_k: int = 16384, nce_t: float = 0.07,
-                 nce_m: float = 0.5, feat_dim: int = 128, alpha: float = 0.9, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 0.8,
+                 nce_k: Annotated[int, Range(ge=1)] = 16384,  # negatives per anchor
+                 nce_t: Annotated[float, Range(gt=0)] = 0.07,  # softmax temperature
+                 nce_m: Annotated[float, Range(ge=0, lt=1)] = 0.5,  # memory momentum; 1 would never update it
+                 feat_dim: Annotated[int, Range(ge=1)] = 128, alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta, self.nce_k, self.nce_t, self.nce_m = float(beta), int(nce_k), float(nce_t), float(nce_m)
         if self.nce_k < 1:
@@ -65,6 +71,19 @@ class CRD(Method):
         self.seed = context.seed
         self.generator: torch.Generator | None = None
         self._z_ready = False  # checked once per process, not once per step (a device sync)
+
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        nce_k, feat_dim = params["nce_k"], params["feat_dim"]
+        if nce_k >= n_train:
+            raise ValueError(f"{where}.nce_k: {nce_k} is not allowed; expected an integer from 1 to {n_train - 1}: "
+                             f"the negatives are drawn from the {n_train} training images")
+        needed = memory_bytes(n_train, feat_dim, nce_k, context.batch_size)
+        if needed > MEMORY_LIMIT:
+            per_step = "" if context.batch_size is None else f", 2 x {context.batch_size} x {nce_k + 1} per step"
+            raise ValueError(f"{where}.feat_dim: {feat_dim} is not allowed with nce_k {nce_k}: CRD would hold "
+                             f"{needed / 2**30:.0f} GiB (vectors of {feat_dim} floats: 2 x {n_train} in the memory "
+                             f"banks{per_step}); expected at most {MEMORY_LIMIT // 2**30} GiB")
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
@@ -95,3 +114,11 @@ class CRD(Method):
                 memory.index_copy_(0, batch.indices, F.normalize(updated, dim=1))
         loss = contrast_loss(scores_s, self.n_data) + contrast_loss(scores_t, self.n_data)
         return {"crd": self.beta * loss}
+
+
+def memory_bytes(n_train: int, feat_dim: int, nce_k: int, batch_size: int | None) -> int:
+    """Float32 bytes CRD holds: both memory banks, and per step both gathered contrast sets (kept for the
+    backward pass) and the other-class mask negatives are sampled from (per-step terms only with a batch size)."""
+    banks = 2 * n_train * feat_dim
+    per_step = 0 if batch_size is None else 2 * batch_size * (nce_k + 1) * feat_dim + batch_size * n_train
+    return 4 * (banks + per_step)

@@ -9,11 +9,14 @@ last stage, pooled]``; its default 2 is the second stage's output.
 """
 from __future__ import annotations
 
+from typing import Annotated, Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method, repdistiller_taps
+from .base import Batch, Context, Method, Range, register_method, repdistiller_taps
 
 
 class ConvRegressor(nn.Module):
@@ -43,18 +46,43 @@ class FitNet(Method):
     cuda_graphs = True
     label = "FitNet"
 
-    def __init__(self, context: Context, beta: float = 100.0, hint_layer: int = 2, alpha: float = 0.9, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 100.0,
+                 hint_layer: Annotated[int, Range(ge=0)] = 2, alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta = float(beta)
         student, teacher = repdistiller_taps(context.student_sample), repdistiller_taps(context.teacher_sample)
-        spatial = min(len(student), len(teacher)) - 1  # the last tap is the pooled vector
-        if not 0 <= hint_layer < spatial:
-            raise ValueError(f"methods.fitnet.hint_layer: {hint_layer} is not a feature map of both networks; "
-                             f"allowed: 0 to {spatial - 1}")
+        _check_hint_layer(hint_layer, context, f"methods.{self.method_name}")
         self.hint_layer = hint_layer
         self.regressor = ConvRegressor(tuple(student[hint_layer].shape), tuple(teacher[hint_layer].shape))
+
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        hint_layer = params["hint_layer"]
+        _check_hint_layer(hint_layer, context, where)
+        student, teacher = repdistiller_taps(context.student_sample), repdistiller_taps(context.teacher_sample)
+        with torch.device("meta"):  # the constructor's own size rules, without allocating the layer
+            try:
+                ConvRegressor(tuple(student[hint_layer].shape), tuple(teacher[hint_layer].shape))
+            except ValueError as error:
+                raise ValueError(f"{where}.hint_layer: {hint_layer} is not allowed for "
+                                 f"{_arch(context.teacher)} -> {_arch(context.student)}: {error}") from None
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
         hint = self.regressor(repdistiller_taps(student)[self.hint_layer])
         guide = repdistiller_taps(teacher)[self.hint_layer]
         return {"fitnet": self.beta * (hint - guide).pow(2).mean()}
+
+
+def _arch(network) -> str:
+    return getattr(network, "arch", type(network).__name__)
+
+
+def _check_hint_layer(hint_layer: int, context: Context, where: str) -> None:
+    """The hint must be a feature map (stem or a stage's output, not the pooled vector) that both networks have."""
+    student, teacher = repdistiller_taps(context.student_sample), repdistiller_taps(context.teacher_sample)
+    spatial = min(len(student), len(teacher)) - 1  # the last tap is the pooled vector
+    if not 0 <= hint_layer < spatial:
+        raise ValueError(
+            f"{where}.hint_layer: {hint_layer} is not allowed; expected an integer from 0 to {spatial - 1}: "
+            f"the index counts the feature maps [stem, stage 1, ...], of which {_arch(context.student)} has "
+            f"{len(student) - 1} and {_arch(context.teacher)} {len(teacher) - 1}")

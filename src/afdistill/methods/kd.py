@@ -1,7 +1,9 @@
 """The two rows every table starts with: the plain student and Hinton's KD."""
 from __future__ import annotations
 
-from .base import Context, Method, register_method
+from typing import Annotated
+
+from .base import Context, Method, Range, register_method
 
 
 @register_method("vanilla")
@@ -26,5 +28,6 @@ class KD(Method):
     cuda_graphs = True
     label = "KD"
 
-    def __init__(self, context: Context, gamma: float = 1.0, alpha: float = 0.9, temperature: float = 4.0):
+    def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0,
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, temperature: Annotated[float, Range(gt=0)] = 4.0):
         super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature)

@@ -22,13 +22,14 @@ T 2, Adam with learning rate and weight decay 1e-4, ReLU6 gates starting at 1.
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method
+from .base import Batch, Context, Method, Range, register_method
 
 
 class WeightedFeatureMatching(nn.Module):
@@ -68,8 +69,11 @@ class WeightedFeatureMatching(nn.Module):
 class L2T(Method):
     label = "L2T"
 
-    def __init__(self, context: Context, beta: float = 0.5, inner_steps: int = 2, meta_lr: float = 1e-4,
-                 meta_weight_decay: float = 1e-4, alpha: float = 0.9, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 0.5,
+                 inner_steps: Annotated[int, Range(ge=1)] = 2,  # with none, the meta-networks get no gradient
+                 meta_lr: Annotated[float, Range(gt=0)] = 1e-4,
+                 meta_weight_decay: Annotated[float, Range(ge=0)] = 1e-4,
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta, self.inner_steps = float(beta), int(inner_steps)
         student, teacher = context.student_sample.stages, context.teacher_sample.stages

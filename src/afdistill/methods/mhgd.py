@@ -28,13 +28,14 @@ gradient, with the same zeroing of undefined (degenerate) terms.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method
+from .base import Batch, Context, Method, Range, register_method
 
 
 class _TopRightSingularVectors(torch.autograd.Function):
@@ -153,13 +154,26 @@ def _check_stages(context: Context, teacher_only: bool) -> list[int]:
     return teacher
 
 
+def _check_stages_fit(context: Context, where: str, teacher_only: bool) -> None:
+    """``_check_stages`` at grid-check time, its message naming the run and the architectures."""
+    try:
+        _check_stages(context, teacher_only)
+    except ValueError as error:
+        names = [getattr(n, "arch", type(n).__name__) for n in (context.teacher, context.student) if n is not None]
+        raise ValueError(f"{where}: {' -> '.join(names)}: {error}") from None
+
+
 @register_method("mhan")
 class MHANPretraining(Method):
     """MHGD's first stage: the attention network learns the teacher's embedding procedure."""
 
     label = "MHAN"  # trains only its own network, on the frozen teacher's features (no student)
 
-    def __init__(self, context: Context, num_heads: int = 8):
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        _check_stages_fit(context, where, teacher_only=True)
+
+    def __init__(self, context: Context, num_heads: Annotated[int, Range(ge=1)] = 8):
         super().__init__(context)
         self.network = MHAN(_check_stages(context, teacher_only=True), num_heads)
         self.seed = context.seed
@@ -187,7 +201,12 @@ class MHGD(Method):
     heads_method = "mhan"
     heads_params = ("num_heads",)
 
-    def __init__(self, context: Context, beta: float = 1.0, num_heads: int = 8, alpha: float = 0.0, **base):
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        _check_stages_fit(context, where, teacher_only=False)
+
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
+                 num_heads: Annotated[int, Range(ge=1)] = 8, alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta = float(beta)
         self.network = MHAN(_check_stages(context, teacher_only=False), num_heads)

@@ -8,12 +8,14 @@ are 25 (distance) and 50 (angle), with beta = 1.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Method, register_method
+from .base import Batch, Context, Method, Range, register_method
 
 
 def pairwise_distances(embeddings: Tensor, eps: float = 1e-12) -> Tensor:
@@ -37,8 +39,10 @@ class RKD(Method):
     cuda_graphs = True
     label = "RKD"
 
-    def __init__(self, context: Context, beta: float = 1.0, distance_weight: float = 25.0,
-                 angle_weight: float = 50.0, alpha: float = 0.9, **base):
+    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
+                 distance_weight: Annotated[float, Range(ge=0)] = 25.0,
+                 angle_weight: Annotated[float, Range(ge=0)] = 50.0, alpha: Annotated[float, Range(ge=0)] = 0.9,
+                 **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta, self.distance_weight, self.angle_weight = float(beta), float(distance_weight), float(angle_weight)
 
