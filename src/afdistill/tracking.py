@@ -116,18 +116,50 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _ready_marker(database: Path) -> Path:
+    return database.with_name(database.name + ".ready")
+
+
+def _ready_stamp(database: Path) -> str:
+    """Which database file, schema version and project place the marker vouches for."""
+    import mlflow
+
+    return f"{mlflow.__version__} {database.stat().st_ino} {database.parent}"
+
+
+def _is_ready(uri: str) -> bool:
+    """A store this MLflow version created or migrated, still at this place: opening it needs no lock."""
+    database = sqlite_path(uri)
+    if database is None:
+        return True
+    try:
+        return _ready_marker(database).read_text() == _ready_stamp(database)
+    except OSError:
+        return False
+
+
 def open_store(uri: str | None = None):
-    """An ``MlflowClient`` for the store; the first call in a process creates, migrates and relocates it, locked."""
+    """An ``MlflowClient`` for the store; the first call in a process creates, migrates and relocates it, locked.
+
+    Once done, a ``<database>.ready`` marker (MLflow version, the file's
+    inode and place) lets later processes open it without waiting for the lock.
+    """
     _quiet()
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
     if uri in _opened:
         return MlflowClient(tracking_uri=uri)
-    with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # the first query creates or migrates the schema
-        relocate_artifacts(uri)
+    if not _is_ready(uri):
+        with store_lock(uri):
+            if not _is_ready(uri):  # another process may have prepared it while this one waited
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates or migrates the schema
+                relocate_artifacts(uri)
+                database = sqlite_path(uri)
+                if database is not None:
+                    _ready_marker(database).write_text(_ready_stamp(database))
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
     _opened.add(uri)
     return client
 
