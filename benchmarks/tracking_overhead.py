@@ -2,7 +2,9 @@
 
 Runs the same fixed amount of work (small matrix products standing in for
 training steps) with a JobRun on a fresh sqlite store, system metrics off and
-on, alternating, and prints the median wall time of each and the difference.
+on, alternating, and prints the median wall time and process CPU time (all
+threads, so it includes the monitor's sampling thread and its writes; robust
+on a shared machine where wall times are noisy) of each and the difference.
 
     PYTHONPATH=src python benchmarks/tracking_overhead.py --repeats 5 --interval 1
 """
@@ -25,16 +27,16 @@ def epoch(steps: int) -> None:
         batch = torch.tanh(batch @ weights)
 
 
-def timed_epoch(uri: str, system_metrics: bool, interval: float, steps: int, job: str) -> float:
+def timed_epoch(uri: str, system_metrics: bool, interval: float, steps: int, job: str) -> tuple[float, float]:
     run = tracking.JobRun("overhead", job, {}, {}, job_id=job, uri=uri, system_metrics=system_metrics,
                           system_metrics_interval=interval)
     run.start(None)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     epoch(steps)
     run.log_metrics({"loss_total": 0.0}, step=1)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     run.finish("FINISHED")
-    return seconds
+    return seconds, cpu_seconds
 
 
 def main() -> None:
@@ -52,12 +54,13 @@ def main() -> None:
         for system_metrics in (False, True):
             times[system_metrics].append(timed_epoch(uri, system_metrics, args.interval, args.steps,
                                                      f"{repeat}-{system_metrics}"))
-    off, on = statistics.median(times[False]), statistics.median(times[True])
-    print(f"epoch of {args.steps} steps, {args.repeats} repeats, sampling every {args.interval:g} s")
-    print(f"system metrics off: median {off:.3f} s  {[round(t, 3) for t in times[False]]}")
-    print(f"system metrics on:  median {on:.3f} s  {[round(t, 3) for t in times[True]]}")
-    print(f"overhead: {on - off:+.3f} s per epoch ({100 * (on - off) / off:+.1f}%)")
-
+    print(f"epoch of {args.steps} steps, {args.repeats} repeats, sampling every {args.interval:g} s, 1 torch thread")
+    for index, what in ((0, "wall"), (1, "CPU")):
+        off = statistics.median(t[index] for t in times[False])
+        on = statistics.median(t[index] for t in times[True])
+        print(f"{what:4s} s: off median {off:.3f} {[round(t[index], 3) for t in times[False]]}; "
+              f"on median {on:.3f} {[round(t[index], 3) for t in times[True]]}; "
+              f"overhead {on - off:+.3f} s per epoch ({100 * (on - off) / off:+.1f}%)")
 
 if __name__ == "__main__":
     main()

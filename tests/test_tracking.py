@@ -271,3 +271,58 @@ def test_artifacts_are_listed_after_the_project_moves(tmp_path):
     client = tracking.open_store(sqlite_uri(after))
     assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
     assert client.get_run(run_id).info.artifact_uri.startswith((after / "mlartifacts").as_uri() + "/")
+
+
+# ---- 7. a tracking server (the cluster setup)
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jobs_log_through_an_mlflow_server_with_served_artifacts(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", sqlite_uri(tmp_path), "--artifacts-destination", str(tmp_path / "mlartifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        job = tracking.for_job(spec(seed=40, grid="served"))
+        run_id = job.start(None)
+        job.log_metrics({"test_top1": 0.5}, step=1)
+        (tmp_path / "metrics.json").write_text("{}")
+        job.log_artifact(tmp_path / "metrics.json")
+        job.finish("FINISHED")
+
+        client = tracking.open_store()
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["test/top1"] == 0.5
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # relative to the server's destination
+        assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
+        assert list((tmp_path / "mlartifacts").rglob("metrics.json"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
