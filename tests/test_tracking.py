@@ -186,6 +186,9 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     assert [a.path for a in client.list_artifacts(parent, "report/figures")] == ["report/figures/curves.png"]
     # the same invocation (a later DVC stage) reopens the same grid run
     assert tracking.start_grid("nest", uri=uri) == parent
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert tracking.finish_grid("FAILED", uri=uri) == parent
+    assert client.get_run(parent).info.status == "FAILED"
 
 
 # ---- 4 and 5. what ran, models, inputs, names, system metrics

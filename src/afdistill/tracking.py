@@ -637,6 +637,14 @@ def start_grid(grid: str, grid_file: str | Path | None = None, invocation: str |
     return run_id
 
 
+def finish_grid(status: str = FINISHED, run_id: str | None = None, uri: str | None = None) -> str | None:
+    """End the grid run (``run_id``, else ``$AFDISTILL_GRID_RUN_ID``): Snakemake's ``onsuccess``/``onerror``."""
+    run_id = run_id or os.environ.get(GRID_RUN_ENV)
+    if run_id:
+        open_store(uri).set_terminated(run_id, status=status)
+    return run_id
+
+
 def grid_runs(grid: str, uri: str | None = None) -> list:
     """The grid's parent runs, newest first."""
     client = open_store(uri)
