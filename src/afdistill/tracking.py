@@ -36,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -551,7 +552,10 @@ class JobRun:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        dataset = mlflow.data.from_numpy(np.asarray(images), targets=np.asarray(labels), source=str(source), name=name)
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local file
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(np.asarray(images), targets=np.asarray(labels), source=str(source),
+                                             name=name)
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entry]))
 
