@@ -43,9 +43,9 @@ def test_ctrl_c_then_rerun_resumes_the_same_job_and_mlflow_run(small_data, tmp_p
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("afdistill-resume").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == metrics["run_id"] and runs[0].info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(metrics["run_id"], "test_top1")] == [1, 2, 3, 4, 5]
+    assert [m.step for m in client.get_metric_history(metrics["run_id"], "test/top1")] == [1, 2, 3, 4, 5]
 
 
 def test_a_bad_grid_is_named_with_its_allowed_values(tmp_path):

@@ -20,11 +20,16 @@ def mlflow_runs(project: Path) -> list[dict]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("default")
+    experiment = client.get_experiment_by_name("afdistill-default")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     return [{"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
              "params": r.data.params, "artifacts": [a.path for a in client.list_artifacts(r.info.run_id)],
-             "history": client.get_metric_history(r.info.run_id, "test_top1")} for r in runs]
+             "parent": r.data.tags.get("mlflow.parentRunId"),
+             "history": client.get_metric_history(r.info.run_id, "test/top1")} for r in runs]
+
+
+def job_runs(project: Path) -> list[dict]:
+    return [run for run in mlflow_runs(project) if "kind" in run["tags"]]
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +57,29 @@ def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_every_job_is_one_finished_mlflow_run_with_per_epoch_metrics(snakemake_project):
+def test_every_job_is_one_finished_mlflow_run_nested_under_the_grid_run(snakemake_project):
     project, _ = snakemake_project
-    runs = mlflow_runs(project)
+    runs = job_runs(project)
     kinds = sorted(r["tags"]["kind"] for r in runs)
     assert kinds == sorted(["links", "teacher", "heads"] + ["student"] * STUDENT_JOBS)
+    (grid_run,) = [r for r in mlflow_runs(project) if "kind" not in r["tags"]]
+    assert grid_run["status"] == "FINISHED" and "report" in grid_run["artifacts"] and "grid" in grid_run["artifacts"]
     for record in runs:
-        assert record["status"] == "FINISHED"
-        assert {"method", "teacher", "student", "dataset", "seed", "git_commit"} <= set(record["tags"])
+        assert record["status"] == "FINISHED" and record["parent"] == grid_run["id"]
+        assert {"method", "teacher", "student", "dataset", "seed", "git_commit", "runtime.device",
+                "runtime.threads"} <= set(record["tags"])
         epochs = 2 if record["tags"]["kind"] == "teacher" else 1
         if record["tags"]["kind"] == "heads":
-            assert record["tags"]["method"] == "mhan" and "loss_mhan" in record["metrics"]
+            assert record["tags"]["method"] == "mhan" and "train/loss_mhan" in record["metrics"]
+            continue
         assert [m.step for m in record["history"]] == list(range(1, epochs + 1))
-        assert {"loss_total", "train_top1", "train_top5", "test_top5", "lr", "images_per_s"} <= set(record["metrics"])
-        assert "loss_ce" in record["metrics"] or record["tags"]["kind"] == "heads"
+        assert {"train/loss_total", "train/top1", "train/top5", "test/top5", "train/lr",
+                "speed/images_per_s"} <= set(record["metrics"])
+        assert "train/loss_ce" in record["metrics"]
         assert "metrics.json" in record["artifacts"]
         assert record["params"]["schedule.batch_size"] == "64"
     afd = [r for r in runs if r["tags"]["method"] == "afd" and r["tags"]["kind"] == "student"]
-    assert all("loss_afd" in r["metrics"] and "loss_kd" in r["metrics"] and "attention.png" in r["artifacts"]
+    assert all("train/loss_afd" in r["metrics"] and "train/loss_kd" in r["metrics"] and "attention.png" in r["artifacts"]
                for r in afd)
     links = next(r for r in runs if r["tags"]["kind"] == "links")
     assert {"links.json", "links.csv", "links.png"} <= set(links["artifacts"])
@@ -83,9 +93,9 @@ def test_the_report_holds_the_tracked_numbers(snakemake_project):
         assert row in table
     assert "## Training cost per epoch, relative to KD" in table
     finals = {}
-    for record in mlflow_runs(project):
+    for record in job_runs(project):
         if record["tags"]["kind"] == "student":
-            finals.setdefault(record["tags"]["run"], []).append(record["metrics"]["final_test_top1"])
+            finals.setdefault(record["tags"]["run"], []).append(record["metrics"]["final/test_top1"])
     with open(project / "reports/default/table.csv") as handle:
         rows = {row["run"]: row for row in csv.DictReader(handle)}
     for run_name, values in finals.items():

@@ -36,11 +36,11 @@ def _set(config: dict, assignment: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def _load_grid(args):
+def _load_grid(args, check_fit: bool = True):
     from .grid import Grid, GridError
 
     if getattr(args, "config_json", None):
-        return Grid(json.loads(args.config_json), source="--config-json")
+        return Grid(json.loads(args.config_json), source="--config-json", check_fit=check_fit)
     if not getattr(args, "grid", None):
         raise SystemExit("error: give --grid FILE")
     path = Path(args.grid)
@@ -49,7 +49,7 @@ def _load_grid(args):
     config = yaml.safe_load(path.read_text()) or {}
     for assignment in getattr(args, "set", None) or []:
         _set(config, assignment)
-    return Grid(config, source=str(path))
+    return Grid(config, source=str(path), check_fit=check_fit)
 
 
 SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
@@ -88,7 +88,7 @@ def cmd_run(args) -> None:
     from .jobs import Plan
     from .runner import run
 
-    job = run(Plan(_load_grid(args)), args.job, fingerprint=args.fingerprint, threads=args.threads, log=_print)
+    job = run(Plan(_load_grid(args, check_fit=False)), args.job, fingerprint=args.fingerprint, threads=args.threads, log=_print)
     _print(f"{job.folder}: done ({job.fingerprint})")
 
 
@@ -123,7 +123,7 @@ def cmd_init_tracking(args) -> None:
     from . import tracking
 
     experiment = tracking.init(args.experiment)
-    _print(f"MLflow experiment {args.experiment!r} ({experiment}) at {tracking.tracking_uri()}")
+    _print(f"MLflow experiment {tracking.experiment_name(args.experiment)!r} ({experiment}) at {tracking.tracking_uri()}")
 
 
 def cmd_check(args) -> None:

@@ -42,10 +42,17 @@ METRICS = "metrics.json"
 
 
 class Tracker(Protocol):
-    """Where a job reports to (MLflow in the CLI); the engine knows nothing more of it."""
+    """Where a job reports to (MLflow in the pipeline, ``afdistill.tracking``); the engine knows nothing more of it.
+
+    ``log_metrics`` may be called again for an epoch a killed attempt already
+    logged; the tracker keeps one value per epoch.
+    """
 
     def start(self, resume_run_id: str | None) -> str | None: ...
+    def log_runtime(self, resolved: dict[str, Any]) -> None: ...
+    def log_input(self, name: str, source: str | Path, images, labels, context: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_model(self, model: nn.Module, example: torch.Tensor, name: str) -> Any: ...
     def log_artifact(self, path: str | Path) -> None: ...
     def finish(self, status: str) -> None: ...
 
@@ -54,7 +61,16 @@ class NullTracker:
     def start(self, resume_run_id):
         return resume_run_id
 
+    def log_runtime(self, resolved):
+        pass
+
+    def log_input(self, name, source, images, labels, context):
+        pass
+
     def log_metrics(self, metrics, step):
+        pass
+
+    def log_model(self, model, example, name):
         pass
 
     def log_artifact(self, path):
@@ -308,7 +324,14 @@ def train(
 
     # ---- resume
     progress = load_checkpoint(out_dir / CHECKPOINT, spec, identity, state, device, log)
+    resumed = progress.run_id is not None
     progress.run_id = tracker.start(progress.run_id)
+    tracker.log_runtime({"device": device.type, **runtime.record()})
+    if not resumed and isinstance(data, DeviceData):  # a streamed set is named by its files, not hashed whole
+        for split, context in (("train", "train"), ("test", "eval")):
+            arrays = getattr(data, split)
+            tracker.log_input(spec.dataset, Path(data_dir) / f"{split}.npz", arrays.images.cpu().numpy(),
+                              arrays.labels.cpu().numpy(), context)
     if progress.complete:
         log(f"[{spec.title}] already complete in {out_dir}; writing its results again from {CHECKPOINT}")
         return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
@@ -500,6 +523,8 @@ def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime:
                   "method": state.method.state_dict(), "arch": spec.arch or spec.teacher,
                   "num_classes": data.num_classes, "spec": spec.to_dict()}, out_dir / MODEL)
     _atomic_write_json(record, out_dir / METRICS)
+    if student is not None:
+        tracker.log_model(student, data.normalize(data.train.images[:2]), name=spec.kind)
     return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
 
 

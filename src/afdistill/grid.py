@@ -177,9 +177,12 @@ def _schedule(base: Schedule, overrides: Any, where: str) -> Schedule:
 
 
 class Grid:
-    def __init__(self, config: dict[str, Any], source: str = "config"):
+    def __init__(self, config: dict[str, Any], source: str = "config", check_fit: bool = True):
+        """``check_fit``: also check every run against the shapes of its networks (about a second per grid);
+        a job started by the pipeline skips it, its grid having been checked when the pipeline planned it."""
         self.source = source
         self.config = config
+        self.check_fit = check_fit
         try:
             self._parse(config)
         except GridError as error:
@@ -251,7 +254,8 @@ class Grid:
         self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
                                         "heads.train")
 
-        self._check_fits()
+        if self.check_fit:
+            self._check_fits()
 
         report = self._section(config, "report")
         self.metric = report.get("metric", "accuracy")

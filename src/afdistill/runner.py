@@ -64,6 +64,11 @@ def build_report(plan: Plan, job: Job, threads: int, log) -> None:
     inputs += [upstream.path("links.json") for upstream in job.inputs.values() if upstream.kind.name == "links"]
     result = build(plan.grid, inputs, job.folder)
     log(f"report for grid {plan.grid.name!r}: {len(result['metrics'])} cells -> {job.folder}/table.md")
+    from . import tracking
+
+    folder = Path(job.folder)
+    files = [folder / name for name in ("table.md", "table.csv", "table.html", "metrics.json")]
+    tracking.log_grid_report(plan.grid.name, files + sorted((folder / "figures").glob("*.png")))
 
 
 ACTIONS: dict[str, Callable[[Plan, Job, int, Any], None]] = {
@@ -117,7 +122,7 @@ def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpo
     from . import tracking
     from .engine import train
 
-    tracker = tracking.for_job(spec)
+    tracker = tracking.for_job(spec, job_id=identity)
     try:
         result = train(spec, data_dir, out_dir, teacher_checkpoint=teacher_checkpoint, artifact=artifact,
                        tracker=tracker, log=log, identity=identity)

@@ -575,7 +575,7 @@ def run_name(spec) -> str:
     if spec.kind == "teacher":
         return f"teacher {spec.arch}"
     if spec.kind == "heads":
-        return f"{spec.method} heads {spec.arch}"
+        return f"{spec.method} heads {spec.teacher}"
     pair = f"{spec.teacher}->{spec.arch}" if spec.teacher else spec.arch
     return f"links {pair}" if spec.kind == "links" else f"{spec.run} s{spec.seed} {pair}"
 
@@ -590,7 +590,7 @@ def for_job(spec, commit: str | None = None, job_id: str | None = None, **option
         "kind": spec.kind,
         "method": spec.method,
         "run": spec.run,
-        "student": spec.arch if spec.kind != "teacher" else "",
+        "student": (spec.arch or "") if spec.kind != "teacher" else "",
         "teacher": spec.teacher if spec.kind != "teacher" else spec.arch,
         "dataset": spec.dataset,
         "seed": str(spec.seed),

@@ -5,6 +5,7 @@ import sys
 import yaml
 from snakemake.utils import min_version, validate
 
+from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
 from afdistill.jobs import KINDS, Plan
@@ -66,5 +67,14 @@ if not workflow.remote_exec:
 
 
 onstart:
-    # Create the MLflow database and experiment once, before concurrent jobs race to.
-    shell(f"afdistill init-tracking --experiment {GRID.name}")
+    # The MLflow store and the grid's experiment are created here, before concurrent jobs race to, and one
+    # parent run holds this invocation's job runs (jobs inherit its id from the environment) and the report.
+    tracking.start_grid(GRID.name, grid_file=GRID_FILE)
+
+
+onsuccess:
+    tracking.finish_grid("FINISHED")
+
+
+onerror:
+    tracking.finish_grid("FAILED")
