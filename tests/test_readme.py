@@ -1,11 +1,12 @@
 """The README stays true: its set-up commands are what CI runs, and its method example works."""
 import re
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from afdistill.methods import Batch, Context, Method, build_method, dry_run, register_method
+from afdistill.methods import Batch, Context, Method, Range, build_method, dry_run, register_method
 from afdistill.methods.base import _METHODS
 from afdistill.models import create_model
 
@@ -26,7 +27,8 @@ def test_the_add_a_method_example_runs():
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
     try:
-        exec(code, {"nn": nn, "Method": Method, "register_method": register_method})
+        exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
+                    "Range": Range})
         teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
         images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
         context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
@@ -38,5 +40,22 @@ def test_the_add_a_method_example_runs():
         assert set(terms) == {"ce", "kd", "mine"}
         method.backward(terms)
         assert all(p.grad is not None for p in method.parameters())
+    finally:
+        _METHODS.pop("mine", None)
+
+
+def test_a_bad_value_for_the_example_method_is_refused_with_its_range():
+    import pytest
+
+    from afdistill.methods import check_method_params
+
+    section = README.split("## Adding a method")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
+    try:
+        exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
+                    "Range": Range})
+        with pytest.raises(ValueError, match="methods.mine.beta: -1 is not allowed; expected a number >= 0"):
+            check_method_params("mine", {"beta": -1}, "methods.mine")
     finally:
         _METHODS.pop("mine", None)
