@@ -5,9 +5,10 @@
 # the other files undeclared also means Snakemake never deletes a finished job's results
 # before a rerun, so a job that completed just before a kill is recognised, not retrained.
 
-# Shown inline by `snakemake --report`: the table as HTML, and the figures.
+# In `snakemake --report`: the table as HTML (shown inline) and as CSV (to download), and the figures.
 REPORT_FLAGS = {
     "table.html": dict(caption="../report/table.rst", category="Tables"),
+    "table.csv": dict(caption="../report/table.rst", category="Tables"),
     "figures": dict(caption="../report/figures.rst", category="Figures", patterns=["{name}.png"]),
 }
 
