@@ -97,3 +97,18 @@ def test_lr_schedule_decays_at_the_start_of_the_listed_epochs():
     schedule = Grid.from_file(ROOT / "params" / "cifar100.yaml").schedule
     assert [schedule.lr_at(e) for e in (1, 149, 150, 179, 180, 210, 240)] == pytest.approx(
         [0.05, 0.05, 0.005, 0.005, 0.0005, 0.00005, 0.00005])
+
+
+def test_the_snakemake_schema_is_generated_from_the_grid_declarations():
+    from afdistill.grid import schema_yaml
+
+    committed = (ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    assert committed == schema_yaml(), "workflow/schemas/config.schema.yaml is stale: run `afdistill schema`"
+
+
+def test_every_params_grid_passes_its_own_schema():
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)

@@ -93,7 +93,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_jobs(args) -> None:
-    from .jobs import Plan, progress
+    from .jobs import Plan, progress, remaining_seconds
 
     plan = Plan(_load_grid(args))
     states = progress(plan)
@@ -105,7 +105,9 @@ def cmd_jobs(args) -> None:
     for state in states.values():
         key = state.split(" at epoch")[0]
         counts[key] = counts.get(key, 0) + 1
-    _print(f"grid {plan.grid.name!r}: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
+    left = remaining_seconds(plan, states)
+    eta = "" if left is None else f"; about {left / 3600:.1f} h of training left, one job at a time"
+    _print(f"grid {plan.grid.name!r}: " + ", ".join(f"{count} {state}" for state, count in counts.items()) + eta)
 
 
 def cmd_dvc(args) -> None:

@@ -233,6 +233,30 @@ def progress(plan: Plan) -> dict[str, str]:
     return states
 
 
+def remaining_seconds(plan: Plan, states: dict[str, str]) -> float | None:
+    """Training time left, one job at a time: each unfinished job's epochs left times the mean epoch time of
+    the finished jobs of its kind (None until a job of every such kind has finished)."""
+    import json
+    import re
+
+    epoch_time: dict[str, list[float]] = {}
+    for job in plan.jobs:
+        metrics = Path(job.path("metrics.json"))
+        if states[job.folder] == "done" and job.spec is not None and metrics.is_file():
+            history = json.loads(metrics.read_text()).get("history") or []
+            epoch_time.setdefault(job.kind.name, []).extend(epoch["epoch_seconds"] for epoch in history)
+    left = 0.0
+    for job in plan.jobs:
+        if states[job.folder] == "done" or job.spec is None:
+            continue
+        if not epoch_time.get(job.kind.name):
+            return None
+        done = re.search(r"at epoch (\d+)/", states[job.folder])
+        epochs = job.spec.schedule.epochs - (int(done.group(1)) if done else 0)
+        left += epochs * sum(epoch_time[job.kind.name]) / len(epoch_time[job.kind.name])
+    return left
+
+
 def write_marker(job: Job) -> None:
     """The last thing a job writes: its fingerprint record (earlier markers in the folder are removed)."""
     from .files import atomic_write
