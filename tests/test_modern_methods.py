@@ -334,3 +334,10 @@ def test_a_few_steps_lower_the_distillation_loss(name, params):
         method.backward(terms)
         optimizer.step()
     assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_mlkd_median_is_numpys_50th_percentile(n):
+    from afdistill.methods.mlkd import median
+    values = torch.randn(n)
+    assert median(values).item() == pytest.approx(float(np.percentile(values.numpy(), 50)), rel=1e-6)

@@ -13,8 +13,8 @@ What the official code (Jin-Ying/Multi-Level-Logit-Distillation,
 
 * confidence masking (Sec. 3.3): the teacher's weak-view confidence
   (max softmax at T = 1) selects the samples at or below its median
-  (``np.percentile(., 50)``; here ``torch.quantile``, the same linear
-  interpolation, without a host sync), and the per-class summed confidence
+  (``np.percentile(., 50)``; here the same linear interpolation from a
+  sort, without a host sync), and the per-class summed confidence
   the classes at or below theirs. The code multiplies each already-averaged
   loss by the mask and averages again, so the mask acts as the *fraction*
   kept (about 1/2), not as a per-sample selection; so does this module;
@@ -41,6 +41,7 @@ No state across steps, no random numbers, no host sync: a CUDA graph.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
@@ -67,8 +68,16 @@ def class_correlation_loss(student_logits: Tensor, teacher_logits: Tensor, tempe
     return (p_t.t() @ p_t - p_s.t() @ p_s).pow(2).sum() / student_logits.shape[1]
 
 
+def median(values: Tensor) -> Tensor:
+    """``np.percentile(values, 50)`` (linear interpolation) from a sort: no host sync."""
+    ordered = values.sort().values
+    position = 0.5 * (values.numel() - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 def fraction_at_or_below_median(values: Tensor) -> Tensor:
-    return (values <= torch.quantile(values, 0.5)).float().mean()
+    return (values <= median(values)).float().mean()
 
 
 @register_method("mlkd")
