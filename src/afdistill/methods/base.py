@@ -265,12 +265,17 @@ class Method(nn.Module):
     def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         terms = {"ce": self.gamma * F.cross_entropy(student.logits, batch.labels)}
         if self.alpha:
-            terms["kd"] = self.alpha * kd_loss(student.logits, teacher.logits, self.temperature)
+            terms["kd"] = self.alpha * self.kd_term(student.logits, teacher.logits)
         terms.update(self.distill(student, teacher, batch))
         return terms
 
     def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         return {}
+
+    # -- hook for the logit modifiers of methods/logits.py (logit standardisation, CTKD's temperature) --
+    def kd_term(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """Hinton's KD term, unweighted; :class:`~afdistill.methods.logits.LogitMethod` overrides it."""
+        return kd_loss(student_logits, teacher_logits, self.temperature)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """What the engine's optimiser updates together with the student."""

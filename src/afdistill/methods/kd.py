@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from .base import Context, Method, Range, register_method
+from .logits import LogitMethod
 
 
 @register_method("vanilla")
@@ -19,15 +20,17 @@ class Vanilla(Method):
 
 
 @register_method("kd")
-class KD(Method):
+class KD(LogitMethod):
     """Hinton et al. 2015; alpha=0.9, T=4 as the official AFD code (loss = CE + 0.9 KD).
 
-    RepDistiller and the AT code weight the cross-entropy by 0.1 (``gamma``) instead.
+    RepDistiller and the AT code weight the cross-entropy by 0.1 (``gamma``) instead. The logit modifiers
+    (``logit_standardization``, ``ctkd``: :class:`~afdistill.methods.logits.LogitMethod`) apply to its KD term.
     """
 
     cuda_graphs = True
     label = "KD"
 
     def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, temperature: Annotated[float, Range(gt=0)] = 4.0):
-        super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature)
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, temperature: Annotated[float, Range(gt=0)] = 4.0,
+                 **modifiers):
+        super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature, **modifiers)

@@ -1,0 +1,341 @@
+"""DKD, DIST, MLKD, ReviewKD and the logit modifiers (standardisation, CTKD): values against
+independent computations, gradients of the learned parts, composition, and a few training steps."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afdistill.methods import Batch, Context, build_method, dry_run, kd_loss, method_defaults
+from afdistill.methods.logits import cosine_curriculum, standardize
+from afdistill.methods.reviewkd import hierarchical_context_loss
+from afdistill.models import create_model
+
+LOGIT_METHODS = ("kd", "dkd", "mlkd")
+
+
+def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8, seed=0):
+    torch.manual_seed(seed)
+    t, s = create_model(teacher, classes).eval(), create_model(student, classes)
+    t.requires_grad_(False)
+    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, classes, (batch,))
+    return t, s, images, labels
+
+
+def context(t, s, images, classes=10):
+    return Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), classes,
+                   torch.arange(40) % classes, len(images), seed=0)
+
+
+def logit_setup(method, params, batch=6, classes=7, seed=0):
+    """A method on bare logits: the networks only give it shapes."""
+    t, s, images, _ = networks(classes=classes, batch=2)
+    built = build_method(method, params, context(t, s, images, classes))
+    torch.manual_seed(seed)
+    student = (3 * torch.randn(batch, classes)).requires_grad_(True)
+    teacher = 3 * torch.randn(batch, classes)
+    labels = torch.randint(0, classes, (batch,))
+    return built, student, teacher, labels
+
+
+def features_of(logits):
+    from afdistill.models import Features
+    return Features(logits=logits, blocks=[], stages=[], stem=logits, pooled=logits)
+
+
+def run_terms(method, student, teacher, labels):
+    return method(features_of(student), features_of(teacher), Batch(None, labels, torch.arange(len(labels))))
+
+
+def np_softmax(z, T):
+    e = np.exp(z / T - (z / T).max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_kl(p, q):
+    return float((p * np.log(p / q)).sum())
+
+
+# ---------------------------------------------------------------- DKD
+
+
+def np_dkd(zs, zt, y, T):
+    tckd = nckd = 0.0
+    for i in range(len(y)):
+        ps, pt = np_softmax(zs[i:i + 1], T)[0], np_softmax(zt[i:i + 1], T)[0]
+        bs, bt = np.array([ps[y[i]], 1 - ps[y[i]]]), np.array([pt[y[i]], 1 - pt[y[i]]])
+        tckd += np_kl(bt, bs)
+        others = [c for c in range(zs.shape[1]) if c != y[i]]  # the target class removed outright
+        nckd += np_kl(np_softmax(zt[i:i + 1, others], T)[0], np_softmax(zs[i:i + 1, others], T)[0])
+    return tckd * T * T / len(y), nckd * T * T / len(y)
+
+
+def test_dkd_is_the_weighted_target_and_non_target_kl_with_its_warm_up():
+    method, zs, zt, y = logit_setup("dkd", {"tckd_weight": 1.5, "nckd_weight": 8.0, "warmup_epochs": 20})
+    tckd, nckd = np_dkd(zs.detach().double().numpy(), zt.double().numpy(), y.numpy(), 4.0)
+    method.begin_epoch(5)
+    terms = run_terms(method, zs, zt, y)
+    assert set(terms) == {"ce", "dkd"}  # no Hinton KD term by default
+    assert terms["dkd"].item() == pytest.approx(5 / 20 * (1.5 * tckd + 8.0 * nckd), rel=1e-4)
+    method.begin_epoch(40)
+    assert run_terms(method, zs, zt, y)["dkd"].item() == pytest.approx(1.5 * tckd + 8.0 * nckd, rel=1e-4)
+
+
+def test_dkd_with_unit_weights_reassembles_kd():
+    """Eq. 1 of the paper: KD = TCKD + (1 - p_t^target) NCKD, per sample."""
+    method, zs, zt, y = logit_setup("dkd", {"tckd_weight": 1.0, "nckd_weight": 1.0, "warmup_epochs": 0}, batch=1)
+    pt = F.softmax(zt / 4.0, dim=1)[0, y[0]].item()
+    tckd, nckd = np_dkd(zs.detach().double().numpy(), zt.double().numpy(), y.numpy(), 4.0)
+    assert tckd + (1 - pt) * nckd == pytest.approx(kd_loss(zs, zt, 4.0).item(), rel=1e-4)
+
+
+# ---------------------------------------------------------------- DIST
+
+
+def test_dist_is_one_minus_the_mean_pearson_correlation_of_rows_and_columns():
+    method, zs, zt, y = logit_setup("dist", {"inter_weight": 2.0, "intra_weight": 3.0, "tau": 4.0})
+    ps, pt = np_softmax(zs.detach().double().numpy(), 4.0), np_softmax(zt.double().numpy(), 4.0)
+    inter = 1 - np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(len(ps))])
+    intra = 1 - np.mean([np.corrcoef(ps[:, j], pt[:, j])[0, 1] for j in range(ps.shape[1])])
+    terms = run_terms(method, zs, zt, y)
+    assert terms["dist"].item() == pytest.approx(16 * (2.0 * inter + 3.0 * intra), rel=1e-4)
+
+
+# ---------------------------------------------------------------- MLKD
+
+
+def np_mlkd(zs, zt, temperatures):
+    pt1 = np_softmax(zt, 1.0)
+    conf, class_conf = pt1.max(axis=1), pt1.sum(axis=0)
+    m = float(np.mean(conf <= np.percentile(conf, 50)))
+    c = float(np.mean(class_conf <= np.percentile(class_conf, 50)))
+    instance = batch = klass = 0.0
+    for T in temperatures:
+        ps, pt = np_softmax(zs, T), np_softmax(zt, T)
+        kd = sum(np_kl(pt[i], ps[i]) for i in range(len(zs))) / len(zs) * T * T
+        instance += m * kd + (kd if T in (2.0, 6.0) else 0.0)
+        batch += m * ((pt @ pt.T - ps @ ps.T) ** 2).sum() / zs.shape[0]
+        klass += c * ((pt.T @ pt - ps.T @ ps) ** 2).sum() / zs.shape[1]
+    return instance, batch, klass
+
+
+def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures():
+    method, zs, zt, y = logit_setup("mlkd", {"kd_weight": 2.0, "temperature": 4.0}, batch=7)
+    instance, batch, klass = np_mlkd(zs.detach().double().numpy(), zt.double().numpy(), (4.0, 3.0, 5.0, 2.0, 6.0))
+    terms = run_terms(method, zs, zt, y)
+    assert terms["mlkd_instance"].item() == pytest.approx(2 * instance, rel=1e-4)
+    assert terms["mlkd_batch"].item() == pytest.approx(2 * batch, rel=1e-4)
+    assert terms["mlkd_class"].item() == pytest.approx(2 * klass, rel=1e-4)
+
+
+# ---------------------------------------------------------------- ReviewKD
+
+
+def np_mse(a, b):
+    return float(((a - b) ** 2).mean())
+
+
+def np_pool(a, size):
+    n, c, h, w = a.shape
+    return a.reshape(n, c, size, h // size, size, w // size).mean(axis=(3, 5))
+
+
+def test_hierarchical_context_loss_weights_the_pyramid_levels():
+    torch.manual_seed(0)
+    pairs = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)), (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)),
+             (torch.randn(2, 5, 1, 1), torch.randn(2, 5, 1, 1))]
+    expected = 0.0
+    for s, t in pairs:
+        a, b = s.double().numpy(), t.double().numpy()
+        h = a.shape[-1]
+        levels = [(size, w) for size, w in ((4, 0.5), (2, 0.25), (1, 0.125)) if size < h]
+        # each pooled level halves the weight of the previous one; the sum is normalised
+        weights = [1.0] + [0.5 ** (k + 1) for k in range(len(levels))]
+        loss = np_mse(a, b) + sum(0.5 ** (k + 1) * np_mse(np_pool(a, size), np_pool(b, size))
+                                  for k, (size, _) in enumerate(levels))
+        expected += loss / sum(weights)
+    got = hierarchical_context_loss([p[0] for p in pairs], [p[1] for p in pairs])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_reviewkd_fuses_deep_to_shallow_and_trains_its_fusion_modules():
+    t, s, images, labels = networks()
+    method = build_method("reviewkd", {"beta": 2.0, "warmup_epochs": 20}, context(t, s, images))
+    method.begin_epoch(10)
+    student, teacher = s(images, with_features=True), t(images, with_features=True)
+    projections = method.review(student)
+    teacher_levels = [*teacher.stages, teacher.pooled[:, :, None, None]]
+    assert [p.shape for p in projections] == [f.shape for f in teacher_levels]
+    # the shallowest level by hand: reduce, attention-mix with the fused map above, project
+    deepest_first = method.fusions
+    above = None
+    levels = [*student.stages, student.pooled[:, :, None, None]][::-1]
+    for x, fusion in zip(levels, deepest_first):
+        r = fusion.reduce(x)
+        if above is not None:
+            up = F.interpolate(above, size=r.shape[-2:], mode="nearest")
+            a = torch.sigmoid(F.conv2d(torch.cat([r, up], 1), fusion.attention[0].weight, fusion.attention[0].bias))
+            r = r * a[:, :1] + up * a[:, 1:]
+        above = r
+    torch.testing.assert_close(projections[0], deepest_first[-1].project(above))
+    terms = method(student, teacher, Batch(images, labels, torch.arange(len(labels))))
+    expected = 2.0 * 0.5 * hierarchical_context_loss(projections, teacher_levels)
+    assert terms["reviewkd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    terms["reviewkd"].backward()
+    for fusion in method.fusions:
+        assert fusion.reduce[0].weight.grad.abs().sum() > 0 and fusion.project[0].weight.grad.abs().sum() > 0
+    assert all(f.attention[0].weight.grad.abs().sum() > 0 for f in method.fusions if f.attention is not None)
+    assert method.fusions[0].attention is None  # the deepest level (the pooled vector) has nothing above
+    assert s.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in t.parameters())
+
+
+def test_reviewkd_fusion_gradient_matches_finite_differences():
+    t, s, images, labels = networks(batch=4)
+    method = build_method("reviewkd", {"warmup_epochs": 0}, context(t, s, images)).double()
+    s, t = s.double().eval(), t.double()
+    images = images.double()
+    with torch.no_grad():
+        student, teacher = s(images, with_features=True), t(images, with_features=True)
+    weight = method.fusions[1].attention[0].weight
+
+    def loss():
+        return method(student, teacher, Batch(images, labels, torch.arange(4)))["reviewkd"]
+
+    (grad,) = torch.autograd.grad(loss(), weight)
+    step = 1e-6
+    with torch.no_grad():
+        index = (1, 3, 0, 0)
+        weight[index] += step
+        up = loss().item()
+        weight[index] -= 2 * step
+        down = loss().item()
+        weight[index] += step
+    assert grad[index].item() == pytest.approx((up - down) / (2 * step), rel=1e-4, abs=1e-9)
+
+
+# ---------------------------------------------------------------- logit modifiers
+
+
+def test_standardize_is_the_per_sample_z_score_with_the_unbiased_deviation():
+    z = torch.randn(4, 9) * 3 + 1
+    expected = (z.numpy() - z.numpy().mean(1, keepdims=True)) / (z.numpy().std(1, ddof=1, keepdims=True) + 1e-7)
+    np.testing.assert_allclose(standardize(z).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def kd_like(method_name, params):
+    """``method_name`` with only Hinton's KD term on (at alpha = 1), through the base class's hook."""
+    off = {"kd": {}, "dkd": {"tckd_weight": 0.0, "nckd_weight": 0.0}, "mlkd": {"kd_weight": 0.0}}[method_name]
+    return logit_setup(method_name, {**off, "alpha": 1.0, **params})
+
+
+@pytest.mark.parametrize("name", LOGIT_METHODS)
+def test_logit_standardization_feeds_every_logit_methods_kd_term_z_scores(name):
+    method, zs, zt, y = kd_like(name, {"logit_standardization": True, "temperature": 2.0})
+    terms = run_terms(method, zs, zt, y)
+    expected = kd_loss(standardize(zs), standardize(zt), 2.0)
+    assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # a shift and scale of the student's logits change nothing once standardised
+    assert run_terms(method, 5 * zs + 3, zt, y)["kd"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_logit_standardization_applies_inside_dkd_and_mlkd():
+    dkd, zs, zt, y = logit_setup("dkd", {"logit_standardization": True, "warmup_epochs": 0, "temperature": 2.0})
+    tckd, nckd = np_dkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(), y.numpy(), 2.0)
+    assert run_terms(dkd, zs, zt, y)["dkd"].item() == pytest.approx(tckd + 8 * nckd, rel=1e-4)
+    mlkd, zs, zt, y = logit_setup("mlkd", {"logit_standardization": True, "temperature": 2.0}, batch=7)
+    instance, batch, klass = np_mlkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(),
+                                     (2.0, 3.0, 5.0, 2.0, 6.0))
+    # the confidence masks read the raw teacher logits: recompute them so
+    raw = np_softmax(zt.double().numpy(), 1.0)
+    m_raw = float(np.mean(raw.max(1) <= np.percentile(raw.max(1), 50)))
+    std = np_softmax(standardize(zt).double().numpy(), 1.0)
+    m_std = float(np.mean(std.max(1) <= np.percentile(std.max(1), 50)))
+    assert m_raw == m_std  # (a z-score keeps the ranking of confidences, so both masks agree here)
+    assert run_terms(mlkd, zs, zt, y)["mlkd_batch"].item() == pytest.approx(batch, rel=1e-4)
+
+
+def ctkd_temperature(theta):
+    return 1.0 + 20.0 * torch.sigmoid(theta)
+
+
+@pytest.mark.parametrize("name", LOGIT_METHODS)
+def test_ctkd_learns_the_kd_temperature_against_the_student_on_a_cosine_curriculum(name):
+    method, zs, zt, y = kd_like(name, {"ctkd": True})
+    assert method.kd_temperature().item() == pytest.approx(1 + 20 / (1 + math.exp(-1)), rel=1e-6)
+    method.begin_epoch(5)
+    assert method.ctkd_lambda.item() == pytest.approx(-0.5, abs=1e-7)  # half-way from 0 to -1 over 10 epochs
+    loss = run_terms(method, zs, zt, y)["kd"]
+    loss.backward()
+    theta = method.ctkd_theta.detach().clone().requires_grad_(True)
+    plain = kd_loss(zs.detach(), zt, ctkd_temperature(theta))
+    (plain_grad,) = torch.autograd.grad(plain, theta)
+    assert method.ctkd_theta.grad.item() == pytest.approx(-0.5 * plain_grad.item(), rel=1e-5)
+    # the student's gradient is the ordinary one at the current temperature
+    zs2 = zs.detach().clone().requires_grad_(True)
+    kd_loss(zs2, zt, ctkd_temperature(method.ctkd_theta.detach())).backward()
+    torch.testing.assert_close(zs.grad, zs2.grad)
+    assert any(p is method.ctkd_theta for p in method.trainable_parameters())  # the engine's SGD updates it
+
+
+def test_ctkd_curriculum_follows_the_official_cosine_decay():
+    values = [cosine_curriculum(e, 0.0, -1.0, 10) for e in (0, 1, 5, 10, 240)]
+    assert values[0] == 0.0 and values[3] == -1.0 and values[4] == -1.0
+    assert values[1] == pytest.approx((math.cos(math.pi / 10) + 1) / 2 - 1)
+    assert values[2] == pytest.approx(-0.5)
+
+
+def test_ctkd_and_standardization_compose_in_dkd():
+    method, zs, zt, y = logit_setup("dkd", {"ctkd": True, "logit_standardization": True, "warmup_epochs": 0})
+    T = ctkd_temperature(torch.tensor(1.0)).item()
+    tckd, nckd = np_dkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(), y.numpy(), T)
+    terms = run_terms(method, zs, zt, y)
+    assert terms["dkd"].item() == pytest.approx(tckd + 8 * nckd, rel=1e-4)
+    method.begin_epoch(10)
+    terms = run_terms(method, zs, zt, y)
+    terms["dkd"].backward()
+    assert method.ctkd_theta.grad.item() != 0
+
+
+def test_modifier_values_are_checked_by_name():
+    with pytest.raises(ValueError, match="logit_standardization"):
+        logit_setup("dkd", {"logit_standardization": "yes"})
+    with pytest.raises(ValueError, match="dist.*no parameter 'ctkd'"):
+        logit_setup("dist", {"ctkd": True})
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("name, params", [
+    ("dkd", {"warmup_epochs": 1}),
+    ("dkd", {"warmup_epochs": 1, "logit_standardization": True, "ctkd": True}),
+    ("dist", {}),
+    ("mlkd", {"logit_standardization": True}),
+    ("reviewkd", {"warmup_epochs": 1}),
+])
+def test_a_few_steps_lower_the_distillation_loss(name, params):
+    t, s, images, labels = networks(batch=16)
+    method = build_method(name, {"gamma": 0.0, **params}, context(t, s, images))
+    method.begin_epoch(1)
+    parameters = list(s.parameters()) + list(method.trainable_parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.05, momentum=0.9)
+    losses = []
+    with torch.no_grad():
+        teacher = t(images, with_features=True)
+    for _ in range(8):
+        terms = method(s(images, with_features=True), teacher, Batch(images, labels, torch.arange(16)))
+        total = sum(v for k, v in terms.items() if k != "ce")
+        losses.append(total.item())
+        optimizer.zero_grad()
+        method.backward(terms)
+        optimizer.step()
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_mlkd_median_is_numpys_50th_percentile(n):
+    from afdistill.methods.mlkd import median
+    values = torch.randn(n)
+    assert median(values).item() == pytest.approx(float(np.percentile(values.numpy(), 50)), rel=1e-6)
