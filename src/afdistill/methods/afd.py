@@ -315,18 +315,18 @@ class AFD(Method):
         if links is None:
             raise ValueError(f"{self.method_name} with pre-trained links needs a links file "
                              f"(the output of the links stage)")
-        matrix = torch.tensor(links["alpha"], dtype=torch.float32)  # T x S
-        if tuple(matrix.shape) != expected:
-            raise ValueError(
-                f"links file for {links.get('teacher')}->{links.get('student')} has a {tuple(matrix.shape)} "
-                f"teacher x student matrix; this pair needs {expected}"
-            )
         for side in ("teacher", "student"):
             found, ours = links.get(f"{side}_candidates"), getattr(self, f"{side}_candidates")
             if found is not None and list(found) != ours:
                 raise ValueError(f"links file for {links.get('teacher')}->{links.get('student')} links {side} "
                                  f"blocks {list(found)}; this run uses {ours} (the link-finding run must share "
                                  f"{', '.join(self.link_params)})")
+        matrix = torch.tensor(links["alpha"], dtype=torch.float32)  # T x S
+        if tuple(matrix.shape) != expected:
+            raise ValueError(
+                f"links file for {links.get('teacher')}->{links.get('student')} has a {tuple(matrix.shape)} "
+                f"teacher x student matrix; this pair needs {expected}"
+            )
         return matrix
 
     def links(self, student: Features, teacher: Features) -> Tensor:
