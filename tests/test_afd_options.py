@@ -204,3 +204,88 @@ def test_defaults_are_todays_afd_and_pretrained_linking_is_afd_pretrained():
     assert type(legacy).pre_stage({}) == "links"
     with pytest.raises(ValueError, match=r"links teacher blocks \[0, 1, 2, 3\]; this run uses \[1, 3\]"):
         build_method("afd", {"linking": "pretrained", "teacher_candidates": 2}, context)
+
+
+# ---------------------------------------------------------------- combined
+
+
+def crd_afd_setup(parts=None, **top):
+    torch.manual_seed(0)
+    teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
+    teacher.requires_grad_(False)
+    images, labels = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
+                      torch.arange(40) % 10, 6, seed=0)
+    parts = parts or {"crd": {"beta": 0.8, "nce_k": 4}, "afd": {"beta": 200.0, "qk_dim": 8}}
+    return build_method("combined", {"parts": parts, **top}, context), teacher, student, images, labels
+
+
+def test_a_combination_is_ce_and_kd_once_plus_each_parts_own_terms():
+    import copy
+
+    from afdistill.methods import kd_loss
+
+    method, teacher, student, images, labels = crd_afd_setup(alpha=0.9, temperature=4.0, gamma=0.5)
+    alone = {name: copy.deepcopy(part) for name, part in method.parts.items()}  # same weights and memories
+    method.begin_epoch(1)
+    for part in alone.values():
+        part.begin_epoch(1)  # the same CRD negatives
+    batch = Batch(images, labels, torch.arange(6))
+    with torch.no_grad():
+        fs, ft = student(images, with_features=True), teacher(images, with_features=True)
+        terms = method(fs, ft, batch)
+        crd, afd = alone["crd"].distill(fs, ft, batch), alone["afd"].distill(fs, ft, batch)
+    assert set(terms) == {"ce", "kd", "crd", "afd"}
+    assert terms["ce"].item() == pytest.approx(0.5 * torch.nn.functional.cross_entropy(fs.logits, labels).item())
+    assert terms["kd"].item() == pytest.approx(0.9 * kd_loss(fs.logits, ft.logits, 4.0).item())
+    assert terms["crd"].item() == pytest.approx(crd["crd"].item(), rel=1e-6)
+    assert terms["afd"].item() == pytest.approx(afd["afd"].item(), rel=1e-6)
+    assert torch.equal(method.parts["crd"].memory_s, alone["crd"].memory_s)  # the part's state moved alike
+    summary = method.epoch_summary()
+    assert summary["afd.teacher_names"][0] == "layer1.0" and summary["afd.attention"].shape == (6, 3)
+    own = {id(p) for part in method.parts.values() for p in part.trainable_parameters()}
+    assert {id(p) for p in method.trainable_parameters()} == own and len(own) > 0
+    assert not method.cuda_graphs and not method.needs_input_grad  # CRD's step is not graph-safe
+
+
+def test_parts_may_repeat_a_method_under_their_own_names_and_hooks_reach_them():
+    parts = {"afd_l1": {"method": "afd", "distance": "l1", "qk_dim": 8}, "at": {"beta": 1000.0}}
+    method, teacher, student, images, labels = crd_afd_setup(parts)
+    terms = method(student(images, with_features=True), teacher(images, with_features=True),
+                   Batch(images, labels, torch.arange(6)))
+    assert set(terms) == {"ce", "kd", "afd_l1.afd", "at"}
+    assert method.parts["afd_l1"].distance.kind == "l1"
+    assert method.cuda_graphs and type(method).allows_cuda_graphs({"parts": parts})
+    method.begin_epoch(3)
+    assert method.parts["at"].epoch == 3 and method.parts["afd_l1"].epoch == 3
+    method.eval()
+    assert not method.parts["afd_l1"].training
+
+
+@pytest.mark.parametrize("parts,message", [
+    ({"crd": {}}, r"methods.combined.parts: expected a mapping of at least two parts"),
+    ({"crd": {"alpha": 0.5}, "afd": {}}, r"methods.combined.parts.crd.alpha: set alpha at the top level"),
+    ({"crd": {}, "mhgd": {}}, r"methods.combined.parts.mhgd: method 'mhgd' cannot be a part: it shapes"),
+    ({"soft": {"method": "kd"}, "afd": {}}, r"parts.soft: method 'kd' cannot be a part: it adds no term"),
+    ({"kd": {"method": "crd"}, "afd": {}}, r"parts.kd: part names .* are not ce, kd, total"),
+    ({"crd": {}, "x": {"method": "nope"}}, r"parts.x.method: unknown method 'nope'"),
+    ({"crd": {"delta": 1}, "afd": {}}, r"methods.combined.parts.crd.delta: method 'crd' has no parameter 'delta'"),
+    ({"afd": {"linking": "pretrained"}, "afd_pretrained": {}},
+     r"parts afd, afd_pretrained each need a pre-stage \(links, links\)"),
+])
+def test_combinations_that_cannot_be_composed_are_refused_by_name(parts, message):
+    with pytest.raises(ValueError, match=message):
+        crd_afd_setup(parts)
+
+
+def test_check_params_names_the_run_and_the_part_and_one_pre_stage_is_forwarded():
+    from afdistill.methods.combined import Combined
+
+    with pytest.raises(ValueError, match=r"methods.crd_afd.parts.afd.qk_dim: expected int"):
+        Combined.check_params({"parts": {"crd": {}, "afd": {"qk_dim": "big"}}}, "methods.crd_afd")
+    params = {"parts": {"crd": {}, "afd": {"linking": "pretrained"}}}
+    Combined.check_params(params, "methods.crd_afd")
+    assert Combined.pre_stage(params) == "links"
+    assert Combined.pre_stage_part(params) == ("afd", "afd", {"linking": "pretrained"})
+    assert Combined.pre_stage({"parts": {"crd": {}, "afd": {}}}) is None
+    Combined.check_params({"alpha": 0.5}, "methods.crd_afd.sweep")  # a sweep's single values
