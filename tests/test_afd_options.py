@@ -289,3 +289,34 @@ def test_check_params_names_the_run_and_the_part_and_one_pre_stage_is_forwarded(
     assert Combined.pre_stage_part(params) == ("afd", "afd", {"linking": "pretrained"})
     assert Combined.pre_stage({"parts": {"crd": {}, "afd": {}}}) is None
     Combined.check_params({"alpha": 0.5}, "methods.crd_afd.sweep")  # a sweep's single values
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_stage_output_links_join_the_last_features_of_each_shared_stage():
+    from afdistill.methods.afd import stage_output_links
+
+    teacher = ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0"]
+    student = ["layer1.0", "layer2.0", "layer2.1", "layer3.0"]
+    assert stage_output_links(teacher, student) == [(1, 0), (3, 2), (5, 3)]
+
+
+def test_paper_figures_draw_plain_data_and_check_its_shapes(tmp_path):
+    from afdistill.figures import (AttentionHistory, BetaSeries, LinkComparison, links_matrix,
+                                   plot_accuracy_against_beta, plot_attention_history, plot_manual_against_attention)
+
+    teacher, student = ["layer1.0", "layer1.1", "layer2.0"], ["layer1.0", "layer2.0"]
+    manual = links_matrix(3, 2, [(1, 0), (2, 1)])
+    assert manual.tolist() == [[0, 0], [1, 0], [0, 1]]
+    attention = [np.full((3, 2), 0.5), np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])]
+    plot_attention_history([AttentionHistory("t -> s", teacher, student, manual, [1, 2], attention)],
+                           tmp_path / "fig3.png")
+    plot_accuracy_against_beta([BetaSeries("t -> s", [30, 100], [[0.5, 0.52], [0.55, 0.56]], paper={30: 0.6})],
+                               tmp_path / "fig5.png")
+    plot_manual_against_attention([LinkComparison("t -> s", teacher, student, manual, attention[1])] * 3,
+                                  tmp_path / "fig6.png")
+    assert all((tmp_path / f"fig{n}.png").stat().st_size > 10_000 for n in (3, 5, 6))
+    with pytest.raises(ValueError, match=r"t -> s: manual: a \(2, 3\) link matrix for 3 teacher and 2 student features"):
+        plot_manual_against_attention([LinkComparison("t -> s", teacher, student, manual.T, attention[1])],
+                                      tmp_path / "bad.png")

@@ -392,3 +392,17 @@ class AFDPretrainedLinks(AFD):
     @classmethod
     def pre_stage(cls, params: dict[str, Any]) -> str | None:
         return "links"
+
+
+def stage_output_links(teacher_names: list[str], student_names: list[str]) -> list[tuple[int, int]]:
+    """The manual links of FitNet/AT-style methods among AFD candidates: (teacher, student) positions.
+
+    The last candidate of each teacher stage (``layer<k>``) is linked to the last
+    candidate of the student's stage ``k``, for the stages both have. What the
+    paper's Figures 3 and 6 draw as "manual" links.
+    """
+    def stage_ends(names: list[str]) -> dict[str, int]:
+        return {name.split(".")[0]: index for index, name in enumerate(names)}  # the last index wins
+
+    teacher, student = stage_ends(teacher_names), stage_ends(student_names)
+    return [(teacher[stage], student[stage]) for stage in teacher if stage in student]
