@@ -7,8 +7,9 @@ forward under inference mode, student forward, the method's loss, backward,
 SGD step on the student and the method) on one fixed random CIFAR-shaped
 batch, and separately the AFD term alone (forward and backward on fixed
 features). Variants run round-robin, one timed block of ``--steps`` steps each
-per round, so a slow drift of a shared machine hits all alike; medians over
-``--repeats`` rounds are printed with their ratio to the default.
+per round, each round starting with the next variant, so a slow drift of a
+shared machine hits all alike; medians over ``--repeats`` rounds are printed
+with their ratio to the default.
 """
 from __future__ import annotations
 
@@ -78,8 +79,10 @@ def main() -> None:
     for name in VARIANTS:  # warm-up: allocator, first-call costs
         train_step(name)
         loss_step(name)
-    for _ in range(args.repeats):
-        for name in VARIANTS:
+    names = list(VARIANTS)
+    for round_index in range(args.repeats):
+        shift = round_index % len(names)  # each round starts with another variant: no variant always goes first
+        for name in names[shift:] + names[:shift]:
             for kind, step in (("step", train_step), ("loss", loss_step)):
                 started = time.perf_counter()
                 for _ in range(args.steps):

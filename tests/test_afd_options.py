@@ -317,6 +317,6 @@ def test_paper_figures_draw_plain_data_and_check_its_shapes(tmp_path):
     plot_manual_against_attention([LinkComparison("t -> s", teacher, student, manual, attention[1])] * 3,
                                   tmp_path / "fig6.png")
     assert all((tmp_path / f"fig{n}.png").stat().st_size > 10_000 for n in (3, 5, 6))
-    with pytest.raises(ValueError, match=r"t -> s: manual: a \(2, 3\) link matrix for 3 teacher and 2 student features"):
+    with pytest.raises(ValueError, match=r"t -> s: manual: a \(2, 3\) link matrix for 3 teacher and 2 student"):
         plot_manual_against_attention([LinkComparison("t -> s", teacher, student, manual.T, attention[1])],
                                       tmp_path / "bad.png")

@@ -243,9 +243,9 @@ def _stream(seed: int, salt: int) -> int:
     return int(seed) * 1_000_003 + salt
 
 
-def _check_option(key: str, value: Any, allowed: tuple) -> None:
+def _check_option(method: str, key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"methods.afd.{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ValueError(f"methods.{method}.{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 @register_method("afd")
@@ -268,15 +268,16 @@ class AFD(Method):
                  alpha: float = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         for key, value, allowed in (("linking", linking, LINKINGS), ("distance", distance, DISTANCES),
-                                    ("pooling", pooling, POOLINGS), ("teacher_selection", teacher_selection, SELECTIONS),
+                                    ("pooling", pooling, POOLINGS),
+                                    ("teacher_selection", teacher_selection, SELECTIONS),
                                     ("student_selection", student_selection, SELECTIONS)):
-            _check_option(key, value, allowed)
+            _check_option(self.method_name, key, value, allowed)
         self.beta = float(beta)
         self.linking, self.pooling = linking, pooling
         self.teacher_candidates = self._choose(context.teacher.afd_candidates, teacher_candidates, teacher_selection,
-                                               context.seed, 1, "teacher_candidates")
+                                               context.seed, 1, f"methods.{self.method_name}.teacher_candidates")
         self.student_candidates = self._choose(context.student.afd_candidates, student_candidates, student_selection,
-                                               context.seed, 2, "student_candidates")
+                                               context.seed, 2, f"methods.{self.method_name}.student_candidates")
         teacher = select(context.teacher_sample.blocks, self.teacher_candidates)
         student = select(context.student_sample.blocks, self.student_candidates)
         self.teacher_names = select(block_names(context.teacher_sample.blocks), self.teacher_candidates)
@@ -307,7 +308,7 @@ class AFD(Method):
     @staticmethod
     def _choose(pool: list[int], count: int, selection: str, seed: int, salt: int, key: str) -> list[int]:
         if not 0 <= count <= len(pool):
-            raise ValueError(f"methods.afd.{key}: {count} candidates asked; this network has {len(pool)} "
+            raise ValueError(f"{key}: {count} candidates asked; this network has {len(pool)} "
                              f"(0 takes all)")
         return select_candidates(list(pool), int(count), selection, seed, salt)
 

@@ -87,7 +87,7 @@ def channel_pool(features: Tensor, pooling: str) -> Tensor:
 
 
 def pooled_and_mean(features: Tensor, pooling: str) -> tuple[Tensor, Tensor]:
-    """``(channel_pool(f, pooling), f.mean((2, 3)))`` in fp32; ``a2`` takes the fused path of :func:`energy_and_mean`."""
+    """``(channel_pool(f, pooling), f.mean((2, 3)))`` in fp32; ``a2`` takes :func:`energy_and_mean`'s fused path."""
     if pooling == "a2":
         return energy_and_mean(features)
     full = features.float()
