@@ -138,10 +138,15 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
 
 
 def test_method_hyper_parameters_are_checked_by_name():
-    assert method_defaults("afd") == {"alpha": 0.9, "gamma": 1.0, "temperature": 4.0, "beta": 200.0, "qk_dim": 128}
+    assert method_defaults("afd") == {"alpha": 0.9, "gamma": 1.0, "temperature": 4.0, "beta": 200.0, "qk_dim": 128,
+                                      "linking": "afd", "distance": "l2", "pooling": "a2", "teacher_candidates": 0,
+                                      "student_candidates": 0, "teacher_selection": "interval",
+                                      "student_selection": "interval"}
     assert method_defaults("vanilla") == {}
     context = _synthetic_context([torch.rand(2, 3, 4, 4)], [torch.rand(2, 3, 4, 4)])
-    with pytest.raises(ValueError, match="methods.afd.delta: .*allowed: alpha, beta, gamma, qk_dim, temperature"):
+    with pytest.raises(ValueError, match="methods.afd.delta: .*allowed: alpha, beta, distance, gamma, linking, pooling, "
+                                         "qk_dim, student_candidates, student_selection, teacher_candidates, "
+                                         "teacher_selection, temperature"):
         build_method("afd", {"delta": 1}, context)
     with pytest.raises(ValueError, match="methods.afd.qk_dim: 'big' is not allowed; expected an integer"):
         build_method("afd", {"qk_dim": "big"}, context)

@@ -25,6 +25,47 @@ follows the code:
 - Appendix B says Xavier initialisation for every AFD parameter; the code
   applies Xavier-normal to the positional encodings only (Linear layers keep
   PyTorch's default init).
+
+The paper's ablations (Tables 4-7 and 9) are hyper-parameters of ``afd``;
+the defaults are the method above. The official code has none of them, so
+where the paper is silent the choice is ours and stated here.
+
+``teacher_candidates`` / ``student_candidates`` (Tables 4, 5, 9): how many
+    candidates to take from the network's candidate pool (``model.afd_candidates``:
+    every block, every second one for ResNet110); 0 takes the whole pool (the
+    official setting). ``teacher_selection`` / ``student_selection`` say how:
+    ``interval`` takes pool positions ``floor((i + 1) M / N) - 1`` for
+    i = 0..N-1 (N of M, equally spaced, ending at the deepest block: 3 of 9 are
+    the three stage outputs); ``random`` draws N distinct positions with a
+    generator seeded by the job's seed, kept in depth order.
+``linking`` (Tables 4 and 9): ``afd`` co-trains the attention of eq. 1-2;
+    ``pretrained`` fixes alpha to the links a link-finding AFD run converged to
+    (the "links" pre-stage); ``ordered`` links teacher candidate t to student
+    candidate ``ceil((t + 1) S / T) - 1``, the one at the same relative depth
+    (t -> t when T = S); ``random`` gives the teacher candidates the ordered
+    assignment's student targets in an order drawn by a seeded permutation (a
+    uniformly random one-to-one assignment when T = S; each student receives as
+    many teachers as in ``ordered``). Fixed links are one-hot rows of alpha.
+``distance`` (Table 6), between the values v_t, v_s: the pooled maps, the
+    student's resized to the teacher's H x W, flattened to HW entries and
+    L2-normalised:
+      ``l2``      mean_hw (v_t - v_s)^2                 (the official code)
+      ``l1``      mean_hw |v_t - v_s|
+      ``cosine``  1 - v_t . v_s   (= 1 - cos(v_t, v_s); for unit vectors this is
+                  HW/2 times ``l2``, so it differs from ``l2`` by weighting the
+                  larger maps more)
+      ``kl``      KL(p_t || p_s) = sum_hw p_t log(p_t / p_s), where p = v / sum_hw v
+                  is the pooled map as a distribution over positions (teacher to
+                  student, like KD); log p_s is taken at max(p_s, 1e-8) so that a
+                  position where every student channel is zero costs a finite amount.
+``pooling`` (Table 7): the channel-wise pooling phi^C of eq. 3, ``a2`` (default),
+    ``a1`` or ``max`` (``methods.maps``); the attention's GAP is unchanged.
+
+Records: ``teacher_candidates`` / ``student_candidates`` (block indices) and
+``teacher_names`` / ``student_names`` (``layer<k>.<j>``) are attributes, and
+``fixed_links`` the (teacher, student) name pairs of ``ordered``/``random``
+links; :meth:`AFD.epoch_summary` returns them every epoch beside the epoch's
+mean attention, so each run's metrics.json holds them.
 """
 from __future__ import annotations
 
@@ -34,10 +75,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Annotated, Any
+
 from ..models import Features
-from ..models.features import as_computed
-from .base import Batch, Context, Method, register_method, select
-from .maps import energy_and_mean, resize_to
+from ..models.features import as_computed, block_names
+from .base import Batch, Choice, Context, Method, Range, register_method, select
+from .maps import POOLINGS, pooled_and_mean, resize_to
+
+LINKINGS = ("afd", "pretrained", "ordered", "random")
+DISTANCES = ("l2", "l1", "kl", "cosine")
+SELECTIONS = ("interval", "random")
+KL_FLOOR = 1e-8  # log p_s is taken at max(p_s, KL_FLOOR)
 
 
 class LinearBN(nn.Module):
@@ -113,16 +161,19 @@ class AFDAttention(nn.Module):
 
 
 class PairDistance(nn.Module):
-    """D[b, t, s] = mean over positions of (v^T_t - v^S_s)^2, for all pairs at once, from energy maps.
+    """D[b, t, s]: the ``distance`` (module docstring) between v^T_t and v^S_s, for all pairs at once.
 
-    Teacher candidates are grouped by resolution; within a group the squared
-    distances come from one batched matrix product,
-    |v_s|^2 + |v_t|^2 - 2 v_t . v_s, instead of a Python loop over t and a
-    B x T x S x HW difference tensor.
+    Teacher candidates are grouped by resolution; within a group the student
+    maps are resized once and the distances of the group come from one batched
+    computation (for ``l2`` the matrix product |v_s|^2 + |v_t|^2 - 2 v_t . v_s,
+    instead of a Python loop over t and a B x T x S x HW difference tensor).
     """
 
-    def __init__(self, teacher_sizes: list[tuple[int, int]]):
+    def __init__(self, teacher_sizes: list[tuple[int, int]], distance: str = "l2"):
         super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"distance {distance!r} is not allowed; allowed: {', '.join(DISTANCES)}")
+        self.kind = distance
         self.sizes = list(dict.fromkeys(teacher_sizes))  # unique, in order of first appearance
         groups = [[t for t, size in enumerate(teacher_sizes) if size == unique] for unique in self.sizes]
         self.groups = groups
@@ -130,101 +181,229 @@ class PairDistance(nn.Module):
         # Concatenating the groups permutes teachers; this index undoes it.
         self.register_buffer("unpermute", torch.tensor([order.index(t) for t in range(len(order))]), persistent=False)
 
-    def forward(self, student_energy: list[Tensor], teacher_energy: list[Tensor]) -> Tensor:
-        """Takes each candidate's energy map (``maps.energy_map``), B x 1 x H x W."""
+    def forward(self, student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
+        """Takes each candidate's channel-pooled map (``maps.channel_pool``), B x 1 x H x W."""
         distances = []
         for size, group in zip(self.sizes, self.groups):
-            v_s = torch.cat([resize_to(e, size).flatten(1).unsqueeze(1) for e in student_energy], dim=1)
+            v_s = torch.cat([resize_to(e, size).flatten(1).unsqueeze(1) for e in student_maps], dim=1)
             v_s = F.normalize(v_s, dim=2)  # B x S x HW
-            v_t = F.normalize(torch.stack([teacher_energy[t].flatten(1) for t in group], dim=1), dim=2)
-            cross = torch.bmm(v_t, v_s.transpose(1, 2))  # B x T_group x S
-            squared = v_t.pow(2).sum(2, keepdim=True) + v_s.pow(2).sum(2).unsqueeze(1) - 2 * cross
-            distances.append(squared.clamp(min=0) / v_s.shape[2])
+            v_t = F.normalize(torch.stack([teacher_maps[t].flatten(1) for t in group], dim=1), dim=2)
+            distances.append(self.pairwise(v_t, v_s))
         return torch.cat(distances, dim=1).index_select(1, self.unpermute)
 
+    def pairwise(self, v_t: Tensor, v_s: Tensor) -> Tensor:
+        """B x T x HW and B x S x HW (L2-normalised) -> B x T x S."""
+        positions = v_s.shape[2]
+        if self.kind == "l2":
+            cross = torch.bmm(v_t, v_s.transpose(1, 2))  # B x T_group x S
+            squared = v_t.pow(2).sum(2, keepdim=True) + v_s.pow(2).sum(2).unsqueeze(1) - 2 * cross
+            return squared.clamp(min=0) / positions
+        if self.kind == "cosine":
+            return 1 - torch.bmm(v_t, v_s.transpose(1, 2))
+        if self.kind == "l1":
+            return torch.cdist(v_t, v_s, p=1) / positions
+        p_t = v_t / v_t.sum(2, keepdim=True).clamp_min(1e-12)
+        p_s = v_s / v_s.sum(2, keepdim=True).clamp_min(1e-12)
+        negative_entropy = torch.xlogy(p_t, p_t).sum(2, keepdim=True)  # 0 log 0 = 0
+        return negative_entropy - torch.bmm(p_t, p_s.clamp_min(KL_FLOOR).log().transpose(1, 2))
 
-def candidate_statistics(features: Features, candidates: list[int]) -> tuple[list[Tensor], list[Tensor]]:
-    """Energy maps and channel means (fp32) of the AFD candidates, read in the precision the network ran in."""
-    pairs = [energy_and_mean(f) for f in select(as_computed(features.blocks), candidates)]
-    return [energy for energy, _ in pairs], [mean for _, mean in pairs]
+
+def candidate_statistics(features: Features, candidates: list[int], pooling: str = "a2"
+                         ) -> tuple[list[Tensor], list[Tensor]]:
+    """Channel-pooled maps and channel means (fp32) of the AFD candidates, read in the precision the network ran in."""
+    pairs = [pooled_and_mean(f, pooling) for f in select(as_computed(features.blocks), candidates)]
+    return [pooled for pooled, _ in pairs], [mean for _, mean in pairs]
 
 
-def _candidate_shapes(context: Context) -> tuple[list[Tensor], list[Tensor]]:
-    teacher = select(context.teacher_sample.blocks, context.teacher.afd_candidates)
-    student = select(context.student_sample.blocks, context.student.afd_candidates)
-    return teacher, student
+def select_candidates(pool: list[int], count: int, selection: str, seed: int, salt: int) -> list[int]:
+    """``count`` entries of ``pool`` (0: all) at equal intervals or at random (module docstring), in pool order."""
+    size = len(pool)
+    if count == 0 or count == size:
+        return list(pool)
+    if selection == "interval":
+        return [pool[(i + 1) * size // count - 1] for i in range(count)]
+    generator = torch.Generator().manual_seed(_stream(seed, salt))
+    return [pool[i] for i in sorted(torch.randperm(size, generator=generator)[:count].tolist())]
+
+
+def ordered_links(n_teacher: int, n_student: int) -> list[int]:
+    """Student position linked to each teacher position: the one at the same relative depth."""
+    return [-(-(t + 1) * n_student // n_teacher) - 1 for t in range(n_teacher)]
+
+
+def random_links(n_teacher: int, n_student: int, seed: int) -> list[int]:
+    """The ordered assignment's student targets, given to the teacher positions in a seeded random order."""
+    targets = ordered_links(n_teacher, n_student)
+    order = torch.randperm(n_teacher, generator=torch.Generator().manual_seed(_stream(seed, 3))).tolist()
+    return [targets[i] for i in order]
+
+
+def _stream(seed: int, salt: int) -> int:
+    """One generator seed per (job seed, purpose): teacher candidates 1, student candidates 2, links 3."""
+    return int(seed) * 1_000_003 + salt
+
+
+def _check_option(method: str, key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"methods.{method}.{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 @register_method("afd")
 class AFD(Method):
     cuda_graphs = True
     label = "AFD"
+    #: hyper-parameters a link-finding run must share with a ``linking: pretrained`` run (its links' shape)
+    link_params = ("teacher_candidates", "student_candidates", "teacher_selection", "student_selection")
 
-    def __init__(self, context: Context, beta: float = 200.0, qk_dim: int = 128, alpha: float = 0.9, **base):
+    def __init__(self, context: Context,
+                 beta: Annotated[float, Range(ge=0)] = 200.0,
+                 qk_dim: Annotated[int, Range(ge=1, integer=True)] = 128,
+                 linking: Annotated[str, Choice(*LINKINGS)] = "afd",
+                 distance: Annotated[str, Choice(*DISTANCES)] = "l2",
+                 pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
+                 teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+                 student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+                 teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+                 student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+                 alpha: float = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
+        for key, value, allowed in (("linking", linking, LINKINGS), ("distance", distance, DISTANCES),
+                                    ("pooling", pooling, POOLINGS),
+                                    ("teacher_selection", teacher_selection, SELECTIONS),
+                                    ("student_selection", student_selection, SELECTIONS)):
+            _check_option(self.method_name, key, value, allowed)
         self.beta = float(beta)
-        teacher, student = _candidate_shapes(context)
-        self.teacher_candidates = list(context.teacher.afd_candidates)
-        self.student_candidates = list(context.student.afd_candidates)
-        self.attention = AFDAttention([f.shape[1] for f in teacher], [f.shape[1] for f in student], qk_dim)
-        self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
+        self.linking, self.pooling = linking, pooling
+        self.teacher_candidates = self._choose(context.teacher.afd_candidates, teacher_candidates, teacher_selection,
+                                               context.seed, 1, f"methods.{self.method_name}.teacher_candidates")
+        self.student_candidates = self._choose(context.student.afd_candidates, student_candidates, student_selection,
+                                               context.seed, 2, f"methods.{self.method_name}.student_candidates")
+        teacher = select(context.teacher_sample.blocks, self.teacher_candidates)
+        student = select(context.student_sample.blocks, self.student_candidates)
+        self.teacher_names = select(block_names(context.teacher_sample.blocks), self.teacher_candidates)
+        self.student_names = select(block_names(context.student_sample.blocks), self.student_candidates)
+        n_teacher, n_student = len(teacher), len(student)
+        self.fixed_links: list[tuple[str, str]] = []
+        if linking == "afd":
+            self.attention = AFDAttention([f.shape[1] for f in teacher], [f.shape[1] for f in student], qk_dim)
+        else:
+            if linking == "pretrained":
+                matrix = self._pretrained(context.artifact, (n_teacher, n_student))
+            else:
+                targets = (ordered_links(n_teacher, n_student) if linking == "ordered"
+                           else random_links(n_teacher, n_student, context.seed))
+                matrix = torch.zeros(n_teacher, n_student)
+                matrix[torch.arange(n_teacher), torch.tensor(targets)] = 1.0
+                self.fixed_links = [(self.teacher_names[t], self.student_names[s]) for t, s in enumerate(targets)]
+            self.register_buffer("fixed_alpha", matrix)
+        self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher], distance)
         # The epoch's attention, summed over samples in place (a replayed CUDA graph keeps writing here).
-        self.register_buffer("attention_sum", torch.zeros(len(teacher), len(student)), persistent=False)
+        self.register_buffer("attention_sum", torch.zeros(n_teacher, n_student), persistent=False)
         self.register_buffer("attention_count", torch.zeros(()), persistent=False)
 
-    def links(self, student: Features, teacher: Features) -> Tensor:
-        """alpha for this batch, B x T x S."""
-        return self.attention(candidate_statistics(student, self.student_candidates)[1],
-                              candidate_statistics(teacher, self.teacher_candidates)[1])
+    @classmethod
+    def pre_stage(cls, params: dict[str, Any]) -> str | None:
+        return "links" if params.get("linking") == "pretrained" else cls.needs_artifact
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        s_energy, s_mean = candidate_statistics(student, self.student_candidates)
-        t_energy, t_mean = candidate_statistics(teacher, self.teacher_candidates)
-        alpha = self.attention(s_mean, t_mean)
-        with torch.no_grad():
-            self.attention_sum.add_(alpha.sum(0))
-            self.attention_count.add_(alpha.shape[0])
-        loss = (self.distance(s_energy, t_energy) * alpha).sum((1, 2)).mean()
-        return {"afd": self.beta * loss}
+    @staticmethod
+    def _choose(pool: list[int], count: int, selection: str, seed: int, salt: int, key: str) -> list[int]:
+        if not 0 <= count <= len(pool):
+            raise ValueError(f"{key}: {count} candidates asked; this network has {len(pool)} "
+                             f"(0 takes all)")
+        return select_candidates(list(pool), int(count), selection, seed, salt)
 
-    def epoch_summary(self) -> dict:
-        if not self.attention_count:
-            return {}
-        mean = (self.attention_sum / self.attention_count).cpu()
-        self.attention_sum.zero_()
-        self.attention_count.zero_()
-        return {"attention": mean}
-
-
-@register_method("afd_pretrained")
-class AFDPretrainedLinks(Method):
-    """The AFD distance with alpha fixed to the links a link-finding AFD run converged to (paper's Table 4)."""
-
-    cuda_graphs = True
-    needs_artifact = "links"
-    label = "AFD (pre-trained links)"
-
-    def __init__(self, context: Context, beta: float = 200.0, alpha: float = 0.9, **base):
-        super().__init__(context, alpha=alpha, **base)
-        self.beta = float(beta)
-        links = context.artifact
+    def _pretrained(self, links: Any, expected: tuple[int, int]) -> Tensor:
         if links is None:
-            raise ValueError("afd_pretrained needs a links file (the output of the links stage)")
-        teacher, student = _candidate_shapes(context)
+            raise ValueError(f"{self.method_name} with pre-trained links needs a links file "
+                             f"(the output of the links stage)")
+        for side in ("teacher", "student"):
+            found, ours = links.get(f"{side}_candidates"), getattr(self, f"{side}_candidates")
+            if found is not None and list(found) != ours:
+                raise ValueError(f"links file for {links.get('teacher')}->{links.get('student')} links {side} "
+                                 f"blocks {list(found)}; this run uses {ours} (the link-finding run must share "
+                                 f"{', '.join(self.link_params)})")
         matrix = torch.tensor(links["alpha"], dtype=torch.float32)  # T x S
-        expected = (len(teacher), len(student))
         if tuple(matrix.shape) != expected:
             raise ValueError(
                 f"links file for {links.get('teacher')}->{links.get('student')} has a {tuple(matrix.shape)} "
                 f"teacher x student matrix; this pair needs {expected}"
             )
-        self.teacher_candidates = list(context.teacher.afd_candidates)
-        self.student_candidates = list(context.student.afd_candidates)
-        self.register_buffer("fixed_alpha", matrix)
-        self.distance = PairDistance([tuple(f.shape[2:]) for f in teacher])
+        return matrix
+
+    def links(self, student: Features, teacher: Features) -> Tensor:
+        """alpha for this batch, B x T x S."""
+        if self.linking != "afd":
+            return self.fixed_alpha.expand(student.logits.shape[0], -1, -1)
+        return self.attention(candidate_statistics(student, self.student_candidates, self.pooling)[1],
+                              candidate_statistics(teacher, self.teacher_candidates, self.pooling)[1])
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        s_energy, _ = candidate_statistics(student, self.student_candidates)
-        t_energy, _ = candidate_statistics(teacher, self.teacher_candidates)
-        loss = (self.distance(s_energy, t_energy) * self.fixed_alpha).sum((1, 2)).mean()
+        s_maps, s_mean = candidate_statistics(student, self.student_candidates, self.pooling)
+        t_maps, t_mean = candidate_statistics(teacher, self.teacher_candidates, self.pooling)
+        distances = self.distance(s_maps, t_maps)
+        if self.linking != "afd":
+            return {"afd": self.beta * (distances * self.fixed_alpha).sum((1, 2)).mean()}
+        alpha = self.attention(s_mean, t_mean)
+        with torch.no_grad():
+            self.attention_sum.add_(alpha.sum(0))
+            self.attention_count.add_(alpha.shape[0])
+        loss = (distances * alpha).sum((1, 2)).mean()
         return {"afd": self.beta * loss}
+
+    def choices(self) -> dict[str, Any]:
+        """The candidates (block indices and names) and fixed links this run uses, for reports."""
+        record = {"teacher_candidates": list(self.teacher_candidates),
+                  "student_candidates": list(self.student_candidates),
+                  "teacher_names": list(self.teacher_names), "student_names": list(self.student_names)}
+        if self.fixed_links:
+            record["links"] = [list(pair) for pair in self.fixed_links]
+        return record
+
+    def epoch_summary(self) -> dict:
+        summary = self.choices()
+        if self.linking == "afd" and self.attention_count:
+            summary["attention"] = (self.attention_sum / self.attention_count).cpu()
+            self.attention_sum.zero_()
+            self.attention_count.zero_()
+        return summary
+
+
+@register_method("afd_pretrained")
+class AFDPretrainedLinks(AFD):
+    """The AFD distance with alpha fixed to the links a link-finding AFD run converged to (paper's Table 4):
+    ``afd`` with ``linking: pretrained``."""
+
+    needs_artifact = "links"
+    label = "AFD (pre-trained links)"
+
+    def __init__(self, context: Context,
+                 beta: Annotated[float, Range(ge=0)] = 200.0,
+                 distance: Annotated[str, Choice(*DISTANCES)] = "l2",
+                 pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
+                 teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+                 student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+                 teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+                 student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+                 alpha: float = 0.9, gamma: float = 1.0, temperature: float = 4.0):
+        super().__init__(context, beta=beta, linking="pretrained", distance=distance, pooling=pooling,
+                         teacher_candidates=teacher_candidates, student_candidates=student_candidates,
+                         teacher_selection=teacher_selection, student_selection=student_selection,
+                         alpha=alpha, gamma=gamma, temperature=temperature)
+
+    @classmethod
+    def pre_stage(cls, params: dict[str, Any]) -> str | None:
+        return "links"
+
+
+def stage_output_links(teacher_names: list[str], student_names: list[str]) -> list[tuple[int, int]]:
+    """The manual links of FitNet/AT-style methods among AFD candidates: (teacher, student) positions.
+
+    The last candidate of each teacher stage (``layer<k>``) is linked to the last
+    candidate of the student's stage ``k``, for the stages both have. What the
+    paper's Figures 3 and 6 draw as "manual" links.
+    """
+    def stage_ends(names: list[str]) -> dict[str, int]:
+        return {name.split(".")[0]: index for index, name in enumerate(names)}  # the last index wins
+
+    teacher, student = stage_ends(teacher_names), stage_ends(student_names)
+    return [(teacher[stage], student[stage]) for stage in teacher if stage in student]

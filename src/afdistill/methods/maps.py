@@ -1,4 +1,12 @@
-"""Spatial maps shared by the attention-style methods (AFD, AT)."""
+"""Spatial maps shared by the attention-style methods (AFD, AT).
+
+Channel-wise poolings of an N x C x H x W map (AFD's phi^C of eq. 3 and its
+Table 7; each is AT's mapping function up to a constant factor):
+
+``a2``  mean_c h_c^2 (the default, what AFD and AT use)
+``a1``  mean_c |h_c|
+``max`` max_c |h_c|
+"""
 from __future__ import annotations
 
 import torch
@@ -62,3 +70,25 @@ def energy_and_mean(features: Tensor) -> tuple[Tensor, Tensor]:
         return _EnergyAndMean.apply(features)
     full = features.float()
     return full.square().mean(1, keepdim=True), full.mean((2, 3))
+
+
+POOLINGS = ("a2", "a1", "max")
+
+
+def channel_pool(features: Tensor, pooling: str) -> Tensor:
+    """The channel-wise pooling ``pooling`` (see the module docstring) of an N x C x H x W map: N x 1 x H x W."""
+    if pooling == "a2":
+        return energy_map(features)
+    if pooling == "a1":
+        return features.abs().mean(1, keepdim=True)
+    if pooling == "max":
+        return features.abs().amax(1, keepdim=True)
+    raise ValueError(f"pooling {pooling!r} is not allowed; allowed: {', '.join(POOLINGS)}")
+
+
+def pooled_and_mean(features: Tensor, pooling: str) -> tuple[Tensor, Tensor]:
+    """``(channel_pool(f, pooling), f.mean((2, 3)))`` in fp32; ``a2`` takes :func:`energy_and_mean`'s fused path."""
+    if pooling == "a2":
+        return energy_and_mean(features)
+    full = features.float()
+    return channel_pool(full, pooling), full.mean((2, 3))

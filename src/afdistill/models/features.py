@@ -21,6 +21,8 @@ without per-model code in the training loop:
 ``pooled``
     The globally pooled penultimate embedding fed to the classifier
     (RepDistiller's ``feat[-1]``); CRD and RKD use it.
+
+:func:`block_names` names the blocks ``layer<k>.<j>`` for reports and figures.
 """
 from __future__ import annotations
 
@@ -74,3 +76,22 @@ class Features:
         cache: dict[int, Tensor] = {}
         return Features(logits=self.logits.float(), blocks=_Fp32View(self.blocks, cache),
                         stages=_Fp32View(self.stages, cache), stem=self.stem.float(), pooled=self.pooled.float())
+
+
+def block_names(blocks: Sequence) -> list[str]:
+    """Names of a network's blocks, ``layer<k>.<j>``, from anything with a ``.shape`` (N x C x H x W).
+
+    ``k`` (from 1) counts the runs of consecutive blocks at one spatial
+    resolution, ``j`` (from 0) is the position within the run. For the CIFAR
+    ResNets and ResNet18/34 these are the modules' own names (``layer2.3`` is
+    ``model.layer2[3]``); for WideResNets ``layer2.3`` is ``block2.layer[3]``;
+    for VGG and MobileNetV2 ``k`` counts resolutions, not the modules' groups.
+    """
+    names, stage, position, previous = [], 0, 0, None
+    for block in blocks:
+        size = tuple(block.shape[-2:])
+        if size != previous:
+            stage, position, previous = stage + 1, 0, size
+        names.append(f"layer{stage}.{position}")
+        position += 1
+    return names
