@@ -120,7 +120,8 @@ class Resolved:
                 "cuda_graphs": self.cuda_graphs, "keep_freed_memory": self.keep_freed_memory}
 
 
-def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanilla") -> Resolved:
+def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanilla",
+                    params: dict[str, Any] | None = None) -> Resolved:
     cuda = device.type == "cuda"
     if runtime.precision == "auto":
         if cuda:
@@ -130,7 +131,7 @@ def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanil
     else:
         bf16 = runtime.precision == "bf16"
     channels_last = True if runtime.channels_last == "auto" else bool(runtime.channels_last)
-    graph_safe = method_class(method).cuda_graphs and not method_class(method).needs_input_grad
+    graph_safe = method_class(method).allows_cuda_graphs(params or {})
     if runtime.cuda_graphs is True and not cuda:
         raise ValueError("runtime.cuda_graphs: true needs a CUDA device; use auto or false on CPU")
     if runtime.cuda_graphs is True and not graph_safe:
@@ -286,7 +287,7 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.device)
-    runtime = resolve_runtime(spec.runtime, device, spec.method)
+    runtime = resolve_runtime(spec.runtime, device, spec.method, spec.method_params)
     if device.type == "cuda":
         set_cuda_determinism(runtime.deterministic)
     if runtime.keep_freed_memory:

@@ -124,7 +124,8 @@ class Plan:
         engine = code.closure(["afdistill.engine"])
 
         def training(kind: str, spec: JobSpec, inputs: dict[str, Job], **wildcards) -> Job:
-            named = [code.defining_module(method_class(spec.method))]
+            methods = method_class(spec.method).methods_used(spec.method_params)
+            named = [code.defining_module(method_class(name)) for name in methods]
             named += [code.defining_module(model_factory(arch)) for arch in (spec.arch, spec.teacher) if arch]
             modules = code.closure(engine + named + (["afdistill.links"] if kind == "links" else []))
             payload = {"checkpoint_sha256": _sha256(spec.checkpoint)} if spec.checkpoint else {}

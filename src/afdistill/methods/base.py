@@ -262,6 +262,16 @@ class Method(nn.Module):
         """The pipeline stage whose output a run with these hyper-parameters reads ("links", "heads"), if any."""
         return cls.needs_artifact
 
+    @classmethod
+    def allows_cuda_graphs(cls, params: dict[str, Any]) -> bool:
+        """Whether a run with these hyper-parameters may step as a replayed CUDA graph."""
+        return cls.cuda_graphs and not cls.needs_input_grad
+
+    @classmethod
+    def methods_used(cls, params: dict[str, Any]) -> list[str]:
+        """The registered methods a run with these hyper-parameters computes with (its code fingerprint's)."""
+        return [cls.method_name]
+
     def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         terms = {"ce": self.gamma * F.cross_entropy(student.logits, batch.labels)}
         if self.alpha:

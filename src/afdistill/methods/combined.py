@@ -143,6 +143,10 @@ class Combined(Method):
         return None if owner is None else method_class(owner[1]).pre_stage(owner[2])
 
     @classmethod
+    def methods_used(cls, params: dict[str, Any]) -> list[str]:
+        return [cls.method_name] + [_part_method(n, e, n)[0] for n, e in (params.get("parts") or {}).items()]
+
+    @classmethod
     def allows_cuda_graphs(cls, params: dict[str, Any]) -> bool:
         """Whether a run with these parts may step as a CUDA graph: every part's step may."""
         classes = [method_class(_part_method(n, e, n)[0]) for n, e in (params.get("parts") or {}).items()]
