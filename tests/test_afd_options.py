@@ -161,7 +161,7 @@ def test_the_method_records_its_candidates_and_fixed_links_by_name():
     assert [pair[1] for pair in drawn.fixed_links] == [drawn.student_names[s] for s in rows]
     with pytest.raises(ValueError, match=r"methods.afd.student_candidates: 12 candidates asked; .* has 9"):
         build_method("afd", {"student_candidates": 12}, context)
-    with pytest.raises(ValueError, match=r"methods.afd.distance: 'l3' is not allowed; allowed: l2, l1, kl, cosine"):
+    with pytest.raises(ValueError, match=r"methods.afd.distance: 'l3' is not allowed; expected one of 'l2', 'l1', 'kl', 'cosine'"):
         build_method("afd", {"distance": "l3"}, context)
 
 
@@ -281,7 +281,7 @@ def test_combinations_that_cannot_be_composed_are_refused_by_name(parts, message
 def test_check_params_names_the_run_and_the_part_and_one_pre_stage_is_forwarded():
     from afdistill.methods.combined import Combined
 
-    with pytest.raises(ValueError, match=r"methods.crd_afd.parts.afd.qk_dim: expected int"):
+    with pytest.raises(ValueError, match=r"methods.crd_afd.parts.afd.qk_dim: 'big' is not allowed; expected an integer >= 1"):
         Combined.check_params({"parts": {"crd": {}, "afd": {"qk_dim": "big"}}}, "methods.crd_afd")
     params = {"parts": {"crd": {}, "afd": {"linking": "pretrained"}}}
     Combined.check_params(params, "methods.crd_afd")

@@ -23,7 +23,7 @@ def grid_with(**changes):
     ({"pairs": [{"teacher": "resnet21", "student": "resnet8"}]}, "pairs[0].teacher: unknown architecture 'resnet21'; allowed: "),
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
     ({"methods": {"x": {"method": "nope"}}}, "methods.x.method: unknown method 'nope'; allowed: "),
-    ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature"),
+    ({"methods": {"kd": {"temprature": 4}}}, "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, gamma, logit_standardization, temperature"),
     ({"methods": {"kd": {"alpha": "high"}}}, "methods.kd.alpha: 'high' is not allowed; expected a number >= 0"),
     ({"train": {"epoch": 3}}, "train.epoch: unknown key; allowed: epochs, batch_size"),
     ({"train": {"lr_decay_epochs": 150}}, "train.lr_decay_epochs: 150 is not allowed; expected a list of an integer >= 1"),

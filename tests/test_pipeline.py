@@ -172,7 +172,7 @@ def test_an_invalid_grid_is_refused_before_any_job_starts(tmp_path):
     project = make_project(tmp_path / "project", grid)
     result = run(["snakemake", "--cores", "1"], cwd=project, check=False)
     assert result.returncode != 0
-    assert "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, gamma, temperature" in (
+    assert "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, gamma, logit_standardization, temperature" in (
         result.stdout + result.stderr)
     assert not (project / "data").exists() and not (project / "mlflow.db").exists()
 

@@ -265,7 +265,7 @@ class AFD(Method):
                  student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
                  teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
                  student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 alpha: float = 0.9, **base):
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
         super().__init__(context, alpha=alpha, **base)
         for key, value, allowed in (("linking", linking, LINKINGS), ("distance", distance, DISTANCES),
                                     ("pooling", pooling, POOLINGS),
@@ -384,7 +384,8 @@ class AFDPretrainedLinks(AFD):
                  student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
                  teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
                  student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 alpha: float = 0.9, gamma: float = 1.0, temperature: float = 4.0):
+                 alpha: Annotated[float, Range(ge=0)] = 0.9, gamma: Annotated[float, Range(ge=0)] = 1.0,
+                 temperature: Annotated[float, Range(gt=0)] = 4.0):
         super().__init__(context, beta=beta, linking="pretrained", distance=distance, pooling=pooling,
                          teacher_candidates=teacher_candidates, student_candidates=student_candidates,
                          teacher_selection=teacher_selection, student_selection=student_selection,

@@ -36,7 +36,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from .base import Context, Method, Range, kd_loss
+from .base import Choice, Context, Method, Range, kd_loss
 
 #: added to the standard deviation, as the official logit-standardisation code does
 STANDARDIZATION_EPS = 1e-7
@@ -84,7 +84,8 @@ class LogitMethod(Method):
 
     cuda_graphs = True
 
-    def __init__(self, context: Context, logit_standardization: bool = False, ctkd: bool = False,
+    def __init__(self, context: Context, logit_standardization: Annotated[bool, Choice(True, False)] = False,
+                 ctkd: Annotated[bool, Choice(True, False)] = False,
                  ctkd_t_start: Annotated[float, Range(gt=0)] = 1.0,
                  ctkd_t_range: Annotated[float, Range(gt=0)] = 20.0,
                  ctkd_lambda_start: Annotated[float, Range(le=0)] = 0.0,
