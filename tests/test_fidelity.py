@@ -51,3 +51,64 @@ def test_l2t_virtual_step_moves_unreached_classifier_by_momentum_and_weight_deca
     assert not torch.equal(seen[0], before)
     assert torch.allclose(seen[0], expected, rtol=0, atol=1e-7)
     assert torch.equal(fc, before)  # rolled back after the meta step
+
+
+# ---------------------------------------------------------------- AFD's WideResNets: bn1 twice per block
+
+
+def _official_afd_wrn_logits(model, x, bn1_calls):
+    """A plain pre-activation WRN forward written as the AFD code's: each block's bn1 runs `bn1_calls` times."""
+    out = model.conv1(x)
+    for group in (model.block1, model.block2, model.block3):
+        for block in group.layer:
+            normalised = [block.bn1(out) for _ in range(bn1_calls)]  # the first is the AFD code's feature
+            activated = F.relu(normalised[-1])
+            residual = block.conv2(F.relu(block.bn2(block.conv1(activated))))
+            out = residual + (out if block.convShortcut is None else block.convShortcut(activated))
+    pooled = F.relu(model.bn1(out)).mean((2, 3))
+    return model.fc(pooled)
+
+
+def _train(model, forward, steps=3):
+    torch.manual_seed(5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(steps):
+        images, labels = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+        optimizer.zero_grad()
+        F.cross_entropy(forward(model, images), labels).backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_wrn_double_bn_update_matches_a_plain_reference_that_calls_bn1_twice(double):
+    torch.manual_seed(0)
+    ours = create_model("wrn_16_1", 10, double_bn_update=double).double()
+    reference = copy.deepcopy(ours)
+    got = _train(ours, lambda m, x: m(x))
+    expected = _train(reference, lambda m, x: _official_afd_wrn_logits(m, x, 2 if double else 1))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.allclose(got[key].double(), expected[key].double(), rtol=1e-9, atol=1e-12), key
+    block_bn = "block2.layer.0.bn1.num_batches_tracked"
+    assert got[block_bn].item() == (6 if double else 3)
+    assert got["bn1.num_batches_tracked"].item() == 3  # the head's BN runs once in the AFD code too
+
+
+def test_wrn_option_keeps_state_dict_keys_and_defaults_to_repdistiller():
+    plain, official = create_model("wrn_16_1", 10), create_model("wrn_16_1", 10, double_bn_update=True)
+    assert plain.state_dict().keys() == official.state_dict().keys()
+    official.load_state_dict(plain.state_dict(), strict=True)
+    assert not plain.block1.layer[0].double_bn_update
+
+
+def test_model_options_lists_defaults_and_create_model_names_unknown_options():
+    from afdistill.models.registry import model_options
+
+    assert model_options("wrn_40_2") == {"double_bn_update": False}
+    assert model_options("resnet20") == {}
+    with pytest.raises(ValueError, match=r"'bn_twice'.*'wrn_40_2'.*allowed: double_bn_update"):
+        create_model("wrn_40_2", 100, bn_twice=True)
+    with pytest.raises(ValueError, match=r"'double_bn_update'.*'resnet20'.*allowed: none"):
+        create_model("resnet20", 100, double_bn_update=True)

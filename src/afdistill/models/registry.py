@@ -1,7 +1,13 @@
-"""Models by name, as timm does it: ``create_model("resnet56", num_classes=100)``."""
+"""Models by name, as timm does it: ``create_model("resnet56", num_classes=100)``.
+
+A factory's keyword parameters after ``num_classes`` are the architecture's options
+(``create_model("wrn_40_2", 100, double_bn_update=True)``); ``model_options`` lists
+them with their defaults so a grid can validate its keys before any job runs.
+"""
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 from torch import nn
 
@@ -24,9 +30,27 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
+def _factory(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise UnknownNameError(f"unknown architecture {name!r}; allowed: {', '.join(list_models())}")
-    model = _MODELS[name](num_classes=num_classes)
+    return _MODELS[name]
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``create_model`` accepts for architecture ``name``, each with its default."""
+    parameters = inspect.signature(_factory(name)).parameters
+    return {key: p.default for key, p in parameters.items() if key != "num_classes"}
+
+
+def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
+    factory = _factory(name)
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UnknownNameError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for architecture {name!r}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none'}"
+        )
+    model = factory(num_classes=num_classes, **options)
     model.arch = name
     return model
