@@ -20,15 +20,6 @@ teacher's (with its sign) standing in for V^S. The transfer gradient of each
 student parameter is clipped to the norm of its classification gradient times
 sigmoid(epochs since distillation began), the poster's schedule.
 
-As the TF1 code's layers ran (``tf.contrib.layers`` defaults, current
-``nets/Relation.py``): every fully connected layer carries a bias
-(``fully_connected``'s default zero-initialised biases; the poster draws none),
-and every batch normalisation learns only its offset, with epsilon 1e-3
-(``batch_norm``'s defaults ``center=True, scale=False, epsilon=0.001``).
-The current file is followed over the first upload (9ad70a1/40a7561), which
-subtracted the teacher graph's row mean from both graphs before tanh; which
-version produced the poster's numbers cannot be told from the repository.
-
 Where we had to choose: the sign of the teacher's singular vector, which the
 reference leaves to LAPACK, is fixed so that its largest entry is positive;
 the SVD backward keeps the reference's (KD-SVD) formula, twice the analytic
@@ -97,13 +88,6 @@ def aligned_student_vector(features: Tensor, teacher: Tensor, k: int = 4) -> Ten
     return candidates.gather(2, best.unsqueeze(1).expand(-1, candidates.shape[1], 1)).squeeze(2) * sign
 
 
-def _offset_batch_norm(features: int) -> nn.BatchNorm1d:
-    """tf.contrib.layers.batch_norm's defaults: learned offset, no scale (kept at 1, frozen), epsilon 1e-3."""
-    bn = nn.BatchNorm1d(features, eps=1e-3)
-    bn.weight.requires_grad_(False)
-    return bn
-
-
 def _linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
     layer = nn.Linear(in_features, out_features, bias=bias)
     nn.init.kaiming_normal_(layer.weight, mode="fan_out")  # the reference's variance scaling (FAN_OUT)
@@ -118,8 +102,8 @@ class AttentionHead(nn.Module):
     def __init__(self, back_dim: int, front_dim: int, hidden: int, heads: int):
         super().__init__()
         self.hidden, self.heads = hidden, heads
-        self.sender = nn.Sequential(_linear(back_dim, hidden * heads, bias=True), _offset_batch_norm(hidden * heads))
-        self.receiver = nn.Sequential(_linear(front_dim, hidden * heads, bias=True), _offset_batch_norm(hidden * heads))
+        self.sender = nn.Sequential(_linear(back_dim, hidden * heads, bias=False), nn.BatchNorm1d(hidden * heads))
+        self.receiver = nn.Sequential(_linear(front_dim, hidden * heads, bias=False), nn.BatchNorm1d(hidden * heads))
 
     def forward(self, back: Tensor, front: Tensor) -> Tensor:
         batch = back.shape[0]
@@ -135,7 +119,7 @@ class Estimator(nn.Module):
         super().__init__()
         middle = (front_dim + back_dim) // 2
         self.heads = heads
-        self.embed = nn.Sequential(_linear(front_dim, middle, bias=True), _offset_batch_norm(middle), nn.ReLU())
+        self.embed = nn.Sequential(_linear(front_dim, middle, bias=False), nn.BatchNorm1d(middle), nn.ReLU())
         self.out = _linear(middle * heads, back_dim, bias=True)
 
     def forward(self, front: Tensor, graphs: Tensor, generator: torch.Generator | None) -> Tensor:
