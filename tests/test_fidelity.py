@@ -112,3 +112,70 @@ def test_model_options_lists_defaults_and_create_model_names_unknown_options():
         create_model("wrn_40_2", 100, bn_twice=True)
     with pytest.raises(ValueError, match=r"'double_bn_update'.*'resnet20'.*allowed: none"):
         create_model("resnet20", 100, double_bn_update=True)
+
+
+# ---------------------------------------------------------------- MHGD against the TF code's formulas, in NumPy
+
+
+def test_mhgd_loss_matches_a_numpy_computation_of_the_tf_formulas():
+    """nets/Relation.py MHGD under ResNet_arg_scope: bias-free FC, BN (scale, offset, eps 1e-5) with moving
+    statistics in the reused heads, tanh, then sum KL(softmax(G_S) || softmax(G_T)) over heads, rows, columns."""
+    import numpy as np
+
+    torch.manual_seed(2)
+    t, s = create_model("resnet8", 10).eval(), create_model("resnet8", 10)
+    t.requires_grad_(False)
+    images, labels = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    pretrain_context = Context(t, None, dry_run(t, images[:2]), None, 10, torch.arange(40) % 10, 6, seed=0)
+    pretrain = build_method("mhan", {"num_heads": 2}, pretrain_context)
+    for module in pretrain.modules():  # non-trivial BN parameters and moving statistics
+        if isinstance(module, torch.nn.BatchNorm1d):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.3, 0.3)
+                module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
+    context = Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), 10, torch.arange(40) % 10, 6, seed=0,
+                      artifact=pretrain.state_dict())
+    method = build_method("mhgd", {"num_heads": 2, "beta": 1.0}, context)
+    method.train()
+    with torch.no_grad():
+        fs, ft = s(images, with_features=True), t(images, with_features=True)
+        got = method(fs, ft, Batch(images, labels, torch.arange(6)))["mhgd"].item()
+
+    def svd_v(feature, n):  # SVD_eid: B x HW x D matrices, right singular vectors, l2-normalised columns
+        x = feature.double().numpy().reshape(feature.shape[0], feature.shape[1], -1).transpose(0, 2, 1)
+        v = np.linalg.svd(x, full_matrices=False)[2].transpose(0, 2, 1)[:, :, :n]
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def fc_bn(x, seq):  # fully_connected (no bias) then batch_norm with moving statistics
+        w, bn = seq[0].weight.double().numpy(), seq[1]
+        y = x @ w.T
+        return ((y - bn.running_mean.double().numpy()) / np.sqrt(bn.running_var.double().numpy() + 1e-5)
+                * bn.weight.double().numpy() + bn.bias.double().numpy())
+
+    def attention(head, k, q, heads):  # Attention_head: [B, D*h] -> [h, B, B]
+        b = k.shape[0]
+        sender = fc_bn(k, head.sender).reshape(b, -1, heads).transpose(2, 0, 1)
+        receiver = fc_bn(q, head.receiver).reshape(b, -1, heads).transpose(2, 1, 0)
+        return np.tanh(sender @ receiver)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    v_t_all, v_s_all = [], []
+    for f_t, f_s in zip(ft.stages, fs.stages):
+        v_t = svd_v(f_t, 1)  # B x D x 1; sign: this project's choice (largest entry positive), TF left it to LAPACK
+        largest = np.take_along_axis(v_t[:, :, 0], np.abs(v_t[:, :, 0]).argmax(1)[:, None], 1)
+        v_t = v_t * np.sign(largest)[:, :, None]
+        v_s = svd_v(f_s, 4)  # Align_rsv: the candidate of largest |cosine|, times the cosine's sign
+        cosine = np.transpose(v_s, (0, 2, 1)) @ v_t  # B x 4 x 1
+        mask = np.where(np.abs(cosine).max(1, keepdims=True) == np.abs(cosine), np.sign(cosine), 0.0)
+        v_t_all.append(v_t[:, :, 0])
+        v_s_all.append((v_s @ mask)[:, :, 0])
+    expected = 0.0
+    for i in range(1, len(v_t_all)):
+        head = method.network.attention[i - 1]
+        g_t = attention(head, v_t_all[i], v_t_all[i - 1], 2)
+        g_s = attention(head, v_s_all[i], v_s_all[i - 1], 2)
+        expected += (np.exp(log_softmax(g_s)) * (log_softmax(g_s) - log_softmax(g_t))).sum()
+    assert got == pytest.approx(expected, rel=1e-4)
