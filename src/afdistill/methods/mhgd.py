@@ -30,10 +30,13 @@ variance-scaling weights, ``batch_norm`` learns scale and offset with epsilon
 (``fc1``) sets a zero-initialised bias. Hence the bias-free sender, receiver and
 embedding layers and ``nn.BatchNorm1d``'s defaults here. (TF's initializer draws a
 truncated normal with a 1.3-corrected standard deviation; we draw a plain normal.)
-The current file (5f066d3, 2019-08-09) is followed over the first upload
-(9ad70a1), which subtracted the teacher graph's row mean from both graphs
-before tanh and took the student's top singular vector only; the repository
-cannot tell which version produced the poster's numbers.
+The current file (5f066d3, 2019-08-09) is followed over the earlier versions:
+from the first upload (40a7561, 2019-07-16) until 5f066d3, both graphs had the
+teacher graph's row mean subtracted before tanh and the student used its top
+singular vector only; in 5654178 and b8f56a0 (2019-07-16) ``drop_head`` also
+returned ``2G - stop_gradient(G)`` (same value, doubled gradient into the MHAN
+during pretraining), removed in d28ddc2 (2019-07-24). The repository cannot
+tell which version produced the poster's numbers.
 
 Where we had to choose: the sign of the teacher's singular vector, which the
 reference leaves to LAPACK, is fixed so that its largest entry is positive;
