@@ -21,8 +21,9 @@ instead of dropping it, so in a virtual step a parameter the objective does not
 reach (the classifier in the matching-only steps, the regressors in the
 cross-entropy step) still moved by momentum and weight decay. Since PyTorch 2.0
 ``zero_grad`` sets gradients to ``None`` and SGD then skips those parameters,
-which changes the trajectory the meta-gradient is taken through (measured on
-resnet56 -> resnet20 at initialisation: see ``benchmarks/fidelity.py``). The
+which changes the trajectory the meta-gradient is taken through (resnet20 ->
+resnet8 at initialisation: relative difference 0.29, cosine 0.958;
+``benchmarks/fidelity.py``). The
 reverse pass below is the derivative of the in-place trajectory: its adjoint
 recursion applies momentum and weight decay to every parameter.
 
