@@ -36,6 +36,10 @@ def grid_with(**changes):
     ({"teachers": {"checkpoints": {"resnet56": "README.md"}}},
      "teachers.checkpoints.resnet56: resnet56 is not a teacher of any pair; teachers: resnet20"),
     ({"device": "tpu"}, "device: 'tpu' is not allowed; allowed: auto, cpu, cuda"),
+    ({"architectures": {"wrn_16_2": {"double_bn": True}}},
+     "architectures.wrn_16_2.double_bn: unknown option; allowed: double_bn_update"),
+    ({"architectures": {"resnet8": {"double_bn_update": True}}},
+     "architectures.resnet8.double_bn_update: unknown option; allowed: none (resnet8 takes no options)"),
     ({"runtime": {"deterministic": "yes"}}, "runtime.deterministic: 'yes' is not allowed; expected true or false"),
     ({"runtime": {"compile": True}}, "runtime.compile: True is not allowed; allowed: "),
     ({"seeds": [0, 0]}, "seeds: [0, 0] repeats a seed"),
@@ -112,3 +116,11 @@ def test_every_params_grid_passes_its_own_schema():
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     for path in sorted((ROOT / "params").glob("*.yaml")):
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+def test_architecture_options_reach_the_specs_of_the_networks_trained_with_them():
+    config = yaml.safe_load((ROOT / "params" / "cifar100.yaml").read_text())
+    grid = Grid(config)
+    assert grid.teacher_spec("wrn_40_2").model_options == {"double_bn_update": True}
+    assert grid.student_spec("wrn_40_2", "wrn_16_2", "kd", 0).model_options == {"double_bn_update": True}
+    assert grid.student_spec("resnet56", "resnet20", "kd", 0).model_options == {}

@@ -257,8 +257,11 @@ def test_l2t_meta_gradient_matches_finite_differences_and_rolls_the_student_back
             s.load_state_dict(start[0])
             method.matching.regressors.load_state_dict(start[1])
             optimizer.load_state_dict(copy.deepcopy(start[2]))  # loading keeps the buffers, which steps then change
+            for group in optimizer.param_groups:  # after a real step every parameter holds a gradient tensor
+                for p in group["params"]:
+                    p.grad = torch.zeros_like(p)
             for objective in ("match", "match", "ce"):
-                optimizer.zero_grad()
+                optimizer.zero_grad(set_to_none=False)  # PyTorch 1.x's in-place zeroing, as L2T-ww's virtual steps
                 if objective == "match":
                     loss = method.beta * method.matching(s(images, with_features=True).stages, ft.stages)
                 else:

@@ -139,9 +139,12 @@ def cmd_check(args) -> None:
 def cmd_list(args) -> None:
     from .data import DATASETS
     from .methods import describe_method, list_methods
-    from .models import list_models
+    from .models import list_models, model_options
 
     _print("architectures: " + ", ".join(list_models()))
+    for arch in list_models():
+        if model_options(arch):
+            _print(f"  {arch} options: " + ", ".join(f"{k}={v!r}" for k, v in model_options(arch).items()))
     _print("datasets: " + ", ".join(sorted(DATASETS)))
     _print("methods (hyper-parameter, default, allowed values):")
     for name in list_methods():

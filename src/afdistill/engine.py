@@ -88,14 +88,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_network(path: str | Path, arch: str, num_classes: int, device: torch.device) -> nn.Module:
-    """Load a checkpoint with ``strict=True``: ours, RepDistiller's ``{'model': ...}`` or a bare state dict."""
+def load_network(path: str | Path, arch: str, num_classes: int, device: torch.device,
+                 options: dict[str, Any] | None = None) -> nn.Module:
+    """Load a checkpoint with ``strict=True``: ours, RepDistiller's ``{'model': ...}`` or a bare state dict.
+    ``options`` (``create_model``'s) change how the network trains, never its parameters' names."""
     from .files import load_torch
 
     state = load_torch(path, f"the {arch} weights", "cpu")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    model = create_model(arch, num_classes)
+    model = create_model(arch, num_classes, **(options or {}))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -250,8 +252,8 @@ def build_networks(spec: JobSpec, data: DeviceData, device: torch.device,
                    teacher_checkpoint: str | Path | None) -> Networks:
     student = None
     if spec.arch is not None:
-        student = (load_network(spec.checkpoint, spec.arch, data.num_classes, device) if spec.checkpoint
-                   else create_model(spec.arch, data.num_classes).to(device))
+        student = (load_network(spec.checkpoint, spec.arch, data.num_classes, device, spec.model_options)
+                   if spec.checkpoint else create_model(spec.arch, data.num_classes, **spec.model_options).to(device))
     teacher = None
     if spec.teacher is not None:
         teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, data.num_classes, device).eval()

@@ -59,6 +59,9 @@ SCHEMA: dict[str, Any] = {
         "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
         "runtime": _section(Runtime),
         "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
+        "architectures": {"type": "object", "additionalProperties": {"type": "object"},
+                          "description": "architecture -> options of the networks trained with it "
+                                         "(`afdistill list` shows each architecture's)"},
         "seeds": {"type": "array", "minItems": 1, "items": SEED, "description": "one student job per seed"},
         "train": SCHEDULE,
         "teachers": {"type": "object", "additionalProperties": False, "properties": {
@@ -227,6 +230,7 @@ class Grid:
             raise GridError(f"seeds: {self.seeds!r} repeats a seed")
 
         self.schedule = _schedule(Schedule(), config.get("train"), "train")
+        self.architectures = self._parse_architectures(config.get("architectures"))
 
         teachers = self._section(config, "teachers")
         self.teacher_seed = teachers.get("seed", 0)
@@ -295,6 +299,24 @@ class Grid:
             check_method_fit(method, params, where, **shapes)
         except ValueError as error:
             raise GridError(str(error)) from None
+
+    def _parse_architectures(self, architectures: Any) -> dict[str, dict]:
+        from .models.registry import model_options
+
+        architectures = architectures or {}
+        if not isinstance(architectures, dict):
+            raise GridError(f"architectures: expected a mapping of architecture -> options, got {architectures!r}")
+        for arch, options in architectures.items():
+            self._check_arch(arch, f"architectures.{arch}")
+            allowed = model_options(arch)
+            for key, value in (options or {}).items():
+                if key not in allowed:
+                    raise GridError(f"architectures.{arch}.{key}: unknown option; allowed: "
+                                    f"{_allowed(allowed) if allowed else f'none ({arch} takes no options)'}")
+                if type(value) is not type(allowed[key]):
+                    raise GridError(f"architectures.{arch}.{key}: {value!r} is not allowed; expected "
+                                    f"{type(allowed[key]).__name__} like the default {allowed[key]!r}")
+        return {arch: dict(options or {}) for arch, options in architectures.items()}
 
     def _section(self, config: dict, key: str) -> dict:
         """A mapping section of the grid, its keys and scalar values checked against :data:`SCHEMA`."""
@@ -450,7 +472,7 @@ class Grid:
         schedule = replace(self.teacher_schedule, epochs=0) if checkpoint else self.teacher_schedule
         return JobSpec(kind="teacher", grid=self.name, dataset=self.dataset, arch=arch, method="vanilla",
                        run="teacher", seed=self.teacher_seed, schedule=schedule, device=self.device,
-                       checkpoint=checkpoint, runtime=self.runtime)
+                       checkpoint=checkpoint, runtime=self.runtime, model_options=self.architectures.get(arch, {}))
 
     def student_spec(self, teacher: str, student: str, run: str, seed: int) -> JobSpec:
         if run not in self.runs:
@@ -471,7 +493,8 @@ class Grid:
         params = {**spec.params, **overrides}
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
-                       teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime)
+                       teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
+                       model_options=self.architectures.get(student, {}))
 
     def heads_spec(self, teacher: str, run: str) -> JobSpec:
         if (teacher, run) not in self.heads_jobs():
@@ -487,4 +510,4 @@ class Grid:
         params = {**self.links_params, **(pair.overrides.get("links") or {})}
         return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
                        seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
-                       device=self.device, runtime=self.runtime)
+                       device=self.device, runtime=self.runtime, model_options=self.architectures.get(student, {}))

@@ -119,6 +119,7 @@ class JobSpec:
     teacher: str | None = None  # the frozen network's architecture
     device: str = "auto"  # auto | cpu | cuda
     checkpoint: str | None = None  # weights the trained network starts from
+    model_options: dict[str, Any] = field(default_factory=dict)  # create_model options of the trained network
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

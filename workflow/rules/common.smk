@@ -23,8 +23,10 @@ with open(GRID_FILE) as _handle:
 # `--config key=value` overrides a grid key (the SLURM profile sets device=cuda); jobs get the same overrides.
 OVERRIDES = dict(workflow.config_settings.config)
 _grid_config.update(OVERRIDES)
-validate(_grid_config, "../schemas/config.schema.yaml")
+# The grid's own check first: its messages name the key and what is allowed. Snakemake's schema check
+# then confirms the same structure (the schema is generated from the grid's declarations).
 GRID = Grid(_grid_config, source=GRID_FILE)
+validate(_grid_config, "../schemas/config.schema.yaml")
 PLAN = Plan(GRID)
 config["grid"] = GRID.name  # for the HTML report's caption
 GRID_ARGS = f"--grid {GRID_FILE}" + "".join(

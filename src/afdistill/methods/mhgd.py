@@ -20,6 +20,24 @@ teacher's (with its sign) standing in for V^S. The transfer gradient of each
 student parameter is clipped to the norm of its classification gradient times
 sigmoid(epochs since distillation began), the poster's schedule.
 
+Layer settings as the TF1 code ran them (checked against ``nets/Relation.py``
+and the scopes around it): the MHGD graph is built inside
+``nets_factory.get_network_fn``'s ``ResNet_arg_scope``, which overrides the
+``tf.contrib.layers`` defaults for every layer that does not set them itself:
+``fully_connected`` gets no bias (``biases_initializer=None``) and FAN_OUT
+variance-scaling weights, ``batch_norm`` learns scale and offset with epsilon
+1e-5 and decay 0.9 (PyTorch momentum 0.1). Only the estimator's output layer
+(``fc1``) sets a zero-initialised bias. Hence the bias-free sender, receiver and
+embedding layers and ``nn.BatchNorm1d``'s defaults here. (TF's initializer draws a
+truncated normal with a 1.3-corrected standard deviation; we draw a plain normal.)
+The current file (5f066d3, 2019-08-09) is followed over the earlier versions:
+from the first upload (40a7561, 2019-07-16) until 5f066d3, both graphs had the
+teacher graph's row mean subtracted before tanh and the student used its top
+singular vector only; in 5654178 and b8f56a0 (2019-07-16) ``drop_head`` also
+returned ``2G - stop_gradient(G)`` (same value, doubled gradient into the MHAN
+during pretraining), removed in d28ddc2 (2019-07-24). The repository cannot
+tell which version produced the poster's numbers.
+
 Where we had to choose: the sign of the teacher's singular vector, which the
 reference leaves to LAPACK, is fixed so that its largest entry is positive;
 the SVD backward keeps the reference's (KD-SVD) formula, twice the analytic

@@ -1,7 +1,13 @@
-"""Models by name, as timm does it: ``create_model("resnet56", num_classes=100)``."""
+"""Models by name, as timm does it: ``create_model("resnet56", num_classes=100)``.
+
+A factory's keyword parameters after ``num_classes`` are the architecture's options
+(``create_model("wrn_40_2", 100, double_bn_update=True)``); ``model_options`` lists
+them with their defaults so a grid can validate its keys before any job runs.
+"""
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 from torch import nn
 
@@ -30,9 +36,21 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
-    if name not in _MODELS:
-        raise UnknownNameError(f"unknown architecture {name!r}; allowed: {', '.join(list_models())}")
-    model = _MODELS[name](num_classes=num_classes)
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``create_model`` accepts for architecture ``name``, each with its default."""
+    parameters = inspect.signature(model_factory(name)).parameters
+    return {key: p.default for key, p in parameters.items() if key != "num_classes"}
+
+
+def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
+    factory = model_factory(name)
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UnknownNameError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for architecture {name!r}; "
+            f"allowed: {', '.join(allowed) if allowed else 'none'}"
+        )
+    model = factory(num_classes=num_classes, **options)
     model.arch = name
     return model

@@ -5,15 +5,24 @@ Parameter names follow HobbitLong/RepDistiller's ``models/wrn.py``
 
 AFD's per-block candidates are each block's output after the BN+ReLU that the
 *next* block (or the head) applies; we take them from inside that next block
-instead of recomputing them. The official AFD code calls ``bn1`` a second time
-to build its feature list, which in training mode also updates that BN's
-running statistics twice per step; we call it once (same features and
-gradients; only the running-average momentum of those BNs differs).
+instead of recomputing them. The official AFD code (clovaai/attention-feature-
+distillation, ``models/wrn.py``, which produced the paper's Table 1 WRN rows)
+calls every block's ``bn1`` twice, once for its feature list and once for the
+residual path, so in training those BNs update their running statistics twice
+per step. By default we call it once, as RepDistiller does (same features and
+gradients; only the running statistics of those BNs differ), so RepDistiller's
+checkpoints load and behave as published. ``double_bn_update=True`` (an option of
+every WRN factory) reproduces the official AFD behaviour: the extra call only
+updates the running statistics (in training its output equals the first's, and
+the gradient through two identical batch-statistics BNs equals that through
+one), and ``num_batches_tracked`` counts both. Parameter and buffer names are
+the same either way.
 """
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,8 +33,10 @@ from .registry import register_model
 class WideBlock(nn.Module):
     """bn-relu-conv-bn-relu-conv with identity or 1x1-projection shortcut."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0):
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0,
+                 double_bn_update: bool = False):
         super().__init__()
+        self.double_bn_update = double_bn_update
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
@@ -40,6 +51,9 @@ class WideBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (block output, the activated input this block saw)."""
+        if self.double_bn_update and self.training:
+            with torch.no_grad():  # the official AFD code's feature-list call: one more running-statistics update
+                self.bn1(x)
         activated = F.relu(self.bn1(x))
         out = F.relu(self.bn2(self.conv1(activated)))
         if self.drop_rate > 0:
@@ -51,26 +65,29 @@ class WideBlock(nn.Module):
 
 
 class WideGroup(nn.Module):
-    def __init__(self, count: int, in_planes: int, out_planes: int, stride: int, drop_rate: float):
+    def __init__(self, count: int, in_planes: int, out_planes: int, stride: int, drop_rate: float,
+                 double_bn_update: bool = False):
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+                WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate,
+                          double_bn_update)
                 for i in range(count)
             ]
         )
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0):
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0,
+                 double_bn_update: bool = False):
         super().__init__()
         assert (depth - 4) % 6 == 0, "WRN depth must be 6n+4"
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.block1 = WideGroup(n, channels[0], channels[1], 1, drop_rate)
-        self.block2 = WideGroup(n, channels[1], channels[2], 2, drop_rate)
-        self.block3 = WideGroup(n, channels[2], channels[3], 2, drop_rate)
+        self.block1 = WideGroup(n, channels[0], channels[1], 1, drop_rate, double_bn_update)
+        self.block2 = WideGroup(n, channels[1], channels[2], 2, drop_rate, double_bn_update)
+        self.block3 = WideGroup(n, channels[2], channels[3], 2, drop_rate, double_bn_update)
         self.bn1 = nn.BatchNorm2d(channels[3])
         self.fc = nn.Linear(channels[3], num_classes)
         self.afd_candidates = list(range(3 * n))
@@ -106,37 +123,37 @@ class WideResNet(nn.Module):
 
 
 @register_model
-def wrn_16_1(num_classes: int) -> WideResNet:
-    return WideResNet(16, 1, num_classes)
+def wrn_16_1(num_classes: int, double_bn_update: bool = False) -> WideResNet:
+    return WideResNet(16, 1, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_16_2(num_classes: int) -> WideResNet:
-    return WideResNet(16, 2, num_classes)
+def wrn_16_2(num_classes: int, double_bn_update: bool = False) -> WideResNet:
+    return WideResNet(16, 2, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_28_2(num_classes: int) -> WideResNet:
-    return WideResNet(28, 2, num_classes)
+def wrn_28_2(num_classes: int, double_bn_update: bool = False) -> WideResNet:
+    return WideResNet(28, 2, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_10_4(num_classes: int) -> WideResNet:
+def wrn_10_4(num_classes: int, double_bn_update: bool = False) -> WideResNet:
     """MHGD's student (WRN-10-4)."""
-    return WideResNet(10, 4, num_classes)
+    return WideResNet(10, 4, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_22_4(num_classes: int) -> WideResNet:
+def wrn_22_4(num_classes: int, double_bn_update: bool = False) -> WideResNet:
     """MHGD's teacher (WRN-22-4)."""
-    return WideResNet(22, 4, num_classes)
+    return WideResNet(22, 4, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_40_1(num_classes: int) -> WideResNet:
-    return WideResNet(40, 1, num_classes)
+def wrn_40_1(num_classes: int, double_bn_update: bool = False) -> WideResNet:
+    return WideResNet(40, 1, num_classes, double_bn_update=double_bn_update)
 
 
 @register_model
-def wrn_40_2(num_classes: int) -> WideResNet:
-    return WideResNet(40, 2, num_classes)
+def wrn_40_2(num_classes: int, double_bn_update: bool = False) -> WideResNet:
+    return WideResNet(40, 2, num_classes, double_bn_update=double_bn_update)
