@@ -10,6 +10,9 @@ chosen moments, then restarts, until the grid completes:
   before-checkpoint  as soon as a job's log shows it started, before any checkpoint
   around-completion  as soon as a new fingerprint marker appears
 
+After a kill, Snakemake refuses to start until its directory lock is removed
+(`snakemake --unlock`, as its message says); the script does that.
+
 At the end it checks: every job finished (its marker is there); every job's
 final metrics and per-epoch history equal the uninterrupted run's; MLflow
 holds exactly one FINISHED run per job and none left RUNNING; no epoch was
@@ -39,7 +42,7 @@ GRID = {
     "grid": "faults", "dataset": "digits", "device": "cpu", "seeds": [0],
     "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "lr_decay_epochs": [3]},
     "teachers": {"seed": 0, "train": {"epochs": 3}},
-    "links": {"seed": 0, "train": {"epochs": 2}},
+    "links": {"seed": 0, "train": {"epochs": 2, "lr_decay_epochs": []}},
     "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
     "methods": {"vanilla": {}, "kd": {}, "crd": {"nce_k": 16}, "afd": {"qk_dim": 16}, "afd_pretrained": {}},
 }
@@ -159,7 +162,10 @@ def main() -> None:
         if code == 0:
             break
         rounds += 1
-        print(f"round {rounds}: snakemake exited {code}; rerunning")
+        # A killed Snakemake leaves its directory lock behind; it says to run --unlock, as a person would.
+        subprocess.run(["snakemake", "--unlock", "--configfile", "params/faults.yaml"], cwd=faulty,
+                       env=environment(faulty), capture_output=True)
+        print(f"round {rounds}: snakemake exited {code} (the killed run's lock); unlocked and rerunning")
         if rounds > args.rounds + 5:
             raise SystemExit(f"the grid did not complete after {rounds} rounds; see {faulty}/logs")
 
