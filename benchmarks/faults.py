@@ -146,16 +146,17 @@ def main() -> None:
     print(f"reference run: {time.monotonic() - started:.0f} s, {len(markers(reference))} jobs")
 
     kills = {mode: 0 for mode in MODES}
-    rounds = 0
+    rounds = killed = 0
     while True:
         process = snakemake(faulty, args.threads)
-        if rounds < args.rounds:
-            mode = MODES[rounds % len(MODES)] if rounds < len(MODES) else rng.choice(MODES)
+        if killed < args.rounds:
+            mode = MODES[killed % len(MODES)] if killed < len(MODES) else rng.choice(MODES)
             if wait_for(faulty, mode, process, rng, budget=60):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 kills[mode] += 1
                 rounds += 1
+                killed += 1
                 print(f"round {rounds}: SIGKILL {mode}, {len(markers(faulty))} jobs done so far")
                 continue
         code = process.wait()
@@ -166,7 +167,7 @@ def main() -> None:
         subprocess.run(["snakemake", "--unlock", "--configfile", "params/faults.yaml"], cwd=faulty,
                        env=environment(faulty), capture_output=True)
         print(f"round {rounds}: snakemake exited {code} (the killed run's lock); unlocked and rerunning")
-        if rounds > args.rounds + 5:
+        if rounds > 2 * args.rounds + 5:
             raise SystemExit(f"the grid did not complete after {rounds} rounds; see {faulty}/logs")
 
     expected, got = results(reference), results(faulty)

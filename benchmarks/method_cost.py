@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ["vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd", "afd", "afd_pretrained"]
+METHODS = ["vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd", "afd", "afd_pretrained",
+           "dkd", "dist", "mlkd", "reviewkd"]
 
 
 def main() -> None:
@@ -57,7 +58,7 @@ def main() -> None:
         torch.save({"model": teacher.state_dict()}, checkpoint)
         sample = torch.randn(2, 3, 32, 32) if args.data is None else DeviceData(data).normalize(
             DeviceData(data).train.images[:2])
-        context = Context(teacher, None, dry_run(teacher, sample), None, classes, torch.zeros(4, dtype=torch.long), 2)
+        context = Context(None, teacher, None, dry_run(teacher, sample), classes, torch.zeros(4, dtype=torch.long), 2)
         heads = build_method("mhan", {}, context).state_dict()
         t_count, s_count = len(teacher.afd_candidates), len(student.afd_candidates)
         links = {"teacher": args.teacher, "student": args.student, "alpha": [[1 / s_count] * s_count] * t_count}

@@ -51,7 +51,7 @@ def test_method_cost_times_every_method_against_kd(tmp_path):
                      "--steps", "2", cwd=tmp_path)
     rows = dict(re.findall(r"^\s+(\w+)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)x$", text, re.MULTILINE))
     assert set(rows) == {"vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd", "afd",
-                         "afd_pretrained"}, text
+                         "afd_pretrained", "dkd", "dist", "mlkd", "reviewkd"}, text
     assert float(rows["kd"]) == 1.0
 
 

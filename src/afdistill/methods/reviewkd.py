@@ -65,15 +65,21 @@ class AttentionFusion(nn.Module):
         return self.project(x), x
 
 
+def _mse(student: Tensor, teacher: Tensor) -> Tensor:
+    # Written as a difference, not F.mse_loss: the teacher's features come from inference mode, and
+    # mse_loss would save them for its backward pass, which inference tensors refuse.
+    return (student - teacher).pow(2).mean()
+
+
 def hierarchical_context_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
     total = student[0].new_zeros(())
     for s, t in zip(student, teacher):
-        loss, weight, weights = F.mse_loss(s, t), 1.0, 1.0
+        loss, weight, weights = _mse(s, t), 1.0, 1.0
         for size in HCL_POOL_SIZES:
             if size >= s.shape[-2]:
                 continue
             weight /= 2.0
-            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
+            loss = loss + weight * _mse(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
             weights += weight
         total = total + loss / weights
     return total
