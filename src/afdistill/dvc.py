@@ -4,7 +4,8 @@ One stage per job kind (data, teachers, links, heads, students, report), each
 running that kind's Snakemake target on the grid. A stage's dependencies are
 derived, never listed by hand: the outputs of the stages its jobs read, the
 source files of every module its jobs' computation imports
-(``afdistill.code``), and the grid keys its jobs read. Which of a stage's jobs
+(``afdistill.code``) and of the modules that plan them (``grid.py``,
+``jobs.py``), and the grid keys its jobs read. Which of a stage's jobs
 actually rerun is decided inside by the jobs' fingerprints, from tracked
 content alone, so ``dvc repro``, ``dvc exp run`` and ``dvc exp run --temp``
 retrain exactly the jobs whose inputs, parameters or code changed.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from . import code
 from .grid import Grid
 from .jobs import KINDS, Plan
 
@@ -60,7 +62,10 @@ def pipeline(grid: Grid, grid_file: str) -> dict:
         stage: dict = {"cmd": f"snakemake {kind.target} --configfile {grid_file}"}
         if wdir:
             stage["wdir"] = wdir
-        stage["deps"] = upstream + plan.code_files(kind.name)
+        # The jobs' own code (what their fingerprints cover), and the code that plans them: grid.py turns the
+        # grid into specs (a schedule default lives there), jobs.py decides folders and inputs.
+        planning = code.files(code.closure(["afdistill.jobs"]))
+        stage["deps"] = upstream + sorted(set(plan.code_files(kind.name)) | set(planning))
         keys = [key for key in kind.grid_keys if key in grid.config]
         if keys:
             stage["params"] = [{grid_file: keys}]
