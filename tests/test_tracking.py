@@ -146,6 +146,26 @@ def test_a_run_whose_process_died_is_marked_failed(store):
     live.finish("FINISHED")
 
 
+def _start_grid_and_die(uri: str) -> None:
+    os.environ.pop(tracking.GRID_RUN_ENV, None)
+    tracking.start_grid("killed", invocation="first", uri=uri)
+    os._exit(0)  # as a SIGKILLed Snakemake: no onsuccess/onerror closes its grid run
+
+
+def test_a_killed_invocations_grid_run_is_marked_failed_by_the_next(tmp_path, monkeypatch):
+    uri = sqlite_uri(tmp_path)
+    monkeypatch.delenv(tracking.GRID_RUN_ENV, raising=False)
+    process = multiprocessing.get_context("fork").Process(target=_start_grid_and_die, args=(uri,))
+    process.start()
+    process.join(timeout=60)
+    second = tracking.start_grid("killed", invocation="second", uri=uri)
+    client = tracking.open_store(uri)
+    statuses = {run.data.tags[tracking.TAG_INVOCATION]: run.info.status for run in tracking.grid_runs("killed", uri)}
+    assert statuses == {"first": "FAILED", "second": "RUNNING"}
+    tracking.finish_grid(run_id=second, uri=uri)
+    assert client.get_run(second).info.status == "FINISHED"
+
+
 # ---- 3. grid-level view
 
 def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeypatch):

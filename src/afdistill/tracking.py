@@ -627,11 +627,15 @@ def start_grid(grid: str, grid_file: str | Path | None = None, invocation: str |
         quoted = invocation.replace("'", "\\'")
         found = client.search_runs([experiment_id], filter_string=f"tags.kind = 'grid' and "
                                    f"tags.`{TAG_INVOCATION}` = '{quoted}'", max_results=1)
+        # The invoking process (Snakemake's), so that a killed invocation's run is marked FAILED by the next one.
+        owner = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_PID_STARTED: _process_started(os.getpid())}
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status=RUNNING)
+            for key, value in owner.items():
+                client.set_tag(run_id, key, value)
         else:
-            tags = {**context_tags(), "kind": "grid", TAG_GRID: grid, TAG_INVOCATION: invocation}
+            tags = {**context_tags(), "kind": "grid", TAG_GRID: grid, TAG_INVOCATION: invocation, **owner}
             if grid_file is not None:
                 tags[TAG_SPEC_HASH] = spec_hash(Path(grid_file).read_text())
             run_id = client.create_run(experiment_id, run_name=f"grid {grid} {invocation}", tags=tags).info.run_id
