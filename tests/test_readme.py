@@ -22,13 +22,18 @@ def test_ci_installs_and_tests_the_way_the_readme_says():
     assert test in ci.splitlines()
 
 
-def test_the_add_a_method_example_runs():
+def register_the_example() -> None:
+    """Register the README's example method (as ``mine``)."""
     section = README.split("## Adding a method")[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
+    exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
+                "Range": Range})
+
+
+def test_the_add_a_method_example_runs():
     try:
-        exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
-                    "Range": Range})
+        register_the_example()
         teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
         images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
         context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
@@ -49,12 +54,8 @@ def test_a_bad_value_for_the_example_method_is_refused_with_its_range():
 
     from afdistill.methods import check_method_params
 
-    section = README.split("## Adding a method")[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
     try:
-        exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
-                    "Range": Range})
+        register_the_example()
         with pytest.raises(ValueError, match="methods.mine.beta: -1 is not allowed; expected a number >= 0"):
             check_method_params("mine", {"beta": -1}, "methods.mine")
     finally:
