@@ -43,6 +43,8 @@ def grid_with(**changes):
     ({"runtime": {"deterministic": "yes"}}, "runtime.deterministic: 'yes' is not allowed; expected true or false"),
     ({"runtime": {"compile": True}}, "runtime.compile: True is not allowed; allowed: "),
     ({"seeds": [0, 0]}, "seeds: [0, 0] repeats a seed"),
+    ({"methods": {"kd": {"seeds": [1, 1]}}}, "methods.kd.seeds: [1, 1] repeats a seed"),
+    ({"methods": {"kd": {"seeds": 3}}}, "methods.kd.seeds: expected a non-empty list of seeds (integers >= 0), got 3"),
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
     ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
@@ -95,6 +97,12 @@ def test_pair_overrides_apply_to_that_pair_only_and_cannot_fight_a_sweep():
 def test_labels_and_method_types_can_differ_from_run_names():
     grid = Grid(grid_with(methods={"at_kd": {"method": "kd", "label": "AT+KD"}}))
     assert grid.runs["at_kd"].method == "kd" and grid.runs["at_kd"].label == "AT+KD"
+
+
+def test_a_run_may_train_its_own_seeds():
+    grid = Grid(grid_with(seeds=[0, 1], methods={"kd": {}, "l2t": {"seeds": [0]}, "crd": {"nce_k": 64, "seeds": [2], "sweep": {"beta": [0.5, 0.8]}}}))
+    jobs = {(run, seed) for _, _, run, seed in grid.student_jobs()}
+    assert jobs == {("kd", 0), ("kd", 1), ("l2t", 0), ("crd_beta0p5", 2), ("crd_beta0p8", 2)}
 
 
 def test_lr_schedule_decays_at_the_start_of_the_listed_epochs():

@@ -93,21 +93,15 @@ def cmd_run(args) -> None:
 
 
 def cmd_jobs(args) -> None:
-    from .jobs import Plan, progress, remaining_seconds
+    from .jobs import Plan
+    from .watch import survey
 
-    plan = Plan(_load_grid(args))
-    states = progress(plan)
-    for job in plan.jobs:
+    current = survey(Plan(_load_grid(args)))
+    for job in current.plan.jobs:
         if args.kind and job.kind.name != args.kind:
             continue
-        _print(f"{job.kind.name:8} {states[job.folder]:22} {job.folder}")
-    counts: dict[str, int] = {}
-    for state in states.values():
-        key = state.split(" at epoch")[0]
-        counts[key] = counts.get(key, 0) + 1
-    left = remaining_seconds(plan, states)
-    eta = "" if left is None else f"; about {left / 3600:.1f} h of training left, one job at a time"
-    _print(f"grid {plan.grid.name!r}: " + ", ".join(f"{count} {state}" for state, count in counts.items()) + eta)
+        _print(f"{job.kind.name:8} {current.states[job.folder]:22} {job.folder}")
+    _print(current.line())
 
 
 def cmd_dvc(args) -> None:

@@ -79,7 +79,8 @@ SCHEMA: dict[str, Any] = {
                 "train": SCHEDULE,
                 "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": PARAMS,
-                    "description": "table rows: run name -> hyper-parameters (`method:` names the type)"},
+                    "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
+                                   "the row, `sweep:` values to try, `seeds:` the run's own seeds)"},
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
             "metric": {"type": "string", "enum": ["accuracy", "error"]}}},
@@ -148,6 +149,7 @@ class Run:
     label: str
     group: str  # the methods-entry this run came from (sweeps expand one entry into several runs)
     sweep: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)  # one student job per seed: the grid's `seeds`, unless the entry lists its own
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,7 @@ class Grid:
         self.device = config.get("device", "auto")
         self.runtime = self._parse_runtime(config.get("runtime"))
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
-        self.seeds = config.get("seeds", [0])
-        if len(set(self.seeds)) != len(self.seeds):
-            raise GridError(f"seeds: {self.seeds!r} repeats a seed")
+        self.seeds = list(self._parse_seeds(config.get("seeds", [0]), "seeds"))
 
         self.schedule = _schedule(Schedule(), config.get("train"), "train")
         self.architectures = self._parse_architectures(config.get("architectures"))
@@ -351,6 +351,15 @@ class Grid:
         except ValueError as error:
             raise GridError(str(error)) from None
 
+    @staticmethod
+    def _parse_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+        if not isinstance(seeds, list) or not seeds or not all(
+                isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds):
+            raise GridError(f"{where}: expected a non-empty list of seeds (integers >= 0), got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise GridError(f"{where}: {seeds!r} repeats a seed")
+        return tuple(seeds)
+
     def _parse_methods(self, methods: Any) -> dict[str, Run]:
         if not isinstance(methods, dict) or not methods:
             raise GridError("methods: expected a non-empty mapping of run name -> hyper-parameters")
@@ -368,6 +377,7 @@ class Grid:
                                 f"allowed: {_allowed(list_methods())}")
             label = str(entry.pop("label", method_class(method).label))
             sweep = entry.pop("sweep", None) or {}
+            seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             self._check_params(method, entry, where)
             if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
                 raise GridError(f"{where}.sweep: expected a mapping of parameter -> non-empty list of values")
@@ -375,14 +385,14 @@ class Grid:
                 for value in values:
                     self._check_params(method, {name: value}, f"{where}.sweep")
             if not sweep:
-                runs[key] = Run(key, method, entry, label, key)
+                runs[key] = Run(key, method, entry, label, key, seeds=seeds)
                 continue
             names = list(sweep)
             for combination in itertools.product(*(sweep[n] for n in names)):
                 variant = dict(zip(names, combination))
                 suffix = "_".join(f"{n}{v}".replace(".", "p").replace("-", "m") for n, v in variant.items())
                 name = f"{key}_{suffix}"
-                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant)
+                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds)
         return runs
 
     def _parse_pairs(self, pairs: Any) -> list[Pair]:
@@ -458,7 +468,7 @@ class Grid:
         """(teacher, student, run, seed) of every student job. Methods that use no teacher (the plain
         student) train once per student architecture, under the teacher name ``none``."""
         jobs = [(self.teacher_of(p.teacher, run), p.student, run, seed)
-                for p in self.pairs for run in p.runs for seed in self.seeds]
+                for p in self.pairs for run in p.runs for seed in self.runs[run].seeds]
         return list(dict.fromkeys(jobs))
 
     def teacher_of(self, teacher: str, run: str) -> str:

@@ -206,59 +206,6 @@ class Plan:
         return code.files(sorted({m for job in self.of_kind(kind) for m in job.modules}))
 
 
-def progress(plan: Plan) -> dict[str, str]:
-    """Each job's state, from its folder: ``done``; ``running`` or ``stopped`` at an epoch (a checkpoint of this
-    job: it resumes there); ``outdated`` (results of an earlier fingerprint: it runs again); ``to run``."""
-    import time
-
-    from .files import FileProblem, load_torch
-
-    states = {}
-    for job in plan.jobs:
-        checkpoint = Path(job.folder) / "checkpoint.pt"
-        if Path(job.marker).is_file():
-            states[job.folder] = "done"
-        elif checkpoint.is_file() and job.spec is not None:
-            try:
-                saved = load_torch(checkpoint, "the job's resume checkpoint")
-            except FileProblem:  # being rewritten right now, or corrupt (the job will set it aside)
-                saved = {}
-            if saved.get("identity") != job.fingerprint:
-                states[job.folder] = "outdated"
-            else:
-                # A checkpoint is rewritten every epoch: a recent one belongs to a running job.
-                recent = time.time() - checkpoint.stat().st_mtime < 600
-                states[job.folder] = f"{'running' if recent else 'stopped'} at epoch {saved['epoch']}/" \
-                                     f"{job.spec.schedule.epochs}"
-        else:
-            states[job.folder] = "to run"
-    return states
-
-
-def remaining_seconds(plan: Plan, states: dict[str, str]) -> float | None:
-    """Training time left, one job at a time: each unfinished job's epochs left times the mean epoch time of
-    the finished jobs of its kind (None until a job of every such kind has finished)."""
-    import json
-    import re
-
-    epoch_time: dict[str, list[float]] = {}
-    for job in plan.jobs:
-        metrics = Path(job.path("metrics.json"))
-        if states[job.folder] == "done" and job.spec is not None and metrics.is_file():
-            history = json.loads(metrics.read_text()).get("history") or []
-            epoch_time.setdefault(job.kind.name, []).extend(epoch["epoch_seconds"] for epoch in history)
-    left = 0.0
-    for job in plan.jobs:
-        if states[job.folder] == "done" or job.spec is None:
-            continue
-        if not epoch_time.get(job.kind.name):
-            return None
-        done = re.search(r"at epoch (\d+)/", states[job.folder])
-        epochs = job.spec.schedule.epochs - (int(done.group(1)) if done else 0)
-        left += epochs * sum(epoch_time[job.kind.name]) / len(epoch_time[job.kind.name])
-    return left
-
-
 def write_marker(job: Job) -> None:
     """The last thing a job writes: its fingerprint record (earlier markers in the folder are removed)."""
     from .files import atomic_write

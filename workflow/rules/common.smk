@@ -9,6 +9,7 @@ from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
 from afdistill.jobs import KINDS, Plan
+from afdistill.watch import GridWatch
 
 min_version("9.0")
 
@@ -28,6 +29,7 @@ _grid_config.update(OVERRIDES)
 GRID = Grid(_grid_config, source=GRID_FILE)
 validate(_grid_config, "../schemas/config.schema.yaml")
 PLAN = Plan(GRID)
+WATCH = GridWatch(PLAN, interval=float(os.environ.get("AFDISTILL_PROGRESS_INTERVAL", 60)))
 config["grid"] = GRID.name  # for the HTML report's caption
 GRID_ARGS = f"--grid {GRID_FILE}" + "".join(
     f" --set {key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()!r}"
@@ -72,11 +74,15 @@ onstart:
     # The MLflow store and the grid's experiment are created here, before concurrent jobs race to, and one
     # parent run holds this invocation's job runs (jobs inherit its id from the environment) and the report.
     tracking.start_grid(GRID.name, grid_file=GRID_FILE)
+    # The grid's progress (jobs done, running, time left) on this terminal, beside Snakemake's job lines.
+    WATCH.start()
 
 
 onsuccess:
+    WATCH.stop()
     tracking.finish_grid("FINISHED")
 
 
 onerror:
+    WATCH.stop()
     tracking.finish_grid("FAILED")
