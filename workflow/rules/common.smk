@@ -1,5 +1,7 @@
 # Configuration: one grid file (params/*.yaml), validated before any job starts, and the plan of its jobs.
+import json
 import os
+import shlex
 import sys
 
 import yaml
@@ -31,9 +33,9 @@ validate(_grid_config, "../schemas/config.schema.yaml")
 PLAN = Plan(GRID)
 WATCH = GridWatch(PLAN, interval=float(os.environ.get("AFDISTILL_PROGRESS_INTERVAL", 60)))
 config["grid"] = GRID.name  # for the HTML report's caption
+# Each override as JSON (which YAML reads back as it was), quoted for the shell.
 GRID_ARGS = f"--grid {GRID_FILE}" + "".join(
-    f" --set {key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()!r}"
-    for key, value in OVERRIDES.items()
+    f" --set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in OVERRIDES.items()
 )
 
 # A training job takes one GPU slot when it will run on CUDA; the default profile caps
@@ -63,6 +65,20 @@ def upstream_markers(kind):
 def fingerprint_of(kind):
     return lambda wildcards: PLAN.by_wildcards(kind, wildcards).fingerprint
 
+
+def _submits_to_slurm(argv):
+    """Whether this Snakemake command submits to SLURM (through profiles/slurm or `--executor slurm`)."""
+    pairs = list(zip(argv, argv[1:]))
+    return any(flag in ("--profile", "--executor", "-e") and "slurm" in value for flag, value in pairs) or any(
+        arg.startswith(("--profile=", "--executor=")) and "slurm" in arg for arg in argv)
+
+
+if not workflow.remote_exec and _submits_to_slurm(sys.argv) and "--workflow-profile" not in sys.argv:
+    # Snakemake merges the workflow profile (profiles/default, for local runs) into every run, and its
+    # gpu=1 would let the whole cluster run one GPU job at a time; a profile cannot turn that off.
+    raise WorkflowError("a SLURM run must not load profiles/default (its gpu=1 caps the cluster at one GPU job "
+                        "at a time): add --workflow-profile none, e.g. snakemake --profile profiles/slurm "
+                        "--workflow-profile none")
 
 if not workflow.remote_exec:
     # A marker whose job lost some of its files (deleted by hand) no longer stands for a finished job.
