@@ -47,7 +47,7 @@ def test_states_counts_and_time_left_come_from_the_job_folders(tmp_path, monkeyp
     students = plan.of_kind("student")  # vanilla and kd, seeds 0 and 1: one epoch each
     assert len(students) == 4
     assert survey(plan).line() == (f"grid 'default': 0/{len(plan.jobs)} done, {len(plan.jobs)} to run; "
-                                   "time left unknown until every kind of job has timed an epoch")
+                                   "time left unknown until a first epoch is timed")
 
     finish(data, 0)
     finish(teacher, 10.0)
@@ -65,7 +65,7 @@ def test_states_counts_and_time_left_come_from_the_job_folders(tmp_path, monkeyp
     assert current.remaining_seconds(1) == 12.0
     line = current.line()
     assert line.startswith(f"grid 'default': 3/{len(plan.jobs)} done, 1 running (resnet8/resnet8/kd/seed0 epoch 0/1)")
-    assert "1 outdated" in line and "2 to run" in line and line.endswith("about 12 s left at 1 at a time")
+    assert "1 outdated" in line and "2 to run" in line and line.endswith("about 12 s of training left at 1 at a time")
 
     # A job whose checkpoint has not been touched for a long time was stopped, not running.
     checkpoint(kd0, 0, 30.0, age=3600)

@@ -5,14 +5,14 @@ Snakemake runs a grid, :class:`GridWatch` prints the grid line to its terminal
 whenever a job finishes or starts, and at least every ``interval`` seconds
 (a job counts as running once it has checkpointed its first epoch)::
 
-    grid 'default': 9/28 done, 2 running (kd/seed0 epoch 3/8, crd/seed1 epoch 1/8), 17 to run; about 6 min left at 2 at a time
+    grid 'default': 9/28 done, 2 running (resnet20/resnet8/kd/seed0 epoch 3/8, resnet20/resnet8/crd/seed1 epoch 1/8), 17 to run; about 6 min of training left at 2 at a time
 
 The estimate is each unfinished job's epochs left times the mean epoch time
-measured for the same kind of job (same run and pair, else same run, else
-same kind), from finished jobs and from the checkpoints of running ones,
-divided by the number of jobs running now. It ignores the order the DAG
-imposes, so it is a guide, not a promise; until a job of every kind left has
-timed an epoch there is none.
+measured for the most similar jobs (same run and pair, else same run, else
+same kind, else any), from finished jobs and the checkpoints of running ones,
+divided by the number of jobs running now. It counts training epochs only
+(not start-up, evaluation or logging) and ignores the order the DAG
+imposes, so it is a guide, not a promise.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Survey:
         return None
 
     def remaining_seconds(self, at_once: int = 1) -> float | None:
-        """Training time left with ``at_once`` jobs at a time; None while some kind left has no timed epoch."""
+        """Training time left with ``at_once`` jobs at a time; None until a first epoch is timed."""
         left = 0.0
         for job in self.plan.jobs:
             state = self.states[job.folder]
@@ -85,14 +85,14 @@ class Survey:
         if counts.get("done", 0) < total:
             at_once = max(1, len(running))
             left = self.remaining_seconds(at_once)
-            text += "; time left unknown until every kind of job has timed an epoch" if left is None else \
-                f"; about {_duration(left)} left at {at_once} at a time"
+            text += "; time left unknown until a first epoch is timed" if left is None else \
+                f"; about {_duration(left)} of training left at {at_once} at a time"
         return text
 
 
 def _timing_keys(job: Job) -> list[tuple]:
     spec = job.spec
-    return [(job.kind.name, spec.run, spec.teacher, spec.arch), (job.kind.name, spec.run), (job.kind.name,)]
+    return [(job.kind.name, spec.run, spec.teacher, spec.arch), (job.kind.name, spec.run), (job.kind.name,), ()]
 
 
 def _short(job: Job) -> str:
