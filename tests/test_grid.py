@@ -48,7 +48,7 @@ def grid_with(**changes):
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
     ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
-     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, links"),
+     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, afd_choices, crd_afd, dkd, reviewkd, dist, mlkd, kd_ls_ctkd, links"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet20", "student": "resnet8"}]},
      "pairs[1]: the pair resnet20 -> resnet8 is listed twice"),
 ])
@@ -65,7 +65,7 @@ def test_default_grid_expands_to_its_jobs():
     jobs = grid.student_jobs()
     # the plain student needs no teacher and is trained once per architecture and seed
     assert (NO_TEACHER, "resnet8", "vanilla", 0) in jobs and ("resnet20", "resnet8", "kd", 1) in jobs
-    assert len(jobs) == len(grid.runs) * len(grid.seeds)
+    assert len(jobs) == sum(len(run.seeds) for run in grid.runs.values())
     spec = grid.student_spec("resnet20", "resnet8", "afd", 1)
     assert (spec.method, spec.seed, spec.teacher, spec.method_params["beta"]) == ("afd", 1, "resnet20", 200)
     assert grid.student_spec(NO_TEACHER, "resnet8", "vanilla", 0).teacher is None

@@ -160,6 +160,31 @@ def test_paper_grid_dry_run_lists_every_job():
     assert counts["train_teacher"] == "4" and counts["prepare_data"] == "1" and counts["make_report"] == "1"
 
 
+def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
+    """Table 2: Tiny ImageNet trains its teacher; ImageNet evaluates torchvision's ResNet34, which the user puts
+    where the grid says (here a file in torchvision's format, written by the test)."""
+    project = make_project(tmp_path / "project", dvc=False)
+    result = run(["snakemake", "-n", "--configfile", "params/tinyimagenet.yaml"], cwd=project)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    # 2 pairs x 3 seeds x 6 methods + the plain student once per architecture (2) x 3 seeds
+    assert counts["distill"] == str(2 * 3 * 6 + 2 * 3) and counts["train_teacher"] == "1"
+
+    missing = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project, check=False)
+    assert missing.returncode != 0
+    assert "teachers.checkpoints.resnet34_imagenet: data/weights/resnet34-b627a593.pth does not exist" in \
+        missing.stdout + missing.stderr
+    import torch
+
+    from afdistill.models import create_model
+
+    weights = project / "data/weights/resnet34-b627a593.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
+    result = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert counts["distill"] == "7" and counts["train_teacher"] == "1" and counts["make_report"] == "1"
+
+
 def test_a_grid_file_without_a_name_is_refused_not_merged_into_the_default(tmp_path):
     project = make_project(tmp_path / "project")
     grid = {key: value for key, value in TINY_GRID.items() if key != "grid"}
@@ -244,11 +269,19 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     assert dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.M))["train_teacher"] == "1"
 
 
-def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch):
+def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch, tmp_path):
+    import torch
+
     from afdistill.dvc import write_pipeline
     from afdistill.grid import Grid
+    from afdistill.models import create_model
 
-    monkeypatch.chdir(ROOT)
+    # A copy of the repository's pipeline files, plus the published teacher the ImageNet grid names.
+    project = make_project(tmp_path / "project", yaml.safe_load((ROOT / "params/default.yaml").read_text()), dvc=False)
+    weights = project / "data/weights/resnet34-b627a593.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
+    monkeypatch.chdir(project)
     for path in sorted(Path("params").glob("*.yaml")):
         assert not write_pipeline(Grid.from_file(path), str(path), check=True), \
             f"the DVC pipeline of {path} is stale: run `afdistill dvc --grid {path}`"

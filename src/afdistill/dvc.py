@@ -65,7 +65,10 @@ def pipeline(grid: Grid, grid_file: str) -> dict:
         # The jobs' own code (what their fingerprints cover), and the code that plans them: grid.py turns the
         # grid into specs (a schedule default lives there), jobs.py decides folders and inputs.
         planning = code.files(code.closure(["afdistill.jobs"]))
-        stage["deps"] = upstream + sorted(set(plan.code_files(kind.name)) | set(planning))
+        # Published weights a job evaluates (teachers.checkpoints) are inputs too: their content is in the
+        # job's fingerprint, and DVC reruns the stage when they change.
+        weights = sorted({job.spec.checkpoint for job in jobs if job.spec is not None and job.spec.checkpoint})
+        stage["deps"] = upstream + weights + sorted(set(plan.code_files(kind.name)) | set(planning))
         keys = [key for key in kind.grid_keys if key in grid.config]
         if keys:
             stage["params"] = [{grid_file: keys}]

@@ -245,7 +245,8 @@ class Grid:
             if arch not in self.teachers():
                 raise GridError(f"{where}: {arch} is not a teacher of any pair; teachers: {_allowed(self.teachers())}")
             if not Path(path).is_file():
-                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root)")
+                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
+                               f"the grid file's header says where to get published weights)")
 
         links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)

@@ -99,4 +99,34 @@ PAPER_TABLES: dict[str, PaperTable] = {
             },
         ),
     ),
+    # Ji, Heo & Park, AAAI 2021, Table 2 (top-1, fraction): Tiny ImageNet columns (ResNet34 teacher; ResNet18
+    # and ResNet34 students with a 3x3 first convolution), params/tinyimagenet.yaml. The paper prints no
+    # number of runs for this table.
+    "afd_table2_tinyimagenet": PaperTable(
+        title="AFD paper, Table 2 (Tiny ImageNet)",
+        dataset="tinyimagenet",
+        metric="accuracy",
+        cells=_columns(
+            [("resnet34_tiny", "resnet18_tiny"), ("resnet34_tiny", "resnet34_tiny")],
+            {
+                "teacher": [0.6750, 0.6750],
+                "vanilla": [0.6530, 0.6750],
+                "kd": [0.6818, 0.6971],
+                "fitnet": [0.6779, 0.6892],
+                "at": [0.6782, 0.6961],
+                "rkd": [0.6772, 0.6846],
+                "crd": [0.6819, 0.6968],
+                "afd": [0.6880, 0.6981],
+            },
+        ),
+    ),
+    # The same table's ImageNet column (ResNet34 -> ResNet18), params/imagenet.yaml.
+    "afd_table2_imagenet": PaperTable(
+        title="AFD paper, Table 2 (ImageNet)",
+        dataset="imagenet",
+        metric="accuracy",
+        cells={("resnet34_imagenet", "resnet18_imagenet"): {
+            "teacher": 0.7355, "vanilla": 0.7028, "kd": 0.7066, "fitnet": 0.7085, "at": 0.7093, "rkd": 0.7137,
+            "crd": 0.7135, "afd": 0.7138}},
+    ),
 }
