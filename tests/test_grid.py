@@ -43,6 +43,9 @@ def grid_with(**changes):
     ({"runtime": {"deterministic": "yes"}}, "runtime.deterministic: 'yes' is not allowed; expected true or false"),
     ({"runtime": {"compile": True}}, "runtime.compile: True is not allowed; allowed: "),
     ({"seeds": [0, 0]}, "seeds: [0, 0] repeats a seed"),
+    ({"jobs_per_gpu": 2, "gpus_per_job": 4}, "jobs_per_gpu: 2 with gpus_per_job: 4; a job either shares a GPU or "
+                                             "spans several, not both: set one of them to 1"),
+    ({"gpus_per_job": 0}, "gpus_per_job: 0 is not allowed; expected an integer >= 1"),
     ({"methods": {"kd": {"seeds": [1, 1]}}}, "methods.kd.seeds: [1, 1] repeats a seed"),
     ({"methods": {"kd": {"seeds": 3}}}, "methods.kd.seeds: expected a non-empty list of seeds (integers >= 0), got 3"),
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),

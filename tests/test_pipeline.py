@@ -294,3 +294,9 @@ def test_the_slurm_profile_asks_one_gpu_per_training_job():
     training = [job for job in jobs if job.startswith(("distill", "train_teacher"))]
     assert training and all("gpu=1" in job and "runtime=720" in job for job in training)
     assert all("gpu=1" not in job for job in jobs if job.startswith(("prepare_data", "make_report")))
+    # A grid of data-parallel jobs: each training job asks for its GPUs and two CPUs per GPU.
+    result = run(["snakemake", "-n", "--profile", "profiles/slurm", "--workflow-profile", "none",
+                  "--configfile", "params/cifar100.yaml", "--config", "device=cuda", "gpus_per_job=2"], cwd=ROOT)
+    training = [job for job in result.stdout.split("\nrule ")[1:] if job.startswith(("distill", "train_teacher"))]
+    assert training and all("gpu=2" in job and "afdistill run --grid params/cifar100.yaml" in job
+                            and "--set gpus_per_job=2" in job for job in training)

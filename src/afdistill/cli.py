@@ -80,7 +80,8 @@ def cmd_train(args) -> None:
     from .runner import execute_training
     from .spec import JobSpec
 
-    spec = JobSpec.from_json(args.spec)
+    # The spec as JSON, or the path of a JSON file holding it (shorter commands).
+    spec = JobSpec.from_json(args.spec if args.spec.lstrip().startswith("{") else Path(args.spec).read_text())
     execute_training(spec, args.data, args.out, args.teacher_checkpoint, args.artifact, args.threads, _print)
 
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train one job from its spec (JSON), outside any grid")
-    train.add_argument("--spec", required=True, help="the job as JSON (afdistill.spec.JobSpec)")
+    train.add_argument("--spec", required=True, help="the job (afdistill.spec.JobSpec) as JSON, or a JSON file")
     train.add_argument("--data", required=True, help="a prepared dataset directory")
     train.add_argument("--out", required=True, help="the job's output directory")
     train.add_argument("--teacher-checkpoint")

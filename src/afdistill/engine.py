@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data import DeviceData
 from .graphs import GraphedStep
 from .heap import keep_freed_memory
@@ -289,7 +290,17 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(spec.device)
+    # Under torchrun: one rank of a data-parallel job (afdistill.distributed); rank 0 alone writes and logs.
+    group = distributed.start(device.type)
+    device = distributed.device_for(group, device)
+    if group.active and spec.schedule.batch_size % group.world_size:
+        raise ValueError(f"{spec.title}: batch_size {spec.schedule.batch_size} does not split over "
+                         f"{group.world_size} processes; use a multiple of {group.world_size}")
+    if not group.is_main:
+        tracker, log = NullTracker(), _silent
     runtime = resolve_runtime(spec.runtime, device, spec.method, spec.method_params)
+    if group.active:  # gradients are all-reduced between the graph's kernels: no CUDA graph
+        runtime = replace(runtime, cuda_graphs=False)
     if device.type == "cuda":
         set_cuda_determinism(runtime.deterministic)
     if runtime.keep_freed_memory:
@@ -329,7 +340,7 @@ def train(
     progress = load_checkpoint(out_dir / CHECKPOINT, spec, identity, state, device, log)
     resumed = progress.run_id is not None
     progress.run_id = tracker.start(progress.run_id)
-    tracker.log_runtime({"device": device.type, **runtime.record()})
+    tracker.log_runtime({"device": device.type, "world_size": group.world_size, **runtime.record()})
     if not resumed and isinstance(data, DeviceData):  # a streamed set is named by its files, not hashed whole
         for split, context in (("train", "train"), ("test", "eval")):
             arrays = getattr(data, split)
@@ -337,8 +348,8 @@ def train(
                               arrays.labels.cpu().numpy(), context)
     if progress.complete:
         log(f"[{spec.title}] already complete in {out_dir}; writing its results again from {CHECKPOINT}")
-        return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
-    log(f"[{spec.title}] on {device.type}: " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
+        return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker, group)
+    log(f"[{spec.title}] on {device.type}" + (f" x {group.world_size} processes" if group.active else "") + ": " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
     # No cast cache: inside a CUDA graph it would hold casts of the previous step's weights.
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16,
                        cache_enabled=False)
@@ -361,6 +372,7 @@ def train(
         terms = method(student_out, teacher_out, batch)
         optimizer.zero_grad(set_to_none=True)
         method.backward(terms)
+        distributed.average_gradients(group, trainable)
         optimizer.step()
         method.after_step(batch, student, teacher_out, optimizer)
         # Detached, so that nothing keeps this step's autograd graph alive into the next one.
@@ -372,7 +384,8 @@ def train(
     # ---- the loop
     started, first_epoch = time.monotonic(), progress.epoch + 1
     for epoch in range(first_epoch, schedule.epochs + 1):
-        metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device)
+        metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device, group)
+        distributed.average_buffers(group, student)
         if student is not None:
             test = evaluate(student, data, runtime=runtime, forward=student_forward)
             metrics.update(test_top1=test["top1"], test_top5=test["top5"])
@@ -392,11 +405,18 @@ def train(
         log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} lr {metrics['lr']:.4g} loss {metrics['loss_total']:.4f}"
             + (f" train {metrics['train_top1']:.4f} test {metrics['test_top1']:.4f}" if student is not None else "")
             + f" | {metrics['images_per_s']:.0f} img/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}")
-        save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=epoch == schedule.epochs)
-    if schedule.epochs == 0 or progress.epoch < schedule.epochs:
+        if group.is_main:
+            save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress,
+                            complete=epoch == schedule.epochs)
+        distributed.barrier(group)  # no rank runs ahead of the last checkpoint
+    if (schedule.epochs == 0 or progress.epoch < schedule.epochs) and group.is_main:
         progress.epoch = schedule.epochs
         save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=True)
-    return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker)
+    return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker, group)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
 
 
 def _clock(seconds: float) -> str:
@@ -424,11 +444,14 @@ class Progress:
 
 
 def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceData, run_step, layout,
-                    device: torch.device) -> dict[str, float]:
-    """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy."""
+                    device: torch.device, group: distributed.Group = distributed.Group()) -> dict[str, float]:
+    """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy.
+
+    In a data-parallel job every rank draws the same global batches and trains on its slice of each; the
+    returned figures are over all ranks."""
     lr = spec.schedule.lr_at(epoch)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
+    for param_group in state.optimizer.param_groups:
+        param_group["lr"] = lr
     if state.student is not None:
         state.student.train()
     state.method.train()
@@ -441,6 +464,7 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     batches = data.train_batches(spec.schedule.batch_size, generator)
     total = data.num_train_batches(spec.schedule.batch_size)
     for images, labels, indices in _progress(batches, total, f"{spec.title} epoch {epoch}"):
+        images, labels, indices = distributed.shard(group, images, labels, indices)
         terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices)
         with torch.no_grad():  # running sums stay on the device: no sync per step
             n = len(labels)
@@ -454,6 +478,13 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
+    if group.active:  # sums over the ranks: one all-reduce of every running sum and count
+        names = list(sums)
+        together = distributed.total(group, torch.stack(
+            [torch.as_tensor(sums[name], dtype=torch.float64, device=device) for name in names]
+            + [correct1.double(), correct5.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        sums = dict(zip(names, together[:len(names)]))
+        correct1, correct5, seen = together[-3], together[-2], int(together[-1])
     metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
     if state.student is not None:
         metrics.update(train_top1=float(correct1) / seen, train_top5=float(correct5) / seen)
@@ -508,12 +539,14 @@ def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, 
 
 
 def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime: Resolved, device: torch.device,
-            progress: Progress, out_dir: Path, tracker: Tracker) -> Result:
-    """Write model.pt and metrics.json (metrics.json last: its presence means the job's result is whole)."""
+            progress: Progress, out_dir: Path, tracker: Tracker,
+            group: distributed.Group = distributed.Group()) -> Result:
+    """Write model.pt and metrics.json (metrics.json last: its presence means the job's result is whole);
+    in a data-parallel job, rank 0 alone writes."""
     student, history = state.student, progress.history
     record = {"spec": spec.to_dict(), "run_id": progress.run_id, "epochs": spec.schedule.epochs,
-              "device": device.type, "runtime": runtime.record(), "history": history,
-              "summaries": progress.summaries}
+              "device": device.type, "world_size": group.world_size, "runtime": runtime.record(),
+              "history": history, "summaries": progress.summaries}
     if student is not None:
         final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
                  else evaluate(student, data, runtime=runtime))
@@ -522,6 +555,9 @@ def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime:
                             step=spec.schedule.epochs)
     if teacher is not None:
         record["teacher_test_top1"] = evaluate(teacher, data, runtime=runtime)["top1"]
+    distributed.stop(group)  # no collective operation follows
+    if not group.is_main:
+        return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
     _atomic_save({"model": student.state_dict() if student is not None else None,
                   "method": state.method.state_dict(), "arch": spec.arch or spec.teacher,
                   "num_classes": data.num_classes, "spec": spec.to_dict()}, out_dir / MODEL)

@@ -45,10 +45,12 @@ def jobs_per_gpu() -> int:
 
 
 def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
-          per_gpu: int | None = None) -> str | None:
-    """Lock a free GPU slot, export the GPU's id in ``CUDA_VISIBLE_DEVICES`` and return it.
+          per_gpu: int | None = None, count: int = 1) -> str | None:
+    """Lock a free GPU slot (``count`` whole GPUs for a data-parallel job), export the GPUs' ids in
+    ``CUDA_VISIBLE_DEVICES`` and return them ("0" or "2,3").
 
     ``per_gpu``: jobs sharing one GPU (the grid's ``jobs_per_gpu``; default: the environment's).
+    Several GPUs are taken all at once or not at all, so two jobs never each hold a part of what both wait for.
 
     Returns None when there is no GPU or a scheduler already chose one.
     """
@@ -57,6 +59,8 @@ def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
     gpus = visible_gpus()
     if not gpus:
         return None
+    if count > 1:
+        return _claim_several(gpus, count, lock_dir, wait_seconds, log)
     slots = [(gpu, slot) for slot in range(per_gpu or jobs_per_gpu()) for gpu in gpus]
     directory = Path(lock_dir or os.environ.get("AFDISTILL_GPU_LOCK_DIR", tempfile.gettempdir()))
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,5 +85,41 @@ def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
             raise RuntimeError(f"no free GPU among {gpus} after {wait_seconds:.0f} s (locks in {directory})")
         if not announced:
             log(f"all GPUs {gpus} are busy; waiting for one to free up")
+            announced = True
+        time.sleep(2.0)
+
+
+def _claim_several(gpus: list[str], count: int, lock_dir: str | None, wait_seconds: float, log) -> str:
+    if count > len(gpus):
+        raise RuntimeError(f"a job of {count} GPUs cannot run on this machine's {len(gpus)} ({', '.join(gpus)})")
+    directory = Path(lock_dir or os.environ.get("AFDISTILL_GPU_LOCK_DIR", tempfile.gettempdir()))
+    directory.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    announced = False
+    while True:
+        taken = []
+        for gpu in gpus:
+            handle = open(directory / f"afdistill-gpu{gpu}-slot0.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            taken.append((gpu, handle))
+            if len(taken) == count:
+                for _, held in taken:
+                    held.seek(0)
+                    held.truncate()
+                    held.write(f"{os.getpid()}\n")
+                    held.flush()
+                    _held.append(held)
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu for gpu, _ in taken)
+                return os.environ["CUDA_VISIBLE_DEVICES"]
+        for _, handle in taken:  # not enough free: give back what was taken, try again later
+            handle.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {count} free GPUs among {gpus} after {wait_seconds:.0f} s (locks in {directory})")
+        if not announced:
+            log(f"waiting for {count} of the GPUs {gpus} to be free")
             announced = True
         time.sleep(2.0)

@@ -59,6 +59,8 @@ SCHEMA: dict[str, Any] = {
         "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
         "runtime": _section(Runtime),
         "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
+        "gpus_per_job": {"type": "integer", "minimum": 1,
+                         "description": "GPUs of each training job on CUDA: data-parallel processes under torchrun"},
         "architectures": {"type": "object", "additionalProperties": {"type": "object"},
                           "description": "architecture -> options of the networks trained with it "
                                          "(`afdistill list` shows each architecture's)"},
@@ -210,7 +212,7 @@ class Grid:
             if key not in config:
                 raise GridError(f"{key}: missing (required keys: {', '.join(SCHEMA['required'])})")
         top = SCHEMA["properties"]
-        for key in ("grid", "device", "jobs_per_gpu", "seeds"):
+        for key in ("grid", "device", "jobs_per_gpu", "gpus_per_job", "seeds"):
             if key in config:
                 _check(config[key], top[key], key)
         self.name = config["grid"]
@@ -227,6 +229,10 @@ class Grid:
         self.device = config.get("device", "auto")
         self.runtime = self._parse_runtime(config.get("runtime"))
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
+        self.gpus_per_job = config.get("gpus_per_job", 1)
+        if self.jobs_per_gpu > 1 and self.gpus_per_job > 1:
+            raise GridError(f"jobs_per_gpu: {self.jobs_per_gpu} with gpus_per_job: {self.gpus_per_job}; a job "
+                            f"either shares a GPU or spans several, not both: set one of them to 1")
         self.seeds = list(self._parse_seeds(config.get("seeds", [0]), "seeds"))
 
         self.schedule = _schedule(Schedule(), config.get("train"), "train")

@@ -8,6 +8,8 @@ everything else of the job is in place.
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +32,8 @@ def run(plan: Plan, folder: str, fingerprint: str | None = None, threads: int = 
         raise StaleJob(f"{folder}: the grid or the code changed since this job was planned (fingerprint "
                        f"{fingerprint}, now {job.fingerprint}); run snakemake again to plan it anew")
     ACTIONS[job.kind.name](plan, job, threads, log)
-    write_marker(job)
+    if os.environ.get("RANK", "0") == "0":  # in a data-parallel job, rank 0 alone marks it done
+        write_marker(job)
     return job
 
 
@@ -52,9 +55,36 @@ def _artifact_path(job: Job) -> str | None:
 
 
 def train_job(plan: Plan, job: Job, threads: int, log) -> None:
+    gpus = plan.grid.gpus_per_job
+    if gpus > 1 and "WORLD_SIZE" not in os.environ and _on_cuda(job.spec.device):
+        _launch_data_parallel(job, gpus, log)
+        return
     teacher = job.inputs["teacher"].path("model.pt") if "teacher" in job.inputs else None
     execute_training(job.spec, job.inputs["data"].folder, job.folder, teacher, _artifact_path(job), threads, log,
                      identity=job.fingerprint, jobs_per_gpu=plan.grid.jobs_per_gpu)
+
+
+def _on_cuda(device: str) -> bool:
+    from .gpu import visible_gpus
+
+    return device == "cuda" or (device == "auto" and bool(visible_gpus()))
+
+
+def _launch_data_parallel(job: Job, gpus: int, log) -> None:
+    """The same command again, as ``gpus`` ranks under torchrun, on GPUs this job holds (SLURM's allocation,
+    or ``gpus`` GPUs locked here); the ranks train, rank 0 writes (afdistill.distributed)."""
+    import subprocess
+    import sys
+
+    from .gpu import claim
+
+    held = claim(log=log, count=gpus)
+    log(f"[{job.spec.title}] {gpus} processes under torchrun on GPUs {held or os.environ.get('CUDA_VISIBLE_DEVICES')}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "-m", "afdistill", *sys.argv[1:]]
+    code = subprocess.run(command).returncode
+    if code:
+        raise RuntimeError(f"{job.folder}: the data-parallel job exited with status {code} (its log above)")
 
 
 def build_report(plan: Plan, job: Job, threads: int, log) -> None:
@@ -108,7 +138,10 @@ def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpo
         raise ValueError(f"{spec.title}: method {spec.method!r} needs --teacher-checkpoint")
     artifact = load_artifact(stage, artifact_path, spec) if stage else None
 
-    if spec.device != "cpu":
+    # Under torchrun (a data-parallel job) each rank uses the GPU of its local rank, and rank 0 alone
+    # records the run and writes the job's files (afdistill.distributed).
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if spec.device != "cpu" and world_size == 1:
         from .gpu import claim
 
         gpu = claim(log=log, per_gpu=jobs_per_gpu)
@@ -120,13 +153,15 @@ def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpo
         torch.set_num_threads(threads)
 
     from . import tracking
-    from .engine import train
+    from .engine import NullTracker, train
 
-    tracker = tracking.for_job(spec, job_id=identity)
+    tracker = tracking.for_job(spec, job_id=identity) if rank == 0 else NullTracker()
     try:
         result = train(spec, data_dir, out_dir, teacher_checkpoint=teacher_checkpoint, artifact=artifact,
                        tracker=tracker, log=log, identity=identity)
         out = Path(out_dir)
+        if rank != 0:
+            return result.record
         if spec.kind == "links":
             from . import links as links_module
 

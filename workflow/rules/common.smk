@@ -43,9 +43,10 @@ GRID_ARGS = f"--grid {GRID_FILE}" + "".join(
 # slots (`--resources gpu=<GPUs x k>`); k is not in any job's fingerprint, so changing it
 # reruns nothing.
 ON_GPU = GRID.device == "cuda" or (GRID.device == "auto" and bool(visible_gpus()))
-GPUS_PER_JOB = 1 if ON_GPU else 0
-# On CPU every training job is one torch thread, so `--cores N` runs N jobs at once.
-THREADS_PER_JOB = 2 if ON_GPU else 1
+# `gpus_per_job: N` (grid): each training job runs as N data-parallel processes under torchrun.
+GPUS_PER_JOB = GRID.gpus_per_job if ON_GPU else 0
+# On CPU every training job is one torch thread, so `--cores N` runs N jobs at once; on CUDA two per GPU.
+THREADS_PER_JOB = 2 * GPUS_PER_JOB if ON_GPU else 1
 
 
 wildcard_constraints:

@@ -1,0 +1,93 @@
+"""Data-parallel jobs under torchrun, with the gloo backend on this CPU: two processes against one."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tool_env
+from afdistill import distributed
+from afdistill.spec import JobSpec, Schedule
+
+
+def test_the_shards_of_a_batch_are_its_slices_in_rank_order():
+    batch = torch.arange(10)
+    shards = [distributed.shard(distributed.Group(rank, 3), batch)[0] for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 4]
+    assert torch.equal(torch.cat(shards), batch)
+    assert distributed.shard(distributed.Group(), batch)[0] is batch
+
+
+def _rank_gradients(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    group = distributed.Group(rank, world_size)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    inputs, targets = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    inputs, targets = distributed.shard(group, inputs, targets)
+    torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    distributed.average_gradients(group, list(model.parameters()))
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], out_file)
+    distributed.stop(group)
+
+
+def test_averaged_gradients_of_two_processes_are_the_global_batchs_gradient(tmp_path):
+    """Two gloo processes, each with half of a batch of 10: their averaged gradient is the whole batch's."""
+    torch.multiprocessing.spawn(_rank_gradients, args=(2, str(tmp_path / "init"), str(tmp_path / "grads.pt")),
+                                nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    inputs, targets = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    for averaged, whole in zip(torch.load(tmp_path / "grads.pt"), [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(averaged, whole, rtol=1e-6, atol=1e-7)
+
+
+def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    spec_file = cwd / "spec.json"
+    spec_file.write_text(spec.to_json())
+    command = ["train", "--spec", str(spec_file), "--data", str(data), "--out", str(out), "--threads", "1"]
+    if processes == 1:
+        command = [sys.executable, "-m", "afdistill", *command]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   "-m", "afdistill", *command]
+    env = tool_env()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_batch(small_data, tmp_path):
+    spec = JobSpec(kind="student", grid="ddp", dataset="digits", arch="resnet8", method="vanilla", run="vanilla",
+                   seed=0, device="cpu", schedule=Schedule(epochs=3, batch_size=32, lr_decay_epochs=(3,)))
+    one = train(spec, small_data, tmp_path / "one", 1, tmp_path)
+    two = train(spec, small_data, tmp_path / "two", 2, tmp_path)
+    single = json.loads((tmp_path / "one/metrics.json").read_text())
+    double = json.loads((tmp_path / "two/metrics.json").read_text())
+    assert (single["world_size"], double["world_size"]) == (1, 2)
+    # Rank 0 alone logs and records: one progress line per epoch, one MLflow run per job.
+    assert two.stdout.count("epoch 1/3") == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("afdistill-ddp")
+    # The same spec twice: the second job's run replaces the first (soft-deleted), and only rank 0 made one.
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["runtime.world_size"] == "2"
+    # The same data, order and augmentation and the global batch's mean gradient (exact: the test below);
+    # BatchNorm normalises each process's half-batch with its own statistics, the only difference for this
+    # method. Measured: training loss per epoch 2.2886/2.0416/1.6435 (one process) against
+    # 2.2928/2.0766/1.7472 (two), so 10% bounds it; test accuracy after three epochs on 100 images moves too
+    # fast to compare (0.54 against 0.41 in that run) and is not asserted.
+    for a, b in zip(single["history"], double["history"]):
+        assert b["loss_total"] == pytest.approx(a["loss_total"], rel=0.1)
+        assert abs(b["train_top1"] - a["train_top1"]) < 0.08
+    assert single["history"][-1]["loss_total"] < single["history"][0]["loss_total"]
+    assert double["history"][-1]["loss_total"] < double["history"][0]["loss_total"]
