@@ -1,7 +1,10 @@
 """Data-parallel jobs under torchrun, with the gloo backend on this CPU: two processes against one."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +50,7 @@ def test_averaged_gradients_of_two_processes_are_the_global_batchs_gradient(tmp_
         torch.testing.assert_close(averaged, whole, rtol=1e-6, atol=1e-7)
 
 
-def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+def _command(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> tuple[list[str], dict]:
     spec_file = cwd / "spec.json"
     spec_file.write_text(spec.to_json())
     command = ["train", "--spec", str(spec_file), "--data", str(data), "--out", str(out), "--threads", "1"]
@@ -58,6 +61,11 @@ def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> su
                    "-m", "afdistill", *command]
     env = tool_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    return command, env
+
+
+def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    command, env = _command(spec, data, out, processes, cwd)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -91,3 +99,24 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
         assert abs(b["train_top1"] - a["train_top1"]) < 0.08
     assert single["history"][-1]["loss_total"] < single["history"][0]["loss_total"]
     assert double["history"][-1]["loss_total"] < double["history"][0]["loss_total"]
+
+
+    # One rank killed after the first epoch's checkpoint: torchrun stops the job; the same command resumes it
+    # from rank 0's checkpoint and finishes with exactly the uninterrupted job's numbers.
+    command, env = _command(spec, small_data, tmp_path / "killed", 2, tmp_path)
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-f", "-P", str(launcher.pid), "afdistill"], capture_output=True,
+                           text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(max(ranks, key=int)), signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = train(spec, small_data, tmp_path / "killed", 2, tmp_path)
+    assert "resuming after epoch" in resumed.stdout
+    finished = json.loads((tmp_path / "killed/metrics.json").read_text())
+    assert [e["loss_total"] for e in finished["history"]] == [e["loss_total"] for e in double["history"]]
+    assert finished["test_top1"] == double["test_top1"]
