@@ -53,6 +53,7 @@ def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     assert (project / RESULTS / "links/digits/resnet8/resnet8/links.csv").exists()
     assert (project / "reports/default/figures/links_resnet8_resnet8.png").stat().st_size > 1000
     assert (project / "reports/default/figures/curves_resnet8_resnet8.png").stat().st_size > 1000
+    assert (project / "reports/default/figures/activation_maps_resnet8_resnet8.png").stat().st_size > 1000
     # The grid's progress beside Snakemake's job lines: from nothing done to every job done.
     progress = re.findall(r"^grid 'default': (\d+)/(\d+) done.*$", log, flags=re.MULTILINE)
     total = progress[0][1]

@@ -93,12 +93,67 @@ def build_report(plan: Plan, job: Job, threads: int, log) -> None:
     inputs = [upstream.path("metrics.json") for upstream in job.inputs.values()]
     inputs += [upstream.path("links.json") for upstream in job.inputs.values() if upstream.kind.name == "links"]
     result = build(plan.grid, inputs, job.folder)
+    _activation_figure(plan, Path(job.folder) / "figures", log)
     log(f"report for grid {plan.grid.name!r}: {len(result['metrics'])} cells -> {job.folder}/table.md")
     from . import tracking
 
     folder = Path(job.folder)
     files = [folder / name for name in ("table.md", "table.csv", "table.html", "metrics.json")]
     tracking.log_grid_report(plan.grid.name, files + sorted((folder / "figures").glob("*.png")))
+
+
+def _activation_figure(plan: Plan, figures: Path, log) -> None:
+    """The paper's Figure 4 for the first pair whose students include ATT, L2T or AFD runs (first seed each):
+    ``figures/activation_maps_<teacher>_<student>.png``."""
+    import json
+
+    import torch
+
+    from . import activation_maps
+    from .data import DeviceData
+    from .engine import load_network
+    from .streaming import open_prepared
+
+    students = [job for job in plan.of_kind("student") if job.spec.teacher and job.spec.method in activation_maps.METHODS]
+    if not students:
+        return
+    teacher_arch, student_arch = students[0].spec.teacher, students[0].spec.arch
+    chosen: dict[str, Job] = {}
+    for job in students:  # per method type, its first run's lowest seed on this pair
+        if (job.spec.teacher, job.spec.arch) == (teacher_arch, student_arch):
+            best = chosen.get(job.spec.method)
+            if best is None or (job.spec.run, job.spec.seed) < (best.spec.run, best.spec.seed):
+                chosen[job.spec.method] = job
+    data = open_prepared(plan.of_kind("data")[0].folder, "cpu")
+    if not isinstance(data, DeviceData):
+        log("activation maps: not drawn for a streamed dataset")
+        return
+    images = data.normalize(data.test.images[:3])
+    teacher_job = students[0].inputs["teacher"]
+    teacher = load_network(teacher_job.path("model.pt"), teacher_arch, data.num_classes, torch.device("cpu"))
+    teacher_maps = activation_maps.attention_maps(teacher, images)
+    teacher_block_stage = activation_maps.stage_of_blocks(teacher, images)
+    rows = [("Teacher", teacher_maps, None)]
+    for method in activation_maps.METHODS:
+        job = chosen.get(method)
+        if job is None:
+            continue
+        student = load_network(job.path("model.pt"), student_arch, data.num_classes, torch.device("cpu"),
+                               job.spec.model_options)
+        maps = activation_maps.attention_maps(student, images)
+        summaries = json.loads(Path(job.path("metrics.json")).read_text())["summaries"]
+        linked = activation_maps.links(method, summaries[-1] if summaries else {}, len(teacher_maps), len(maps),
+                                       teacher_block_stage, activation_maps.stage_of_blocks(student, images))
+        rows.append((activation_maps.METHODS[method], maps, linked))
+    shown = data.test.images[:3].float()
+    shown = ((shown - shown.amin((1, 2, 3), keepdim=True))
+             / (shown.amax((1, 2, 3), keepdim=True) - shown.amin((1, 2, 3), keepdim=True)).clamp_min(1e-12))
+    path = figures / f"activation_maps_{teacher_arch}_{student_arch}.png"
+    activation_maps.plot(rows, shown.permute(0, 2, 3, 1).expand(-1, -1, -1, 3).numpy() if shown.shape[1] == 1
+                         else shown.permute(0, 2, 3, 1).numpy(),
+                         f"{teacher_arch} -> {student_arch} ({plan.grid.dataset}): AT maps of the stage outputs",
+                         path)
+    log(f"activation maps -> {path}")
 
 
 ACTIONS: dict[str, Callable[[Plan, Job, int, Any], None]] = {

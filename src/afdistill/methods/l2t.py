@@ -63,7 +63,8 @@ class WeightedFeatureMatching(nn.Module):
     def meta_parameters(self):
         return list(self.channel_weights.parameters()) + list(self.gates.parameters())
 
-    def forward(self, student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+    def forward(self, student: list[Tensor], teacher: list[Tensor], gates: list[Tensor] | None = None) -> Tensor:
+        """The weighted matching loss; ``gates`` (if given) receives each pair's batch-mean gate, detached."""
         loss = 0.0
         for i, (t, s) in enumerate(self.pairs):
             source, target = teacher[t], student[s]
@@ -73,6 +74,8 @@ class WeightedFeatureMatching(nn.Module):
             pooled = teacher[t].mean((2, 3))
             weights = F.softmax(self.channel_weights[i](pooled), dim=1)
             gate = F.relu6(self.gates[i](pooled)).squeeze(1)
+            if gates is not None:
+                gates.append(gate.detach().mean())
             loss = loss + ((difference * weights).sum(1) * gate).mean()
         return loss
 
@@ -102,6 +105,8 @@ class L2T(Method):
         student, teacher = context.student_sample.stages, context.teacher_sample.stages
         pairs = [(t, s) for t in range(len(teacher)) for s in range(len(student))]
         self.matching = WeightedFeatureMatching([f.shape[1] for f in student], [f.shape[1] for f in teacher], pairs)
+        self.register_buffer("gate_sum", torch.zeros(len(teacher), len(student)), persistent=False)
+        self.register_buffer("gate_count", torch.zeros(()), persistent=False)
         self.meta_optimizer = torch.optim.Adam(self.matching.meta_parameters(), lr=meta_lr,
                                                weight_decay=meta_weight_decay)
 
@@ -117,7 +122,20 @@ class L2T(Method):
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        return {"l2t": self.beta * self.matching(student.stages, teacher.stages)}
+        gates: list[Tensor] = []
+        loss = self.matching(student.stages, teacher.stages, gates)
+        with torch.no_grad():  # the links the paper's Figure 4 draws: each pair's mean gate over the epoch
+            self.gate_sum += torch.stack(gates).view(self.gate_sum.shape)
+            self.gate_count += 1
+        return {"l2t": self.beta * loss}
+
+    def epoch_summary(self) -> dict:
+        if not self.gate_count:
+            return {}
+        summary = {"gates": (self.gate_sum / self.gate_count).cpu()}  # teacher stages x student stages
+        self.gate_sum.zero_()
+        self.gate_count.zero_()
+        return summary
 
     def after_step(self, batch: Batch, student: nn.Module, teacher: Features, optimizer: torch.optim.Optimizer):
         params = [p for group in optimizer.param_groups for p in group["params"]]
