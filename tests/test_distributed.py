@@ -74,14 +74,14 @@ def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> su
 @pytest.mark.slow
 def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_batch(small_data, tmp_path):
     spec = JobSpec(kind="student", grid="ddp", dataset="digits", arch="resnet8", method="vanilla", run="vanilla",
-                   seed=0, device="cpu", schedule=Schedule(epochs=3, batch_size=32, lr_decay_epochs=(3,)))
+                   seed=0, device="cpu", schedule=Schedule(epochs=2, batch_size=32, lr_decay_epochs=(2,)))
     one = train(spec, small_data, tmp_path / "one", 1, tmp_path)
     two = train(spec, small_data, tmp_path / "two", 2, tmp_path)
     single = json.loads((tmp_path / "one/metrics.json").read_text())
     double = json.loads((tmp_path / "two/metrics.json").read_text())
     assert (single["world_size"], double["world_size"]) == (1, 2)
     # Rank 0 alone logs and records: one progress line per epoch, one MLflow run per job.
-    assert two.stdout.count("epoch 1/3") == 1
+    assert two.stdout.count("epoch 1/2") == 1
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -91,9 +91,9 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     assert run.data.tags["runtime.world_size"] == "2"
     # The same data, order and augmentation and the global batch's mean gradient (exact: the test below);
     # BatchNorm normalises each process's half-batch with its own statistics, the only difference for this
-    # method. Measured: training loss per epoch 2.2886/2.0416/1.6435 (one process) against
-    # 2.2928/2.0766/1.7472 (two), so 10% bounds it; test accuracy after three epochs on 100 images moves too
-    # fast to compare (0.54 against 0.41 in that run) and is not asserted.
+    # method. Measured: training loss per epoch 2.2886/2.1356 (one process) against 2.2928/2.1428 (two), so
+    # 10% bounds it; test accuracy this early on 100 images moves too fast to compare (0.16 against 0.12 in
+    # that run) and is not asserted.
     for a, b in zip(single["history"], double["history"]):
         assert b["loss_total"] == pytest.approx(a["loss_total"], rel=0.1)
         assert abs(b["train_top1"] - a["train_top1"]) < 0.08

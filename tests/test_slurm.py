@@ -119,7 +119,7 @@ def test_a_tiny_grid_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     result = run(["snakemake", "--profile", "profiles/slurm", "--workflow-profile", "none",
                   "--config", "device=cpu", "--slurm-status-command", "squeue",
                   "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
-                  "--seconds-between-status-checks", "2"], cwd=project, env=tool_env(), timeout=900)
+                  "--seconds-between-status-checks", "1"], cwd=project, env=tool_env(), timeout=900)
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     submitted = output.count("has been submitted with SLURM jobid")
