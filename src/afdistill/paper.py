@@ -17,6 +17,10 @@ class PaperTable:
     dataset: str
     metric: str  # "accuracy" (fraction) or "error" (percent)
     cells: dict[tuple[str, str], dict[str, float]]
+    # Which test accuracy the paper's numbers are: "best" (the best epoch's) or "last" (the final epoch's);
+    # None where neither the paper nor its code says (the report then compares the last epoch's).
+    epoch: str | None = None
+    note: str = ""  # where the numbers come from and how the epoch was decided, printed under the table
 
 
 def _columns(columns: list[tuple[str, str]], rows: dict[str, list[float]]) -> dict[tuple[str, str], dict[str, float]]:
@@ -44,6 +48,10 @@ PAPER_TABLES: dict[str, PaperTable] = {
                 "afd": [0.7153, 0.7138, 0.7539, 0.7547, 0.7813, 0.7540, 0.7747],
             },
         ),
+        epoch="last",
+        note="Ji, Heo & Park, AAAI 2021, Table 1, mean of 5 runs. The paper does not say which epoch; its code "
+             "(clovaai/attention-feature-distillation, main.py) prints each epoch's test accuracy and keeps no "
+             "best, so the last epoch is compared.",
     ),
     # Zagoruyko & Komodakis, ICLR 2017, CIFAR-10 top-1 error (%) of WRN students; the mapping
     # ablation (WRN-16-2 -> WRN-16-1) gives F_sum^2 = the AT row, F_sum, F_sum^4 and F_max^1.
@@ -57,6 +65,8 @@ PAPER_TABLES: dict[str, PaperTable] = {
             ("wrn_40_1", "wrn_16_1"): {"vanilla": 8.77, "at": 8.25, "kd": 8.39, "at_kd": 8.01, "teacher": 6.58},
             ("wrn_40_2", "wrn_16_2"): {"vanilla": 6.31, "at": 5.85, "kd": 6.08, "at_kd": 5.71, "teacher": 5.23},
         },
+        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), CIFAR-10 error; which epoch is "
+             "not stated.",
     ),
     # Lee & Song, BMVC 2019 poster, CIFAR-100 top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
     "mhgd_cifar100": PaperTable(
@@ -64,6 +74,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
         dataset="cifar100",
         metric="accuracy",
         cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.7722, "vanilla": 0.7162, "kd": 0.7188, "mhgd": 0.7279}},
+        note="Lee & Song, BMVC 2019 poster, CIFAR-100; which epoch is not stated.",
     ),
     # Issue 16's methods on CIFAR-100 (top-1, fraction), from the tables of sunshangquan/logit-standardization-KD's
     # README (Sun et al., CVPR 2024, Tables 1-2), which gathers KD, CTKD, DKD and MLKD with and without logit
@@ -98,6 +109,10 @@ PAPER_TABLES: dict[str, PaperTable] = {
                             0.7094],
             },
         ),
+        epoch="best",
+        note="sunshangquan/logit-standardization-KD README (Sun et al., CVPR 2024, Tables 1-2), which gathers "
+             "KD, CTKD, DKD and MLKD with and without standardisation; they train with mdistiller, whose trainer "
+             "logs and reports the best test accuracy over the epochs, so the best epoch is compared.",
     ),
     # Ji, Heo & Park, AAAI 2021, Table 2 (top-1, fraction): Tiny ImageNet columns (ResNet34 teacher; ResNet18
     # and ResNet34 students with a 3x3 first convolution), params/tinyimagenet.yaml. The paper prints no
@@ -119,6 +134,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
                 "afd": [0.6880, 0.6981],
             },
         ),
+        note="Ji, Heo & Park, AAAI 2021, Table 2 (Tiny ImageNet); which epoch and how many runs are not stated.",
     ),
     # The same table's ImageNet column (ResNet34 -> ResNet18), params/imagenet.yaml.
     "afd_table2_imagenet": PaperTable(
@@ -128,5 +144,6 @@ PAPER_TABLES: dict[str, PaperTable] = {
         cells={("resnet34_imagenet", "resnet18_imagenet"): {
             "teacher": 0.7355, "vanilla": 0.7028, "kd": 0.7066, "fitnet": 0.7085, "at": 0.7093, "rkd": 0.7137,
             "crd": 0.7135, "afd": 0.7138}},
+        note="Ji, Heo & Park, AAAI 2021, Table 2 (ImageNet); which epoch is not stated.",
     ),
 }
