@@ -59,3 +59,30 @@ def test_error_tables_state_their_units(tmp_path):
     assert "| ATT | 8.00 (*paper 7.93*) |" in (tmp_path / "report" / "table.md").read_text()
     rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "report" / "table.csv"))}
     assert rows["at"]["unit"] == "fraction correct (top-1)" and rows["at"]["paper_unit"] == "top-1 error (%)"
+
+
+def test_last_and_best_epochs_are_both_shown_and_the_papers_one_is_compared(tmp_path):
+    config = json.loads(json.dumps(TINY_GRID))
+    config.update(dataset="cifar100", seeds=[0], pairs=[{"teacher": "resnet8x4", "student": "resnet8"}],
+                  methods={"kd": {}, "dkd": {"seeds": [0, 1]}},
+                  report={"paper_table": "modern_cifar100", "metric": "accuracy"})
+    grid = Grid(config)
+
+    def history_record(run, seed, history):
+        rec = record("student", "resnet8", run, seed, history[-1], teacher="resnet8x4")
+        rec["history"] = [{"test_top1": value, "epoch_seconds": 1.0} for value in history]
+        return rec
+
+    paths = write(tmp_path, [history_record("kd", 0, [0.5, 0.72, 0.70]),
+                             history_record("dkd", 0, [0.6, 0.75, 0.74]), history_record("dkd", 1, [0.6, 0.73, 0.72])])
+    build(grid, paths, tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    # modern_cifar100's numbers are best epochs (mdistiller): the main table compares the best epoch.
+    assert "Test accuracy of the **best epoch**" in table
+    main, other = table.split("## Test accuracy of the last epoch")
+    assert "| KD | 0.7200 |" in main and "| DKD | 0.7400 ± 0.0141 |" in main  # 2 seeds: the run's own
+    assert "| KD | 0.7000 |" in other and "| DKD | 0.7300 ± 0.0141 |" in other
+    assert "*Paper values:* sunshangquan/logit-standardization-KD" in main
+    rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "report" / "table.csv"))}
+    assert rows["kd"]["epoch"] == "best" and float(rows["kd"]["last_mean"]) == 0.70
+    assert float(rows["kd"]["best_mean"]) == 0.72 and rows["dkd"]["n_expected"] == "2"

@@ -1,4 +1,4 @@
-"""CIFAR ResNets (He et al. 2016, the 6n+2 family) and the CIFAR variants of ResNet18/34.
+"""CIFAR ResNets (He et al. 2016, the 6n+2 family) and the CIFAR variants of ResNet18/34/50.
 
 Parameter names and shapes follow HobbitLong/RepDistiller's ``models/resnet.py``
 and ``models/resnetv2.py`` so its published teacher checkpoints load with
@@ -30,6 +30,8 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
 class BasicBlock(nn.Module):
     """conv-bn-relu-conv-bn, plus shortcut, then ReLU (post-activation)."""
 
+    expansion = 1
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_name: str = "downsample"):
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
@@ -53,8 +55,32 @@ class BasicBlock(nn.Module):
         return F.relu(out + residual)
 
 
+class Bottleneck(nn.Module):
+    """RepDistiller's ``resnetv2.Bottleneck``: 1x1 -> 3x3 (stride) -> 1x1 (x4 channels), plus shortcut, then ReLU."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut_name: str = "shortcut"):
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        needs_projection = stride != 1 or in_planes != out_planes
+        self.shortcut = _projection(in_planes, out_planes, stride) if needs_projection else nn.Sequential()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
 class ResNet(nn.Module):
-    """Stem conv-bn-relu, stages of BasicBlocks, global average pool, linear classifier."""
+    """Stem conv-bn-relu, stages of residual blocks, global average pool, linear classifier."""
 
     def __init__(
         self,
@@ -64,6 +90,7 @@ class ResNet(nn.Module):
         classifier_name: str = "fc",
         shortcut_name: str = "downsample",
         afd_candidate_stride: int = 1,
+        block: type[nn.Module] = BasicBlock,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
@@ -74,8 +101,8 @@ class ResNet(nn.Module):
             stride = 1 if index == 0 else 2
             layers = []
             for block_index in range(count):
-                layers.append(BasicBlock(in_planes, planes, stride if block_index == 0 else 1, shortcut_name))
-                in_planes = planes
+                layers.append(block(in_planes, planes, stride if block_index == 0 else 1, shortcut_name))
+                in_planes = planes * block.expansion
             name = f"layer{index + 1}"
             self.add_module(name, nn.Sequential(*layers))
             self.stage_names.append(name)
@@ -177,3 +204,10 @@ def resnet18(num_classes: int) -> ResNet:
 @register_model
 def resnet34(num_classes: int) -> ResNet:
     return ResNet([3, 4, 6, 3], _IMAGENET_WIDTHS, num_classes, classifier_name="linear", shortcut_name="shortcut")
+
+
+@register_model
+def resnet50(num_classes: int) -> ResNet:
+    """RepDistiller's ``ResNet50`` (resnetv2.py): Bottleneck blocks [3, 4, 6, 3], 3x3 stem, no max-pool."""
+    return ResNet([3, 4, 6, 3], _IMAGENET_WIDTHS, num_classes, classifier_name="linear", shortcut_name="shortcut",
+                  block=Bottleneck)
