@@ -89,7 +89,7 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     # The same spec twice: the second job's run replaces the first (soft-deleted), and only rank 0 made one.
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["runtime.world_size"] == "2"
-    # The same data, order and augmentation and the global batch's mean gradient (exact: the test below);
+    # The same data, order and augmentation and the global batch's mean gradient (exact: the test above);
     # BatchNorm normalises each process's half-batch with its own statistics, the only difference for this
     # method. Measured: training loss per epoch 2.2886/2.1356 (one process) against 2.2928/2.1428 (two), so
     # 10% bounds it; test accuracy this early on 100 images moves too fast to compare (0.16 against 0.12 in

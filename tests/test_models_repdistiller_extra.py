@@ -91,7 +91,7 @@ def test_every_modern_method_trains_on_the_heterogeneous_pairs(teacher_arch, stu
     torch.manual_seed(0)
     teacher, student = create_model(teacher_arch, 10).eval(), create_model(student_arch, 10)
     teacher.requires_grad_(False)
-    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
     context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
                       torch.arange(40) % 10, 4, seed=0)
     for name, params in METHODS.items():
