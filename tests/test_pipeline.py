@@ -237,6 +237,11 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     assert lock["stages"]["students"]["params"]["params/default.yaml"]["methods"]["kd"]["temperature"] == 4
     ran = trained(first.stdout + first.stderr)
     assert len(ran) == 9 and sum("/students/" in job for job in ran) == 4  # data, teacher, links, heads, report
+    # Six stages, six Snakemake runs, one dvc repro: one grid run in MLflow holds every job's run.
+    runs = mlflow_runs(project)
+    grids = [r for r in runs if r["tags"].get("kind") == "grid"]
+    assert len(grids) == 1 and grids[0]["tags"]["afdistill.invocation"].startswith("dvc-")
+    assert all(r["parent"] == grids[0]["id"] for r in runs if r["tags"].get("kind") != "grid")
     _git(project, "add", "-A")
     _git(project, "commit", "-qm", "pinned")
 

@@ -607,17 +607,36 @@ def _new_invocation() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
 
 
+def _dvc_invocation() -> str | None:
+    """Under ``dvc repro`` (``$DVC_STAGE`` set), the ``dvc`` process that runs every stage, as
+    ``dvc-<start time>-<pid>``: the stages' Snakemake runs then share one grid run."""
+    if not os.environ.get(DVC_STAGE_ENV):
+        return None
+    import psutil
+
+    try:
+        for process in psutil.Process().parents():
+            command = process.cmdline()
+            if any(Path(part).name == "dvc" for part in command[:2]):
+                started = datetime.datetime.fromtimestamp(process.create_time(), datetime.timezone.utc)
+                return f"dvc-{started:%Y%m%dT%H%M%SZ}-{process.pid}"
+    except psutil.Error:
+        return None
+    return None
+
+
 def start_grid(grid: str, grid_file: str | Path | None = None, invocation: str | None = None,
                uri: str | None = None) -> str:
     """Open the parent run of one grid invocation and export it to the jobs this process starts.
 
     ``invocation`` defaults to ``$AFDISTILL_INVOCATION``, then
-    ``$DVC_EXP_NAME``, then a new timestamp; an invocation seen before
-    reopens its run (so ``AFDISTILL_INVOCATION=x dvc repro`` keeps every
-    stage's jobs under one parent). Sets ``$AFDISTILL_GRID_RUN_ID`` and
+    ``$DVC_EXP_NAME``, then the ``dvc repro`` process running this stage,
+    then a new timestamp; an invocation seen before reopens its run, so every
+    stage of one ``dvc repro`` or ``dvc exp run`` lands under one parent. Sets ``$AFDISTILL_GRID_RUN_ID`` and
     ``$AFDISTILL_INVOCATION`` in this process's environment.
     """
-    invocation = invocation or os.environ.get(INVOCATION_ENV) or os.environ.get(DVC_EXPERIMENT_ENV) or _new_invocation()
+    invocation = (invocation or os.environ.get(INVOCATION_ENV) or os.environ.get(DVC_EXPERIMENT_ENV)
+                  or _dvc_invocation() or _new_invocation())
     os.environ[INVOCATION_ENV] = invocation
     client = open_store(uri)
     uri = uri or tracking_uri()
