@@ -74,11 +74,7 @@ def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
             except BlockingIOError:
                 handle.close()
                 continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            _held.append(handle)
+            _hold(handle)
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
             return gpu
         if time.monotonic() > deadline:
@@ -87,6 +83,15 @@ def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
             log(f"all GPUs {gpus} are busy; waiting for one to free up")
             announced = True
         time.sleep(2.0)
+
+
+def _hold(handle) -> None:
+    """Keep a locked file open for the process's life, with the holder's PID in it (for people)."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held.append(handle)
 
 
 def _claim_several(gpus: list[str], count: int, lock_dir: str | None, wait_seconds: float, log) -> str:
@@ -108,11 +113,7 @@ def _claim_several(gpus: list[str], count: int, lock_dir: str | None, wait_secon
             taken.append((gpu, handle))
             if len(taken) == count:
                 for _, held in taken:
-                    held.seek(0)
-                    held.truncate()
-                    held.write(f"{os.getpid()}\n")
-                    held.flush()
-                    _held.append(held)
+                    _hold(held)
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu for gpu, _ in taken)
                 return os.environ["CUDA_VISIBLE_DEVICES"]
         for _, handle in taken:  # not enough free: give back what was taken, try again later

@@ -25,6 +25,23 @@ def _shuffle(x: Tensor, groups: int) -> Tensor:
     return x.view(n, groups, channels // groups, h, w).transpose(1, 2).reshape(n, channels, h, w)
 
 
+def _through_stages(out: Tensor, layers) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Every block of every stage in order: the last output, each block's output, each stage's output."""
+    blocks, stages = [], []
+    for stage in layers:
+        for block in stage:
+            out = block(out)
+            blocks.append(out)
+        stages.append(out)
+    return out, blocks, stages
+
+
+def _output(logits: Tensor, blocks, stages, stem: Tensor, pooled: Tensor, with_features: bool):
+    if not with_features:
+        return logits
+    return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+
+
 class ShuffleV1Block(nn.Module):
     """Grouped 1x1 -> shuffle -> depthwise 3x3 -> grouped 1x1; added to the input, or concatenated with its
     3x3 average pool when the block halves the resolution; then ReLU."""
@@ -69,19 +86,10 @@ class ShuffleNetV1(nn.Module):
         self.afd_candidates = list(range(sum(num_blocks)))
 
     def forward(self, x: Tensor, with_features: bool = False):
-        out = F.relu(self.bn1(self.conv1(x)))
-        stem = out
-        blocks, stages = [], []
-        for stage in (self.layer1, self.layer2, self.layer3):
-            for block in stage:
-                out = block(out)
-                blocks.append(out)
-            stages.append(out)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        out, blocks, stages = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        logits = self.linear(pooled)
-        if not with_features:
-            return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features)
 
 
 class ShuffleV2Block(nn.Module):
@@ -147,19 +155,10 @@ class ShuffleNetV2(nn.Module):
         self.afd_candidates = list(range(sum(num_blocks) + len(num_blocks)))
 
     def forward(self, x: Tensor, with_features: bool = False):
-        out = F.relu(self.bn1(self.conv1(x)))
-        stem = out
-        blocks, stages = [], []
-        for stage in (self.layer1, self.layer2, self.layer3):
-            for block in stage:
-                out = block(out)
-                blocks.append(out)
-            stages.append(out)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        out, blocks, stages = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = F.adaptive_avg_pool2d(F.relu(self.bn2(self.conv2(out))), 1).flatten(1)
-        logits = self.linear(pooled)
-        if not with_features:
-            return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features)
 
 
 @register_model
