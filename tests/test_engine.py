@@ -135,3 +135,24 @@ def test_each_epoch_prints_one_progress_line_with_lr_accuracy_speed_elapsed_and_
                r"\| \d+ img/s \| 0:\d\d:\d\d elapsed, ETA 0:\d\d:\d\d$")
     assert re.match(pattern, epochs[1]), epochs[1]
     assert epochs[2].endswith("ETA 0:00:00")
+
+
+def test_mlkd_trains_on_a_second_strong_view_that_the_seed_fixes(small_data, teacher_checkpoint, tmp_path,
+                                                                monkeypatch):
+    from afdistill.data import DeviceData
+
+    views = []
+    real = DeviceData.strong_batch
+    monkeypatch.setattr(DeviceData, "strong_batch",
+                        lambda self, indices, generator: views.append(indices) or real(self, indices, generator))
+    histories = [train(student_spec("mlkd", seed=0, method_params=params), small_data, tmp_path / name,
+                       teacher_checkpoint, log=lambda *a: None).record["history"]
+                 for name, params in (("a", {}), ("b", {}), ("weak", {"strong_view": False}))]
+    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
+                             for e in history]
+    assert strip(histories[0]) == strip(histories[1])
+    assert strip(histories[0]) != strip(histories[2])
+    assert {"loss_mlkd_ce_strong", "loss_mlkd_instance_strong"} <= set(histories[0][0])
+    assert "loss_mlkd_ce_strong" not in histories[2][0]
+    # one strong view per batch of the two strong runs, none for the weak one: 3 epochs x 25 batches of 16
+    assert len(views) == 2 * 3 * 25 and all(len(v) == 16 for v in views)

@@ -50,6 +50,10 @@ def grid_with(**changes):
     ({"methods": {"kd": {"seeds": 3}}}, "methods.kd.seeds: expected a non-empty list of seeds (integers >= 0), got 3"),
     ({"colour": "red"}, "colour: unknown key; allowed: grid, dataset"),
     ({"report": {"paper_table": "table9"}}, "report.paper_table: unknown table 'table9'; allowed: afd_table1"),
+    ({"report": {"paper_matrices": ["table4"]}},
+     "report.paper_matrices[0]: unknown table 'table4'; allowed: afd_table4, afd_table5a"),
+    ({"report": {"paper_matrices": ["afd_table6"]}},
+     "report.paper_matrices[0]: afd_table6 is on cifar100 wrn_40_2 -> wrn_16_2, which this grid does not train"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
      "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, afd_choices, crd_afd, dkd, reviewkd, dist, mlkd, kd_ls_ctkd, links"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet20", "student": "resnet8"}]},
@@ -135,3 +139,11 @@ def test_architecture_options_reach_the_specs_of_the_networks_trained_with_them(
     assert grid.teacher_spec("wrn_40_2").model_options == {"double_bn_update": True}
     assert grid.student_spec("wrn_40_2", "wrn_16_2", "kd", 0).model_options == {"double_bn_update": True}
     assert grid.student_spec("resnet56", "resnet20", "kd", 0).model_options == {}
+
+
+def test_an_ablation_table_whose_runs_the_grid_does_not_train_is_refused():
+    config = yaml.safe_load((ROOT / "params" / "cifar100_ablations.yaml").read_text())
+    config["pairs"][2]["runs"].remove("t6_kl")
+    with pytest.raises(GridError, match=r"report.paper_matrices\[4\]: afd_table6 needs the runs t6_kl on "
+                                        r"wrn_40_2 -> wrn_16_2, which the grid does not train there"):
+        Grid(config, source="params/cifar100_ablations.yaml")

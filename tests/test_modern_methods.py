@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afdistill.methods import Batch, Context, build_method, dry_run, kd_loss, method_defaults
+from afdistill.methods import Batch, Context, View, build_method, dry_run, kd_loss, method_defaults
 from afdistill.methods.logits import cosine_curriculum, standardize
 from afdistill.methods.reviewkd import hierarchical_context_loss
 from afdistill.models import create_model
@@ -44,8 +44,14 @@ def features_of(logits):
     return Features(logits=logits, blocks=[], stages=[], stem=logits, pooled=logits)
 
 
-def run_terms(method, student, teacher, labels):
-    return method(features_of(student), features_of(teacher), Batch(None, labels, torch.arange(len(labels))))
+def run_terms(method, student, teacher, labels, strong=None):
+    """The method's terms; a method with a strong view gets ``strong`` (student, teacher logits), by default
+    logits unrelated to the weak ones."""
+    view = None
+    if method.strong_view:
+        strong = strong or (student.detach().flip(0) * 0.5, teacher.roll(1, dims=1))
+        view = View(None, features_of(strong[0]), features_of(strong[1]))
+    return method(features_of(student), features_of(teacher), Batch(None, labels, torch.arange(len(labels)), view))
 
 
 def np_softmax(z, T):
@@ -120,13 +126,30 @@ def np_mlkd(zs, zt, temperatures):
     return instance, batch, klass
 
 
-def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures():
-    method, zs, zt, y = logit_setup("mlkd", {"kd_weight": 2.0, "temperature": 4.0}, batch=7)
+def np_cross_entropy(z, y):
+    return float(-np.log(np_softmax(z, 1.0)[np.arange(len(y)), y]).mean())
+
+
+@pytest.mark.parametrize("strong_view", [True, False])
+def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures(strong_view):
+    method, zs, zt, y = logit_setup("mlkd", {"kd_weight": 2.0, "temperature": 4.0, "gamma": 0.5,
+                                             "strong_view": strong_view}, batch=7)
     instance, batch, klass = np_mlkd(zs.detach().double().numpy(), zt.double().numpy(), (4.0, 3.0, 5.0, 2.0, 6.0))
-    terms = run_terms(method, zs, zt, y)
+    torch.manual_seed(1)
+    strong_s, strong_t = 3 * torch.randn(7, 7), 3 * torch.randn(7, 7)
+    terms = run_terms(method, zs, zt, y, strong=(strong_s, strong_t))
     assert terms["mlkd_instance"].item() == pytest.approx(2 * instance, rel=1e-4)
     assert terms["mlkd_batch"].item() == pytest.approx(2 * batch, rel=1e-4)
     assert terms["mlkd_class"].item() == pytest.approx(2 * klass, rel=1e-4)
+    if not strong_view:
+        assert set(terms) == {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"}
+        return
+    # the official loss_kd_strong's strong-view part: unmasked KD at T, 3 and 5; and a second CE at the CE weight
+    a, b = strong_s.double().numpy(), strong_t.double().numpy()
+    strong_instance = sum(sum(np_kl(np_softmax(b, T)[i], np_softmax(a, T)[i]) for i in range(7)) / 7 * T * T
+                          for T in (4.0, 3.0, 5.0))
+    assert terms["mlkd_instance_strong"].item() == pytest.approx(2 * strong_instance, rel=1e-4)
+    assert terms["mlkd_ce_strong"].item() == pytest.approx(0.5 * np_cross_entropy(a, y.numpy()), rel=1e-5)
 
 
 # ---------------------------------------------------------------- ReviewKD
@@ -325,8 +348,13 @@ def test_a_few_steps_lower_the_distillation_loss(name, params):
     with torch.no_grad():
         teacher = t(images, with_features=True)
     for _ in range(8):
-        terms = method(s(images, with_features=True), teacher, Batch(images, labels, torch.arange(16)))
-        total = sum(v for k, v in terms.items() if k != "ce")
+        strong = None
+        if method.strong_view:  # a second view: the same images upside down
+            with torch.no_grad():
+                strong_teacher = t(images.flip(2), with_features=True)
+            strong = View(images.flip(2), s(images.flip(2), with_features=True), strong_teacher)
+        terms = method(s(images, with_features=True), teacher, Batch(images, labels, torch.arange(16), strong))
+        total = sum(v for k, v in terms.items() if "ce" not in k.split("_"))
         losses.append(total.item())
         optimizer.zero_grad()
         method.backward(terms)

@@ -54,6 +54,10 @@ def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     assert (project / "reports/default/figures/links_resnet8_resnet8.png").stat().st_size > 1000
     assert (project / "reports/default/figures/curves_resnet8_resnet8.png").stat().st_size > 1000
     assert (project / "reports/default/figures/activation_maps_resnet8_resnet8.png").stat().st_size > 1000
+    # the AFD paper's Figures 3 and 6 from the AFD run's per-epoch attention, as it trained
+    assert (project / "reports/default/figures/attention_epochs.png").stat().st_size > 1000
+    assert (project / "reports/default/figures/manual_vs_attention.png").stat().st_size > 1000
+    assert (project / "reports/default/ablations.csv").read_text().startswith("table,row,column,run")
     # The grid's progress beside Snakemake's job lines: from nothing done to every job done.
     progress = re.findall(r"^grid 'default': (\d+)/(\d+) done.*$", log, flags=re.MULTILINE)
     total = progress[0][1]
@@ -159,6 +163,16 @@ def test_paper_grid_dry_run_lists_every_job():
     # + the plain student once per architecture (5) x 5 seeds
     assert counts["distill"] == str(7 * 5 * 10 + 5 * 5)
     assert counts["train_teacher"] == "4" and counts["prepare_data"] == "1" and counts["make_report"] == "1"
+
+
+def test_the_ablation_grid_dry_run_lists_every_job():
+    result = run(["snakemake", "-n", "--configfile", "params/cifar100_ablations.yaml"], cwd=ROOT)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    # 5 seeds x (Tables 4 and 9: 7 rows each; Table 5: 9 + 9 cells, one of them Table 4's;
+    #            Tables 6 and 7: 3 + 2 beside AFD as it is; Figure 5: 9 betas, AFD as it is among them)
+    assert counts["distill"] == str(5 * (7 + 7 + 8 + 9 + 5 + 9))
+    # "AFD (pre-trained)" reads a link-finding run on each of its two pairs; three teachers
+    assert (counts["find_links"], counts["train_teacher"], counts["make_report"]) == ("2", "3", "1")
 
 
 def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):

@@ -86,3 +86,45 @@ def test_last_and_best_epochs_are_both_shown_and_the_papers_one_is_compared(tmp_
     rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "report" / "table.csv"))}
     assert rows["kd"]["epoch"] == "best" and float(rows["kd"]["last_mean"]) == 0.70
     assert float(rows["kd"]["best_mean"]) == 0.72 and rows["dkd"]["n_expected"] == "2"
+
+
+def test_the_ablation_grid_writes_each_table_shaped_like_the_papers_and_figures_3_5_6(tmp_path):
+    """params/cifar100_ablations.yaml with made-up results for a few cells of each table."""
+    import yaml
+
+    from afdistill.paper import PAPER_MATRICES
+
+    grid = Grid(yaml.safe_load(open("params/cifar100_ablations.yaml")))
+    attention = [[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.0, 0.3, 0.7]], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0, 0, 1.0]]]
+    summaries = [{"attention": a, "teacher_names": ["layer1.0", "layer2.0", "layer3.0"],
+                  "student_names": ["layer1.2", "layer2.2", "layer3.2"]} for a in attention]
+    records = []
+    for seed, top1 in ((0, 0.70), (1, 0.72)):
+        for run in ("t4_random_random", "t4_interval_afd", "t5_t27_s9"):
+            rec = record("student", "resnet20", run, seed, top1, teacher="resnet56")
+            rec["summaries"] = summaries
+            records.append(rec)
+        for run, shift in (("fig5_beta10", 0.0), ("fig5_beta200", 0.01), ("fig5_beta5000", -0.02), ("t6_kl", 0)):
+            records.append(record("student", "wrn_16_2", run, seed, top1 + shift, teacher="wrn_40_2"))
+    build(grid, write(tmp_path, records), tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+
+    # Table 4: its seven rows under two header columns, our mean ± std and the paper's beside
+    assert "| Teacher candi. | Linking method | ResNet56 → ResNet20 |" in table
+    assert ("| Random | Random link | 0.7100 ± 0.0141 (n=2/5) (*paper 0.6945 ± 0.002*) |" in table)
+    assert "| Equal interval | Ordered | – (*paper 0.7025 ± 0.002*) |" in table
+    # Table 5(a): teacher counts down, student counts across; its 9 x 9 cell is Table 4's co-trained run
+    assert "| # of candi. (teacher) \\ # of candi. (student) | 3 | 6 | 9 |" in table
+    assert "| 27 | – (*paper 0.7121*) | – (*paper 0.7152*) | 0.7100 ± 0.0141 (n=2/5) (*paper 0.7153*) |" in table
+    assert "| 9 | – (*paper 0.7109*) | – (*paper 0.7149*) | 0.7100 ± 0.0141 (n=2/5) (*paper 0.7135*) |" in table
+    # Tables 6 and 7: one row, the metrics across; L2 and A2 are the beta line's beta = 200 run
+    assert "| distance | L1 | L2 | KL | Cosine |" in table
+    assert "| WRN-40-2 → WRN-16-2 | – (*paper 0.7513*) | 0.7200 ± 0.0141 (n=2/5) (*paper 0.7547*) |" in table
+    cells = list(csv.DictReader(open(tmp_path / "report" / "ablations.csv")))
+    assert len(cells) == sum(len(m.rows) * len(m.columns) for n, m in PAPER_MATRICES.items()
+                             if n in grid.paper_matrices) == 7 + 9 + 7 + 9 + 4 + 3
+    kl = next(c for c in cells if c["table"] == "afd_table6" and c["column"] == "KL")
+    assert (kl["run"], kl["n"], kl["n_expected"], kl["paper"]) == ("t6_kl", "2", "5", "0.7523")
+    figures = tmp_path / "report" / "figures"
+    for name in ("attention_epochs.png", "manual_vs_attention.png", "beta_sensitivity.png"):
+        assert (figures / name).stat().st_size > 1000, name

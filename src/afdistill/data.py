@@ -309,6 +309,13 @@ class DeviceData:
             images = self.augment(self.train.images[index], generator)
             yield self.normalize(images), self.train.labels[index], index
 
+    def strong_batch(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A second view of the training images at ``indices``: its own crop and flip, then MLKD's strong
+        augmentation (:mod:`afdistill.augment`), normalised."""
+        from .augment import strong_augment
+
+        return self.normalize(strong_augment(self.augment(self.train.images[indices], generator), generator))
+
     def num_train_batches(self, batch_size: int) -> int:
         n = len(self.train.labels)
         full, rest = divmod(n, batch_size)

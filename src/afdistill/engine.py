@@ -32,7 +32,7 @@ from .data import DeviceData
 from .graphs import GraphedStep
 from .heap import keep_freed_memory
 from .streaming import open_prepared
-from .methods import Batch, Context, build_method, dry_run, method_class
+from .methods import Batch, Context, View, build_method, dry_run, method_class
 from .models import create_model
 from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime
@@ -320,6 +320,9 @@ def train(
         seed=spec.seed, artifact=artifact,
     )
     method = build_method(spec.method, spec.method_params, context).to(device)
+    if method.strong_view and not hasattr(data, "strong_batch"):
+        raise ValueError(f"{spec.title}: method {spec.method!r} trains on a second, strongly augmented view, which "
+                         f"the streamed dataset {spec.dataset!r} does not provide; set strong_view: false")
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     student_forward = teacher_forward = None
     if student is not None:
@@ -354,10 +357,8 @@ def train(
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16,
                        cache_enabled=False)
 
-    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-        """One optimisation step on a batch; returns the weighted loss terms and the student's logits."""
-        if method.needs_input_grad:
-            images.requires_grad_(True)
+    def features_of(images: torch.Tensor):
+        """Both networks' features of a batch (the teacher's without autograd), in fp32."""
         teacher_out = student_out = None
         with autocast():
             if teacher is not None:
@@ -368,7 +369,16 @@ def train(
         if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
             student_out = student_out.float() if student_out is not None else None
             teacher_out = teacher_out.float() if teacher_out is not None else None
-        batch = Batch(images, labels, indices)
+        return student_out, teacher_out
+
+    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *strong_images: torch.Tensor):
+        """One optimisation step on a batch (and its strong view, for methods with ``strong_view``); returns
+        the weighted loss terms and the student's logits."""
+        if method.needs_input_grad:
+            images.requires_grad_(True)
+        student_out, teacher_out = features_of(images)
+        strong = View(strong_images[0], *features_of(strong_images[0])) if strong_images else None
+        batch = Batch(images, labels, indices, strong)
         terms = method(student_out, teacher_out, batch)
         optimizer.zero_grad(set_to_none=True)
         method.backward(terms)
@@ -464,8 +474,11 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     batches = data.train_batches(spec.schedule.batch_size, generator)
     total = data.num_train_batches(spec.schedule.batch_size)
     for images, labels, indices in _progress(batches, total, f"{spec.title} epoch {epoch}"):
-        images, labels, indices = distributed.shard(group, images, labels, indices)
-        terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices)
+        # MLKD's second view: drawn after the batch, from the same generator, so a seed fixes both
+        strong = (data.strong_batch(indices, generator),) if state.method.strong_view else ()
+        images, labels, indices, *strong = distributed.shard(group, images, labels, indices, *strong)
+        terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices,
+                                 *(view.contiguous(memory_format=layout) for view in strong))
         with torch.no_grad():  # running sums stay on the device: no sync per step
             n = len(labels)
             for name, value in {"total": sum(terms.values()), **terms}.items():

@@ -85,6 +85,8 @@ SCHEMA: dict[str, Any] = {
                                    "the row, `sweep:` values to try, `seeds:` the run's own seeds)"},
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
+            "paper_matrices": {"type": "array", "items": {"type": "string"},
+                               "description": "the AFD paper's ablation tables to write (afdistill.paper.PAPER_MATRICES)"},
             "metric": {"type": "string", "enum": ["accuracy", "error"]}}},
     },
 }
@@ -277,6 +279,22 @@ class Grid:
             if self.paper_table not in PAPER_TABLES:
                 raise GridError(f"report.paper_table: unknown table {self.paper_table!r}; "
                                 f"allowed: {_allowed(sorted(PAPER_TABLES))}")
+        from .paper import PAPER_MATRICES
+
+        self.paper_matrices = list(report.get("paper_matrices") or [])
+        for index, name in enumerate(self.paper_matrices):
+            if name not in PAPER_MATRICES:
+                raise GridError(f"report.paper_matrices[{index}]: unknown table {name!r}; "
+                                f"allowed: {_allowed(sorted(PAPER_MATRICES))}")
+            matrix = PAPER_MATRICES[name]
+            pair = next((p for p in self.pairs if (p.teacher, p.student) == matrix.pair), None)
+            if matrix.dataset != self.dataset or pair is None:
+                raise GridError(f"report.paper_matrices[{index}]: {name} is on {matrix.dataset} "
+                                f"{matrix.pair[0]} -> {matrix.pair[1]}, which this grid does not train")
+            missing = sorted(set(matrix.runs.values()) - set(pair.runs))
+            if missing:
+                raise GridError(f"report.paper_matrices[{index}]: {name} needs the runs {', '.join(missing)} "
+                                f"on {pair.teacher} -> {pair.student}, which the grid does not train there")
 
     def _check_fits(self) -> None:
         """Checks that need shapes and dataset sizes (hint layers, negatives, stage widths): every run on every

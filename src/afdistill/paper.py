@@ -8,7 +8,7 @@ each table's comment holds the runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -147,4 +147,105 @@ PAPER_TABLES: dict[str, PaperTable] = {
             "crd": 0.7135, "afd": 0.7138}},
         note="Ji, Heo & Park, AAAI 2021, Table 2 (ImageNet); which epoch is not stated.",
     ),
+}
+
+
+@dataclass(frozen=True)
+class PaperMatrix:
+    """A paper table whose rows and columns are settings of one pair (the AFD paper's ablations).
+
+    ``rows`` are tuples of labels (one header column each, as the paper prints them), ``columns`` labels;
+    ``runs`` names the grid run behind each (row, column) cell, ``paper`` the published value
+    (fraction correct) where the paper prints one, ``paper_std`` its printed std.
+    """
+
+    title: str
+    dataset: str
+    pair: tuple[str, str]
+    row_headers: tuple[str, ...]
+    column_header: str
+    rows: tuple[tuple[str, ...], ...]
+    columns: tuple[str, ...]
+    runs: dict[tuple[tuple[str, ...], str], str]
+    paper: dict[tuple[tuple[str, ...], str], float]
+    paper_std: dict[tuple[tuple[str, ...], str], float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _linking_table(title: str, pair: tuple[str, str], column: str, prefix: str, means: list[float],
+                   stds: list[float], note: str) -> PaperMatrix:
+    """Tables 4 and 9: teacher-candidate selection x linking method, one column (the pair)."""
+    rows = (("Random", "Random link"), ("Random", "Ordered"), ("Random", "AFD (co-train)"),
+            ("Equal interval", "Random link"), ("Equal interval", "Ordered"), ("Equal interval", "AFD (pre-trained)"),
+            ("Equal interval", "AFD (co-train)"))
+    runs = ("random_random", "random_ordered", "random_afd", "interval_random", "interval_ordered",
+            "interval_pretrained", "interval_afd")
+    return PaperMatrix(
+        title=title, dataset="cifar100", pair=pair, row_headers=("Teacher candi.", "Linking method"),
+        column_header="", rows=rows, columns=(column,),
+        runs={(row, column): f"{prefix}_{run}" for row, run in zip(rows, runs)},
+        paper={(row, column): value for row, value in zip(rows, means)},
+        paper_std={(row, column): value for row, value in zip(rows, stds)}, note=note)
+
+
+def _candidates_table(title: str, pair: tuple[str, str], prefix: str, teacher: tuple[int, ...],
+                      student: tuple[int, ...], values: list[list[float]], note: str,
+                      shared: dict[tuple[int, int], str] | None = None) -> PaperMatrix:
+    """Table 5: teacher x student candidate counts (equal intervals, co-trained AFD)."""
+    rows = tuple((str(t),) for t in teacher)
+    columns = tuple(str(s) for s in student)
+    shared = shared or {}
+    return PaperMatrix(
+        title=title, dataset="cifar100", pair=pair, row_headers=("# of candi. (teacher)",),
+        column_header="# of candi. (student)", rows=rows, columns=columns,
+        runs={((str(t),), str(s)): shared.get((t, s), f"{prefix}_t{t}_s{s}") for t in teacher for s in student},
+        paper={((str(t),), str(s)): values[i][j] for i, t in enumerate(teacher) for j, s in enumerate(student)},
+        note=note)
+
+
+ABLATION_NOTE = ("Ji, Heo & Park, AAAI 2021 (shared/papers); mean of 5 runs, the last epoch compared (the official "
+                 "code keeps no best epoch). The paper does not give beta for its ablations: the grid's header "
+                 "says what was chosen.")
+
+#: The AFD paper's ablation tables (params/cifar100_ablations.yaml runs them); a grid lists the ones its report
+#: writes in ``report.paper_matrices``.
+PAPER_MATRICES: dict[str, PaperMatrix] = {
+    "afd_table4": _linking_table(
+        "AFD paper, Table 4: teacher candidates and linking (ResNet56 → ResNet20, 9 and 9 candidates)",
+        ("resnet56", "resnet20"), "ResNet56 → ResNet20", "t4",
+        [0.6945, 0.6999, 0.7105, 0.6941, 0.7025, 0.7121, 0.7135], [0.002, 0.003, 0.002, 0.005, 0.002, 0.001, 0.002],
+        ABLATION_NOTE),
+    "afd_table9": _linking_table(
+        "AFD paper, Table 9: teacher candidates and linking (ResNet34 → WRN-28-2)",
+        ("resnet34", "wrn_28_2"), "ResNet34 → WRN-28-2", "t9",
+        [0.7567, 0.7607, 0.7702, 0.7504, 0.7544, 0.7723, 0.7726], [0.006, 0.005, 0.004, 0.008, 0.003, 0.003, 0.003],
+        ABLATION_NOTE + " Its candidate counts are not given; the grid uses 12 and 12 (every WRN-28-2 block, as "
+        "Table 4 uses every ResNet20 block)."),
+    "afd_table5a": _candidates_table(
+        "AFD paper, Table 5(a): numbers of candidates (ResNet56 → ResNet20)", ("resnet56", "resnet20"), "t5",
+        (3, 9, 27), (3, 6, 9),
+        [[0.7140, 0.7097, 0.7115], [0.7109, 0.7149, 0.7135], [0.7121, 0.7152, 0.7153]],
+        ABLATION_NOTE + " The 9 x 9 cell is Table 4's equal-interval co-trained run (the same setting).",
+        shared={(9, 9): "t4_interval_afd"}),
+    "afd_table5b": _candidates_table(
+        "AFD paper, Table 5(b): numbers of candidates (ResNet34 → WRN-28-2)", ("resnet34", "wrn_28_2"), "t5",
+        (4, 8, 16), (3, 6, 12),
+        [[0.7698, 0.7704, 0.7730], [0.7714, 0.7717, 0.7724], [0.7706, 0.7733, 0.7747]], ABLATION_NOTE),
+    "afd_table6": PaperMatrix(
+        title="AFD paper, Table 6: distance metrics (WRN-40-2 → WRN-16-2)", dataset="cifar100",
+        pair=("wrn_40_2", "wrn_16_2"), row_headers=("",), column_header="distance", rows=(("WRN-40-2 → WRN-16-2",),),
+        columns=("L1", "L2", "KL", "Cosine"),
+        runs={(("WRN-40-2 → WRN-16-2",), c): run for c, run in
+              zip(("L1", "L2", "KL", "Cosine"), ("t6_l1", "fig5_beta200", "t6_kl", "t6_cosine"))},
+        paper={(("WRN-40-2 → WRN-16-2",), c): v for c, v in
+               zip(("L1", "L2", "KL", "Cosine"), (0.7513, 0.7547, 0.7523, 0.7541))},
+        note=ABLATION_NOTE + " L2 and A2 are AFD as it is: the beta line's beta = 200 run."),
+    "afd_table7": PaperMatrix(
+        title="AFD paper, Table 7: channel-wise pooling (WRN-40-2 → WRN-16-2)", dataset="cifar100",
+        pair=("wrn_40_2", "wrn_16_2"), row_headers=("",), column_header="pooling", rows=(("WRN-40-2 → WRN-16-2",),),
+        columns=("A1", "A2", "Max"),
+        runs={(("WRN-40-2 → WRN-16-2",), c): run
+              for c, run in zip(("A1", "A2", "Max"), ("t7_a1", "fig5_beta200", "t7_max"))},
+        paper={(("WRN-40-2 → WRN-16-2",), c): v for c, v in zip(("A1", "A2", "Max"), (0.7520, 0.7547, 0.7528))},
+        note=ABLATION_NOTE),
 }

@@ -21,6 +21,11 @@ Outputs under ``reports/<grid>/``:
     The same numbers, flat, for ``dvc metrics show``.
 ``figures/curves_<teacher>_<student>.png``, ``figures/links_<teacher>_<student>.png``
     Test accuracy per epoch (mean over seeds) and the AFD link heatmaps.
+The AFD paper's ablations (:mod:`afdistill.ablations`)
+    ``report.paper_matrices`` tables shaped as the paper's (in ``table.md``,
+    cells in ``ablations.csv``); ``figures/attention_epochs.png`` (Figure 3),
+    ``figures/manual_vs_attention.png`` (Figure 6) where AFD runs co-trained
+    their links, ``figures/beta_sensitivity.png`` (Figure 5) where AFD sweeps beta.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from . import ablations
 from .figures import plot_curves
 from .files import load_json
 from .grid import Grid
@@ -151,6 +157,9 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
 
     _write_csv(rows, out_dir / "table.csv", paper, compared)
     lines = _markdown(grid, rows, columns, paper, metric, compared)
+    matrix_lines, matrix_cells = ablations.matrix_tables(grid, cells, score, compared)
+    lines += matrix_lines
+    _write_matrix_csv(matrix_cells, out_dir / "ablations.csv", compared)
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     (out_dir / "table.html").write_text(_html(lines))
     flat = {f"{r['teacher']}->{r['student']}/{r['run']}": {"mean": _mean_std(r["values"])[0],
@@ -159,6 +168,10 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
                                                             "last_mean": _mean_std(r["last"])[0],
                                                             "best_mean": _mean_std(r["best"])[0]}
             for r in rows if r["values"]}
+    flat.update({f"{c['table']}/{c['row']}/{c['column']}": {"mean": _mean_std(c["values"])[0],
+                                                           "std": _mean_std(c["values"])[1], "n": len(c["values"]),
+                                                           "epoch": compared, "run": c["run"]}
+                 for c in matrix_cells if c["values"]})
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
 
     for teacher, student in columns:
@@ -175,6 +188,9 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         if curves:
             plot_curves(curves, f"{teacher} -> {student} ({grid.dataset}), mean over seeds", "test top-1",
                         figures / f"curves_{teacher}_{student}.png")
+    # The AFD paper's Figures 3, 5 and 6, wherever the grid's runs allow them
+    ablations.link_figures(grid, cells, figures)
+    ablations.beta_figures(grid, cells, score, compared, figures)
     for path in link_files:
         record = load_json(path, "a link-finding run's links")
         shutil.copyfile(path.with_suffix(".png"), figures / f"links_{record['teacher']}_{record['student']}.png")
@@ -200,6 +216,21 @@ def _write_csv(rows: list[dict], path: Path, paper, compared: str) -> None:
                              row["paper"], paper_unit if row["paper"] is not None else "",
                              row["epoch_seconds"], " ".join(f"{v:.6f}" for v in row["values"]), *last, *best,
                              " ".join(f"{v:.6f}" for v in row["best"])])
+
+
+def _write_matrix_csv(cells: list[dict], path: Path, compared: str) -> None:
+    """The ablation tables' cells (``report.paper_matrices``), one row each; empty but for its header if none."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["table", "row", "column", "run", "teacher", "student", "n", "n_expected", "epoch", "mean",
+                         "std", "paper", "last_mean", "best_mean", "values"])
+        for cell in cells:
+            mean, std = _mean_std(cell["values"]) if cell["values"] else (None, None)
+            writer.writerow([cell["table"], cell["row"], cell["column"], cell["run"], cell["teacher"],
+                             cell["student"], len(cell["values"]), cell["expected"], compared, mean, std,
+                             cell["paper"], _mean_std(cell["last"])[0] if cell["last"] else None,
+                             _mean_std(cell["best"])[0] if cell["best"] else None,
+                             " ".join(f"{v:.6f}" for v in cell["values"])])
 
 
 def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], paper, metric: str,

@@ -9,6 +9,7 @@
 REPORT_FLAGS = {
     "table.html": dict(caption="../report/table.rst", category="Tables"),
     "table.csv": dict(caption="../report/table.rst", category="Tables"),
+    "ablations.csv": dict(caption="../report/table.rst", category="Tables"),
     "figures": dict(caption="../report/figures.rst", category="Figures", patterns=["{name}.png"]),
 }
 

@@ -1,10 +1,10 @@
 """Distillation methods by name (see :mod:`afdistill.methods.base`)."""
 from . import (afd, at, combined, crd, dist, dkd, fitnet, kd, l2t, logits, mhgd, mlkd, reviewkd,  # noqa: F401
                rkd)  # (importing registers them)
-from .base import (Batch, Choice, Context, Method, Parameter, Range, build_method, check_method_fit,
+from .base import (Batch, Choice, Context, Method, Parameter, Range, View, build_method, check_method_fit,
                    check_method_params, describe_method, dry_run, kd_loss, list_methods, method_class,
                    method_defaults, method_parameters, register_method)
 
-__all__ = ["Batch", "Choice", "Context", "Method", "Parameter", "Range", "build_method", "check_method_fit",
+__all__ = ["Batch", "Choice", "Context", "Method", "Parameter", "Range", "View", "build_method", "check_method_fit",
            "check_method_params", "describe_method", "dry_run", "kd_loss", "list_methods", "method_class",
            "method_defaults", "method_parameters", "register_method"]

@@ -172,6 +172,16 @@ class Batch:
     images: Tensor
     labels: Tensor
     indices: Tensor  # positions in the training set (CRD's memory bank uses them)
+    #: the same images under a second, strong augmentation and both networks' features of them, for
+    #: methods with ``strong_view`` (MLKD); None otherwise
+    strong: View | None = None
+
+
+@dataclass
+class View:
+    images: Tensor
+    student: Features | None
+    teacher: Features | None
 
 
 @dataclass
@@ -219,6 +229,9 @@ class Method(nn.Module):
     #: steps updated in place in tensors. Opt-in, since a method that breaks this would silently
     #: train on stale values.
     cuda_graphs = False
+    #: the engine adds a second, strongly augmented view of every batch (``afdistill.augment``) and both
+    #: networks' features of it as ``Batch.strong``: one more forward pass of each per step
+    strong_view = False
 
     def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0,
                  alpha: Annotated[float, Range(ge=0)] = 0.0, temperature: Annotated[float, Range(gt=0)] = 4.0):

@@ -76,6 +76,7 @@ class Combined(Method):
             self.parts[name] = method_class(method)(part_context, **params)
         self.needs_input_grad = any(part.needs_input_grad for part in self.parts.values())
         self.cuda_graphs = all(part.cuda_graphs for part in self.parts.values()) and not self.needs_input_grad
+        self.strong_view = any(part.strong_view for part in self.parts.values())
 
     # ---- declaration
 

@@ -25,14 +25,13 @@ What the official code (Jin-Ying/Multi-Level-Logit-Distillation,
   the strong-view class and batch terms the code computes are not in its
   returned loss, and are absent here too.
 
-What differs (the engine gives one augmented batch per step): the official
-code draws a second, strongly augmented view of each image and adds, on it,
-a second cross-entropy and the instance terms at T, 3 and 5. Those three
-terms need that view and are left out; everything else is computed on the
-given (weak: crop + flip) batch. Supplying them needs a data-side option: a
-second view per batch with MLKD's strong augmentation, passed to the method
-(e.g. ``Batch.strong_images``), and one more student and teacher forward
-pass per step.
+The strong view (``strong_view``, default on, as the official code trains):
+the engine gives each batch a second, strongly augmented view (crop, flip,
+RandAugment and Cutout: :mod:`afdistill.augment`) and both networks' logits
+of it; on it the code adds a second cross-entropy (weight ``gamma``, as its
+``CE_WEIGHT`` weighs both) and unmasked instance terms at T, 3 and 5. With
+``strong_view: false`` those three terms are absent and everything is
+computed on the given (weak: crop + flip) batch, with no extra forward pass.
 
 Logit modifiers (:mod:`afdistill.methods.logits`) apply: standardisation to
 every alignment's logits (as the logit-standardisation code's MLKD does), and
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Range, kd_loss, register_method
+from .base import Batch, Choice, Context, Range, kd_loss, register_method
 from .logits import LogitMethod
 
 #: the official code's fixed temperatures besides the configured one
@@ -87,9 +86,11 @@ class MLKD(LogitMethod):
     def __init__(self, context: Context,
                  kd_weight: Annotated[float, Range(ge=0)] = 1.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **modifiers):
+                 alpha: Annotated[float, Range(ge=0)] = 0.0,
+                 strong_view: Annotated[bool, Choice(True, False)] = True, **modifiers):
         super().__init__(context, temperature=temperature, alpha=alpha, **modifiers)
         self.kd_weight = float(kd_weight)
+        self.strong_view = bool(strong_view)
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
         with torch.no_grad():
@@ -102,5 +103,11 @@ class MLKD(LogitMethod):
         instance = instance + sum(kd_loss(s, t, T) for T in UNMASKED_TEMPERATURES)
         batch_level = sample_fraction * sum(batch_correlation_loss(s, t, T) for T in temperatures)
         class_level = class_fraction * sum(class_correlation_loss(s, t, T) for T in temperatures)
-        return {"mlkd_instance": self.kd_weight * instance, "mlkd_batch": self.kd_weight * batch_level,
-                "mlkd_class": self.kd_weight * class_level}
+        terms = {"mlkd_instance": self.kd_weight * instance, "mlkd_batch": self.kd_weight * batch_level,
+                 "mlkd_class": self.kd_weight * class_level}
+        if self.strong_view:
+            strong_s, strong_t = self.prepare(batch.strong.student.logits, batch.strong.teacher.logits)
+            terms["mlkd_ce_strong"] = self.gamma * F.cross_entropy(batch.strong.student.logits, batch.labels)
+            terms["mlkd_instance_strong"] = self.kd_weight * sum(
+                kd_loss(strong_s, strong_t, T) for T in temperatures[:3])
+        return terms
