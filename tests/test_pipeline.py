@@ -199,6 +199,15 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     assert counts["distill"] == "7" and counts["train_teacher"] == "1" and counts["make_report"] == "1"
 
+    # Table 3 (with Table 8 and Figure 5's transfer line on MIT67): the ImageNet ResNet34 teaches a ResNet18 on
+    # each transfer set; the fine-tuned students start from torchvision's ResNet18
+    torch.save(create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth")
+    for dataset, students in (("cub200", 3 * 4 + 3), ("mit67", 3 * (4 + 5 + 6) + 3), ("stanford40", 3 * 4 + 3),
+                              ("stanford_dogs", 3 * 4 + 3)):
+        result = run(["snakemake", "-n", "--configfile", f"params/transfer_{dataset}.yaml"], cwd=project)
+        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        assert (counts["distill"], counts["train_teacher"], counts["prepare_data"]) == (str(students), "1", "1")
+
 
 def test_a_grid_file_without_a_name_is_refused_not_merged_into_the_default(tmp_path):
     project = make_project(tmp_path / "project")
@@ -301,6 +310,7 @@ def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch, tmp_
     weights = project / "data/weights/resnet34-b627a593.pth"
     weights.parent.mkdir(parents=True)
     torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
+    torch.save(create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth")
     monkeypatch.chdir(project)
     for path in sorted(Path("params").glob("*.yaml")):
         assert not write_pipeline(Grid.from_file(path), str(path), check=True), \

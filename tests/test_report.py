@@ -128,3 +128,29 @@ def test_the_ablation_grid_writes_each_table_shaped_like_the_papers_and_figures_
     figures = tmp_path / "report" / "figures"
     for name in ("attention_epochs.png", "manual_vs_attention.png", "beta_sensitivity.png"):
         assert (figures / name).stat().st_size > 1000, name
+
+
+def test_a_teacher_of_another_task_leaves_its_row_empty_and_table_8_is_shaped(tmp_path, monkeypatch):
+    """params/transfer_mit67.yaml (its weights files written here) with made-up student results."""
+    import torch
+    import yaml
+
+    from afdistill.models import create_model
+
+    config = yaml.safe_load(open("params/transfer_mit67.yaml"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/weights").mkdir(parents=True)
+    torch.save(create_model("resnet34_imagenet", 1000).state_dict(), "data/weights/resnet34-b627a593.pth")
+    torch.save(create_model("resnet18_imagenet", 1000).state_dict(), "data/weights/resnet18-f37072fd.pth")
+    grid = Grid(config)
+    pair = dict(teacher="resnet34_imagenet")
+    teacher = record("teacher", "resnet34_imagenet", "teacher", 0, None)
+    students = [record("student", "resnet18_imagenet", run, seed, 0.6 + seed / 100, **pair)
+                for run in ("afd", "ft_afd", "fig5_beta10", "fig5_beta3000") for seed in (0, 1, 2)]
+    build(grid, write(tmp_path, [teacher, *students]), tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "| AFD | 0.6100 ± 0.0100 (*paper 0.6647*) |" in table and "| Scratch | – (*paper 0.4891*) |" in table
+    assert "| Pretraining - Distillation | MIT67 |" in table
+    assert "| AFD | 0.6100 ± 0.0100 (*paper 0.7507*) |" in table  # Table 8's row: the fine-tuned AFD
+    # Figure 5's transfer line: the sweep and Table 3's beta = 1000 row
+    assert (tmp_path / "report" / "figures" / "beta_sensitivity.png").stat().st_size > 1000

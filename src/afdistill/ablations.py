@@ -127,19 +127,27 @@ def link_figures(grid: Grid, cells: Cells, figures: Path) -> list[Path]:
 
 def beta_figures(grid: Grid, cells: Cells, score: Callable[[dict, str], float], compared: str,
                  figures: Path) -> list[Path]:
-    """Figure 5 (``beta_sensitivity.png``): every AFD entry that sweeps beta alone, one line per pair."""
+    """Figure 5 (``beta_sensitivity.png``): every AFD entry that sweeps beta alone, one line per pair; a run
+    of the same settings at another beta outside the sweep (a table's own row) is a point of the line too."""
+    def without_beta(run) -> tuple:
+        return (run.method, run.init, sorted((k, repr(v)) for k, v in run.params.items() if k != "beta"))
+
     series = []
-    groups = {run.group for run in grid.runs.values() if set(run.sweep) == {"beta"} and run.method == "afd"}
+    groups = sorted({run.group for run in grid.runs.values() if set(run.sweep) == {"beta"} and run.method == "afd"})
     for pair in grid.pairs:
-        for group in sorted(groups):
-            members = [run for run in grid.runs.values() if run.group == group and run.name in pair.runs]
-            points = [(float(run.sweep["beta"]), [score(r, compared) for r in cells.get(
-                (pair.teacher, pair.student, run.name), [])]) for run in members]
-            points = [(beta, values) for beta, values in points if values]
+        for group in groups:
+            swept = [run for run in grid.runs.values() if run.group == group]
+            alike = [run for run in grid.runs.values() if run.group != group and run.method == "afd"
+                     and not run.sweep and without_beta(run) == without_beta(swept[0])]
+            points = {}
+            for run in [*swept, *alike]:
+                values = [score(r, compared) for r in cells.get((pair.teacher, pair.student, run.name), [])]
+                beta = float(run.params.get("beta", run.sweep.get("beta", 0)))
+                if values and run.name in pair.runs:
+                    points.setdefault(beta, values)
             if len(points) > 1:
-                series.append(BetaSeries(f"{pair.teacher} → {pair.student}" + (f" ({group})" if len(groups) > 1
-                                                                               else ""),
-                                         [beta for beta, _ in points], [values for _, values in points]))
+                label = f"{pair.teacher} → {pair.student}" + (f" ({group})" if len(groups) > 1 else "")
+                series.append(BetaSeries(label, sorted(points), [points[beta] for beta in sorted(points)]))
     if not series:
         return []
     path = figures / "beta_sensitivity.png"

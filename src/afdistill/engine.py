@@ -33,7 +33,7 @@ from .graphs import GraphedStep
 from .heap import keep_freed_memory
 from .streaming import open_prepared
 from .methods import Batch, Context, View, build_method, dry_run, method_class
-from .models import create_model
+from .models import classifier, create_model
 from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime
 
@@ -89,21 +89,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_network(path: str | Path, arch: str, num_classes: int, device: torch.device,
-                 options: dict[str, Any] | None = None) -> nn.Module:
+def load_network(path: str | Path, arch: str, num_classes: int | None, device: torch.device,
+                 options: dict[str, Any] | None = None, new_classifier: bool = False) -> nn.Module:
     """Load a checkpoint with ``strict=True``: ours, RepDistiller's ``{'model': ...}`` or a bare state dict.
-    ``options`` (``create_model``'s) change how the network trains, never its parameters' names."""
+
+    ``num_classes`` None: as many as the checkpoint's classifier has (a teacher trained on another task,
+    such as torchvision's ImageNet ResNet34 in the transfer grids). ``new_classifier``: every weight but the
+    classifier's, which starts fresh for ``num_classes`` (fine-tuning on a new task). ``options``
+    (``create_model``'s) change how the network trains, never its parameters' names."""
     from .files import load_torch
 
     state = load_torch(path, f"the {arch} weights", "cpu")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    head, _ = classifier(create_model(arch, 1, **(options or {})))
+    if num_classes is None:
+        weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
+        if weight is None or weight.ndim != 2:
+            raise RuntimeError(f"{path} does not hold {arch} weights: no classifier {head}.weight")
+        num_classes = int(weight.shape[0])
     model = create_model(arch, num_classes, **(options or {}))
+    if new_classifier and isinstance(state, dict):
+        state = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
     try:
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=not new_classifier)
+        if new_classifier and (unexpected or any(not key.startswith(f"{head}.") for key in missing)):
+            raise RuntimeError(f"missing {[k for k in missing if not k.startswith(head + '.')]}, "
+                               f"unexpected {unexpected}")
     except RuntimeError as error:
-        raise RuntimeError(f"{path} does not hold {arch} weights for {num_classes} classes: {error}") from None
+        what = "" if new_classifier else f" for {num_classes} classes"
+        raise RuntimeError(f"{path} does not hold {arch} weights{what}: {error}") from None
     return model.to(device)
+
+
+def num_classes_of(model: nn.Module) -> int:
+    return classifier(model)[1].out_features
 
 
 @dataclass(frozen=True)
@@ -252,12 +272,18 @@ class Networks:
 def build_networks(spec: JobSpec, data: DeviceData, device: torch.device,
                    teacher_checkpoint: str | Path | None) -> Networks:
     student = None
-    if spec.arch is not None:
-        student = (load_network(spec.checkpoint, spec.arch, data.num_classes, device, spec.model_options)
-                   if spec.checkpoint else create_model(spec.arch, data.num_classes, **spec.model_options).to(device))
+    if spec.arch is not None and spec.checkpoint:
+        # A published network evaluated as it is keeps its own classifier (its accuracy is undefined on a
+        # dataset of other classes); one trained further needs the dataset's classes or a new classifier.
+        evaluated = spec.schedule.epochs == 0 and not spec.new_classifier
+        student = load_network(spec.checkpoint, spec.arch, None if evaluated else data.num_classes, device,
+                               spec.model_options, new_classifier=spec.new_classifier)
+    elif spec.arch is not None:
+        student = create_model(spec.arch, data.num_classes, **spec.model_options).to(device)
     teacher = None
     if spec.teacher is not None:
-        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, data.num_classes, device).eval()
+        # Its classes are its checkpoint's: a teacher from another task (transfer) lends only its features.
+        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, None, device).eval()
         teacher.requires_grad_(False)
     return Networks(student, teacher)
 
@@ -560,20 +586,27 @@ def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime:
     record = {"spec": spec.to_dict(), "run_id": progress.run_id, "epochs": spec.schedule.epochs,
               "device": device.type, "world_size": group.world_size, "runtime": runtime.record(),
               "history": history, "summaries": progress.summaries}
-    if student is not None:
+    if student is not None and num_classes_of(student) != data.num_classes:
+        # A network of another task (ImageNet's ResNet34 beside a transfer set): no accuracy to report.
+        record.update(test_top1=None, test_top5=None, num_classes=num_classes_of(student),
+                      note=f"{num_classes_of(student)}-class network on a {data.num_classes}-class dataset: "
+                           f"accuracy undefined")
+    elif student is not None:
         final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
                  else evaluate(student, data, runtime=runtime))
         record.update(test_top1=final["top1"], test_top5=final["top5"])
         tracker.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"]},
                             step=spec.schedule.epochs)
     if teacher is not None:
-        record["teacher_test_top1"] = evaluate(teacher, data, runtime=runtime)["top1"]
+        record["teacher_test_top1"] = (evaluate(teacher, data, runtime=runtime)["top1"]
+                                       if num_classes_of(teacher) == data.num_classes else None)
     distributed.stop(group)  # no collective operation follows
     if not group.is_main:
         return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
     _atomic_save({"model": student.state_dict() if student is not None else None,
                   "method": state.method.state_dict(), "arch": spec.arch or spec.teacher,
-                  "num_classes": data.num_classes, "spec": spec.to_dict()}, out_dir / MODEL)
+                  "num_classes": num_classes_of(student) if student is not None else data.num_classes,
+                  "spec": spec.to_dict()}, out_dir / MODEL)
     _atomic_write_json(record, out_dir / METRICS)
     if student is not None:
         tracker.log_model(student, data.normalize(data.train.images[:2]), name=spec.kind)

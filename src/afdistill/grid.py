@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .data import DATASETS
-from .methods import check_method_fit, check_method_params, list_methods, method_class
+from .methods import check_method_fit, check_method_params, list_methods, method_class, method_defaults
 from .models import list_models
 from .spec import JobSpec, Runtime, Schedule
 
@@ -82,7 +82,8 @@ SCHEMA: dict[str, Any] = {
                 "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": PARAMS,
                     "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
-                                   "the row, `sweep:` values to try, `seeds:` the run's own seeds)"},
+                                   "the row, `sweep:` values to try, `seeds:` the run's own seeds, `init:` "
+                                   "weights of another task the student starts from, its classifier new)"},
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
             "paper_matrices": {"type": "array", "items": {"type": "string"},
@@ -154,6 +155,7 @@ class Run:
     group: str  # the methods-entry this run came from (sweeps expand one entry into several runs)
     sweep: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)  # one student job per seed: the grid's `seeds`, unless the entry lists its own
+    init: str | None = None  # weights of another task the student starts from, classifier anew (fine-tuning)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,22 @@ class Pair:
     overrides: dict[str, dict[str, Any]]
     schedule: Schedule
     runs: tuple[str, ...]  # the rows this column has (all of the grid's runs unless the pair lists some)
+
+
+def checkpoint_classes(path: str, arch: str) -> int:
+    """How many classes a weights file's classifier has (read memory-mapped: the tensors stay on disk)."""
+    import torch
+
+    from .models import classifier, create_model
+
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    head, _ = classifier(create_model(arch, 1))
+    weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
+    if weight is None:
+        raise GridError(f"teachers.checkpoints.{arch}: {path} holds no {arch} classifier ({head}.weight)")
+    return int(weight.shape[0])
 
 
 def _allowed(values) -> str:
@@ -255,6 +273,7 @@ class Grid:
             if not Path(path).is_file():
                 raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
                                f"the grid file's header says where to get published weights)")
+        self._check_cross_task_teachers()
 
         links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)
@@ -295,6 +314,27 @@ class Grid:
             if missing:
                 raise GridError(f"report.paper_matrices[{index}]: {name} needs the runs {', '.join(missing)} "
                                 f"on {pair.teacher} -> {pair.student}, which the grid does not train there")
+
+    def _check_cross_task_teachers(self) -> None:
+        """A published teacher of another task (ImageNet's 1000 classes beside a transfer set) lends its features
+        only: runs that read its logits (KD's ``alpha``, logit methods) are refused on its pairs."""
+        classes = DATASETS[self.dataset].num_classes
+        for arch, path in self.teacher_checkpoints.items():
+            own = checkpoint_classes(path, arch)
+            if own == classes:
+                continue
+            for pair in (p for p in self.pairs if p.teacher == arch):
+                for name in pair.runs:
+                    run = self.runs[name]
+                    cls = method_class(run.method)
+                    params = {**method_defaults(run.method), **run.params,
+                              **(pair.overrides.get(run.group) or {})}
+                    if cls.reads_teacher_logits(params) or params.get("alpha", 0):
+                        why = ("its method reads the teacher's logits" if cls.reads_teacher_logits(params)
+                               else f"alpha: {params['alpha']} adds KD on the teacher's logits")
+                        raise GridError(f"methods.{run.group}: {why}, but teacher {arch} ({path}) has {own} "
+                                        f"classes, not {self.dataset}'s {classes} (a teacher of another task); "
+                                        f"use a feature method with alpha: 0 on {arch} -> {pair.student}")
 
     def _check_fits(self) -> None:
         """Checks that need shapes and dataset sizes (hint layers, negatives, stage widths): every run on every
@@ -401,6 +441,11 @@ class Grid:
                                 f"{where}: unknown method {key!r} (name the type with `method:`); "
                                 f"allowed: {_allowed(list_methods())}")
             label = str(entry.pop("label", method_class(method).label))
+            init = entry.pop("init", None)
+            if init is not None and (not isinstance(init, str) or not Path(init).is_file()):
+                raise GridError(f"{where}.init: {init!r} is not a weights file (the student's starting weights, "
+                                f"e.g. torchvision's ImageNet ResNet18; relative paths start at the repository "
+                                f"root, the grid file's header says where to get them)")
             sweep = entry.pop("sweep", None) or {}
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             self._check_params(method, entry, where)
@@ -410,14 +455,14 @@ class Grid:
                 for value in values:
                     self._check_params(method, {name: value}, f"{where}.sweep")
             if not sweep:
-                runs[key] = Run(key, method, entry, label, key, seeds=seeds)
+                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init)
                 continue
             names = list(sweep)
             for combination in itertools.product(*(sweep[n] for n in names)):
                 variant = dict(zip(names, combination))
                 suffix = "_".join(f"{n}{v}".replace(".", "p").replace("-", "m") for n, v in variant.items())
                 name = f"{key}_{suffix}"
-                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds)
+                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init)
         return runs
 
     def _parse_pairs(self, pairs: Any) -> list[Pair]:
@@ -529,7 +574,8 @@ class Grid:
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
                        teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
-                       model_options=self.architectures.get(student, {}))
+                       model_options=self.architectures.get(student, {}), checkpoint=spec.init,
+                       new_classifier=spec.init is not None)
 
     def heads_spec(self, teacher: str, run: str) -> JobSpec:
         if (teacher, run) not in self.heads_jobs():

@@ -207,6 +207,27 @@ ABLATION_NOTE = ("Ji, Heo & Park, AAAI 2021 (shared/papers); mean of 5 runs, the
                  "code keeps no best epoch). The paper does not give beta for its ablations: the grid's header "
                  "says what was chosen.")
 
+TRANSFER_NOTE = ("Ji, Heo & Park, AAAI 2021, Table 3, mean of 3 runs; its Scratch, ATT and L2T rows are "
+                 "quoted from L2T-ww (Jang et al., ICML 2019), whose code reports the test accuracy at the best "
+                 "validation epoch; neither says more, so the last epoch is compared and the best shown below.")
+
+
+def _transfer_table(dataset: str, title: str, values: list[float]) -> PaperTable:
+    """Table 3's column for one target set (one grid per set: params/transfer_<set>.yaml)."""
+    return PaperTable(
+        title=f"AFD paper, Table 3 ({title})", dataset=dataset, metric="accuracy",
+        cells={("resnet34_imagenet", "resnet18_imagenet"): dict(zip(("vanilla", "fitnet", "at", "l2t", "afd"), values))},
+        note=TRANSFER_NOTE)
+
+
+PAPER_TABLES.update({
+    "afd_table3_cub200": _transfer_table("cub200", "CUB200", [0.4215, 0.4893, 0.5774, 0.6505, 0.6829]),
+    "afd_table3_mit67": _transfer_table("mit67", "MIT67", [0.4891, 0.5488, 0.5918, 0.6485, 0.6647]),
+    "afd_table3_stanford40": _transfer_table("stanford40", "Stanford40", [0.3693, 0.4450, 0.5929, 0.6308, 0.6792]),
+    "afd_table3_stanford_dogs": _transfer_table("stanford_dogs", "Stanford Dogs",
+                                                [0.5808, 0.6725, 0.6970, 0.7808, 0.7606]),
+})
+
 #: The AFD paper's ablation tables (params/cifar100_ablations.yaml runs them); a grid lists the ones its report
 #: writes in ``report.paper_matrices``.
 PAPER_MATRICES: dict[str, PaperMatrix] = {
@@ -240,6 +261,17 @@ PAPER_MATRICES: dict[str, PaperMatrix] = {
         paper={(("WRN-40-2 → WRN-16-2",), c): v for c, v in
                zip(("L1", "L2", "KL", "Cosine"), (0.7513, 0.7547, 0.7523, 0.7541))},
         note=ABLATION_NOTE + " L2 and A2 are AFD as it is: the beta line's beta = 200 run."),
+    "afd_table8": PaperMatrix(
+        title="AFD paper, Table 8: transfer with fine-tuning (ResNet34 → ResNet18, MIT67, both from ImageNet)",
+        dataset="mit67", pair=("resnet34_imagenet", "resnet18_imagenet"), row_headers=("Pretraining - Distillation",),
+        column_header="", rows=(("Fine-tuning",), ("FitNet",), ("ATT",), ("L2T",), ("AFD",)),
+        columns=("MIT67",),
+        runs={((row,), "MIT67"): run for row, run in zip(("Fine-tuning", "FitNet", "ATT", "L2T", "AFD"),
+                                                         ("ft_vanilla", "ft_fitnet", "ft_at", "ft_l2t", "ft_afd"))},
+        paper={((row,), "MIT67"): value for row, value in zip(("Fine-tuning", "FitNet", "ATT", "L2T", "AFD"),
+                                                              (0.7067, 0.7172, 0.7254, 0.7485, 0.7507))},
+        note="Ji, Heo & Park, AAAI 2021, Appendix C, Table 8 (runs per cell and epoch not stated; the last epoch "
+             "is compared). The appendix gives no schedule: params/transfer_mit67.yaml's header says what was used."),
     "afd_table7": PaperMatrix(
         title="AFD paper, Table 7: channel-wise pooling (WRN-40-2 → WRN-16-2)", dataset="cifar100",
         pair=("wrn_40_2", "wrn_16_2"), row_headers=("",), column_header="pooling", rows=(("WRN-40-2 → WRN-16-2",),),

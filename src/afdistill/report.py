@@ -120,6 +120,8 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
 
     for teacher, student in columns:
         record = teachers.get(teacher)
+        if record is not None and record["test_top1"] is None:
+            record = None  # a teacher of another task (transfer): no accuracy on this dataset
         value = [record["test_top1"]] if record else []
         rows.append({"row": "Teacher", "run": "teacher", "teacher": teacher, "student": student, "values": value,
                      "last": value, "best": [score(record, "best")] if record else [],

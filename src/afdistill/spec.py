@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -33,14 +34,21 @@ class Schedule:
     lr_decay_rate: float = option(0.1, "factor applied at each decay epoch", type="number", exclusiveMinimum=0,
                                   maximum=1)
     nesterov: bool = option(False, "Nesterov momentum", type="boolean")
+    lr_schedule: str = option("step", "step: x lr_decay_rate at each of lr_decay_epochs; cosine: lr (1 + cos(pi e / "
+                              "epochs)) / 2 in epoch e (L2T-ww's transfer protocol)", type="string",
+                              enum=["step", "cosine"])
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``.
 
-        The official AFD code decays *at the start* of each listed epoch
-        (``if epoch in schedule``), so epoch 150 already runs at 0.005;
+        ``step``: the official AFD code decays *at the start* of each listed
+        epoch (``if epoch in schedule``), so epoch 150 already runs at 0.005;
         RepDistiller decays one epoch later (``epoch > milestone``). We follow AFD.
+        ``cosine``: L2T-ww's ``CosineAnnealingLR(T_max=epochs)``, stepped before
+        each epoch's training, so epoch e runs at its e-th value (the last at 0).
         """
+        if self.lr_schedule == "cosine":
+            return self.lr * (1 + math.cos(math.pi * epoch / self.epochs)) / 2
         steps = sum(1 for milestone in self.lr_decay_epochs if epoch >= milestone)
         return self.lr * self.lr_decay_rate**steps
 
@@ -102,7 +110,9 @@ class JobSpec:
     for a job that trains only a method's own modules, MHGD's heads),
     ``teacher`` the frozen network it reads (none for teachers and the plain
     student), ``checkpoint`` weights the trained network starts from (a
-    published teacher, evaluated with ``epochs: 0``). ``kind`` names the job
+    published teacher, evaluated with ``epochs: 0``; with ``new_classifier``,
+    ImageNet weights fine-tuned on another task, the classifier initialised
+    afresh). ``kind`` names the job
     for people and trackers; the engine never branches on it.
     """
 
@@ -119,6 +129,7 @@ class JobSpec:
     teacher: str | None = None  # the frozen network's architecture
     device: str = "auto"  # auto | cpu | cuda
     checkpoint: str | None = None  # weights the trained network starts from
+    new_classifier: bool = False  # the checkpoint is of another task: its classifier starts fresh (fine-tuning)
     model_options: dict[str, Any] = field(default_factory=dict)  # create_model options of the trained network
 
     def to_dict(self) -> dict[str, Any]:

@@ -281,6 +281,12 @@ class Method(nn.Module):
         return cls.cuda_graphs and not cls.needs_input_grad
 
     @classmethod
+    def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
+        """Whether the method's own term reads the teacher's logits (beyond KD's ``alpha``), so needs a teacher
+        of the same classes: logit methods do; feature methods, which a teacher of another task allows, do not."""
+        return False
+
+    @classmethod
     def methods_used(cls, params: dict[str, Any]) -> list[str]:
         """The registered methods a run with these hyper-parameters computes with (its code fingerprint's)."""
         return [cls.method_name]

@@ -144,6 +144,11 @@ class Combined(Method):
         return None if owner is None else method_class(owner[1]).pre_stage(owner[2])
 
     @classmethod
+    def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
+        return any(method_class(method).reads_teacher_logits(part_params) for method, part_params in
+                   (_part_method(name, entry, name) for name, entry in (params.get("parts") or {}).items()))
+
+    @classmethod
     def methods_used(cls, params: dict[str, Any]) -> list[str]:
         return [cls.method_name] + [_part_method(n, e, n)[0] for n, e in (params.get("parts") or {}).items()]
 

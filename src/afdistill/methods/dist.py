@@ -45,6 +45,10 @@ class DIST(Method):
     cuda_graphs = True
     label = "DIST"
 
+    @classmethod
+    def reads_teacher_logits(cls, params: dict) -> bool:
+        return True
+
     def __init__(self, context: Context,
                  inter_weight: Annotated[float, Range(ge=0)] = 2.0,
                  intra_weight: Annotated[float, Range(ge=0)] = 2.0,

@@ -84,6 +84,10 @@ class LogitMethod(Method):
 
     cuda_graphs = True
 
+    @classmethod
+    def reads_teacher_logits(cls, params: dict) -> bool:
+        return True
+
     def __init__(self, context: Context, logit_standardization: Annotated[bool, Choice(True, False)] = False,
                  ctkd: Annotated[bool, Choice(True, False)] = False,
                  ctkd_t_start: Annotated[float, Range(gt=0)] = 1.0,

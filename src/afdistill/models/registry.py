@@ -54,3 +54,13 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
     model = factory(num_classes=num_classes, **options)
     model.arch = name
     return model
+
+
+def classifier(model) -> tuple[str, "torch.nn.Linear"]:
+    """The network's classifier: its last ``nn.Linear`` (every registered architecture ends with it), by name."""
+    import torch.nn as nn
+
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
+    return found[-1]
