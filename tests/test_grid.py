@@ -139,6 +139,9 @@ def test_architecture_options_reach_the_specs_of_the_networks_trained_with_them(
     assert grid.teacher_spec("wrn_40_2").model_options == {"double_bn_update": True}
     assert grid.student_spec("wrn_40_2", "wrn_16_2", "kd", 0).model_options == {"double_bn_update": True}
     assert grid.student_spec("resnet56", "resnet20", "kd", 0).model_options == {}
+    # the frozen teacher runs with its own options too (MHGD's Tiny ImageNet WRNs: a stride-2 first convolution)
+    assert grid.student_spec("wrn_40_2", "wrn_16_2", "kd", 0).teacher_options == {"double_bn_update": True}
+    assert grid.student_spec("resnet56", "resnet20", "kd", 0).teacher_options == {}
 
 
 def test_an_ablation_table_whose_runs_the_grid_does_not_train_is_refused():

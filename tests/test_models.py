@@ -234,3 +234,13 @@ def test_folding_batch_norm_keeps_logits_and_every_feature(name):
 def test_folding_refuses_a_network_in_training_mode():
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norm(create_model("resnet8", 10))
+
+
+def test_mhgds_tiny_imagenet_wrn_takes_64_pixel_images_to_cifar_sized_blocks():
+    from afdistill.models import create_model
+
+    plain, strided = create_model("wrn_10_4", 200), create_model("wrn_10_4", 200, stem_stride=2)
+    assert plain.state_dict().keys() == strided.state_dict().keys()  # the same parameters: weights load either way
+    features = strided(torch.zeros(2, 3, 64, 64), with_features=True)
+    assert [tuple(stage.shape[-2:]) for stage in features.stages] == [(32, 32), (16, 16), (8, 8)]
+    assert features.logits.shape == (2, 200)

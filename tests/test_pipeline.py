@@ -207,6 +207,15 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
         result = run(["snakemake", "-n", "--configfile", f"params/transfer_{dataset}.yaml"], cwd=project)
         counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
         assert (counts["distill"], counts["train_teacher"], counts["prepare_data"]) == (str(students), "1", "1")
+    # The AT paper's ImageNet -> CUB / Scenes table: a ResNet-34 teacher fine-tuned on the set, three students
+    for dataset in ("cub200", "mit67"):
+        result = run(["snakemake", "-n", "--configfile", f"params/at_transfer_{dataset}.yaml"], cwd=project)
+        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        assert (counts["distill"], counts["train_teacher"]) == (str(3 * 3), "1")
+    # MHGD's Tiny ImageNet WRResNet row: teacher, attention network, three students x 3 seeds
+    result = run(["snakemake", "-n", "--configfile", "params/mhgd_tinyimagenet.yaml"], cwd=project)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert (counts["distill"], counts["train_teacher"], counts["pretrain_heads"]) == ("9", "1", "1")
 
 
 def test_a_grid_file_without_a_name_is_refused_not_merged_into_the_default(tmp_path):

@@ -110,3 +110,13 @@ def test_transfer_grids_refuse_methods_that_read_the_teachers_logits(tmp_path, i
     config["methods"]["afd"]["alpha"] = 0.9
     with pytest.raises(GridError, match="methods.afd: alpha: 0.9 adds KD on the teacher's logits"):
         Grid(config)
+
+
+def test_a_teacher_fine_tuned_from_imagenet_trains_with_a_new_classifier(mit67, imagenet_weights, tmp_path):
+    """The AT paper's transfer table: the ResNet-34 teacher is fine-tuned on the target set (teachers.init)."""
+    teacher = spec(kind="teacher", arch="resnet34_imagenet", teacher=None, method="vanilla", run="teacher",
+                   method_params={}, checkpoint=str(imagenet_weights["resnet34_imagenet"]), new_classifier=True)
+    result = train(teacher, mit67, tmp_path / "teacher", **QUIET)
+    assert result.model.fc.out_features == 3 and 0 <= result.record["test_top1"] <= 1
+    published = torch.load(imagenet_weights["resnet34_imagenet"])
+    assert not torch.equal(result.model.state_dict()["conv1.weight"], published["conv1.weight"])  # it trained

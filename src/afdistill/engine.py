@@ -283,7 +283,8 @@ def build_networks(spec: JobSpec, data: DeviceData, device: torch.device,
     teacher = None
     if spec.teacher is not None:
         # Its classes are its checkpoint's: a teacher from another task (transfer) lends only its features.
-        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, None, device).eval()
+        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, None, device,
+                               spec.teacher_options).eval()
         teacher.requires_grad_(False)
     return Networks(student, teacher)
 

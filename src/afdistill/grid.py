@@ -69,7 +69,10 @@ SCHEMA: dict[str, Any] = {
         "teachers": {"type": "object", "additionalProperties": False, "properties": {
             "seed": SEED, "train": SCHEDULE,
             "checkpoints": {"type": "object", "additionalProperties": {"type": "string"},
-                            "description": "architecture -> published weights to evaluate instead of training"}}},
+                            "description": "architecture -> published weights to evaluate instead of training"},
+            "init": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "architecture -> weights of another task the teacher is fine-tuned from "
+                                    "(its classifier new)"}}},
         "links": {"type": "object", "additionalProperties": False, "properties": {
             "seed": SEED, "train": SCHEDULE, "params": PARAMS}},
         "heads": {"type": "object", "additionalProperties": False, "properties": {"seed": SEED, "train": SCHEDULE}},
@@ -262,9 +265,20 @@ class Grid:
         self.teacher_seed = teachers.get("seed", 0)
         self.teacher_schedule = _schedule(self.schedule, teachers.get("train"), "teachers.train")
         self.teacher_checkpoints = dict(teachers.get("checkpoints") or {})
+        self.teacher_init = dict(teachers.get("init") or {})
 
         self.runs = self._parse_methods(config["methods"])
         self.pairs = self._parse_pairs(config["pairs"])
+        for arch, path in self.teacher_init.items():
+            where = f"teachers.init.{arch}"
+            self._check_arch(arch, where)
+            if arch not in self.teachers() or arch in self.teacher_checkpoints:
+                raise GridError(f"{where}: {arch} is not a teacher of any pair, or is listed under "
+                                f"teachers.checkpoints too (evaluated as published, not fine-tuned); teachers: "
+                                f"{_allowed(self.teachers())}")
+            if not Path(path).is_file():
+                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
+                                f"the grid file's header says where to get published weights)")
         for arch, path in self.teacher_checkpoints.items():
             where = f"teachers.checkpoints.{arch}"
             self._check_arch(arch, where)
@@ -548,11 +562,12 @@ class Grid:
         if arch not in self.teachers():
             raise GridError(f"{self.source}: {arch} is not a teacher of grid {self.name!r}")
         checkpoint = self.teacher_checkpoints.get(arch)
-        # A published checkpoint is evaluated, not trained.
+        # A published checkpoint is evaluated, not trained; weights of another task (init) are fine-tuned.
         schedule = replace(self.teacher_schedule, epochs=0) if checkpoint else self.teacher_schedule
         return JobSpec(kind="teacher", grid=self.name, dataset=self.dataset, arch=arch, method="vanilla",
                        run="teacher", seed=self.teacher_seed, schedule=schedule, device=self.device,
-                       checkpoint=checkpoint, runtime=self.runtime, model_options=self.architectures.get(arch, {}))
+                       checkpoint=checkpoint or self.teacher_init.get(arch), new_classifier=arch in self.teacher_init,
+                       runtime=self.runtime, model_options=self.architectures.get(arch, {}))
 
     def student_spec(self, teacher: str, student: str, run: str, seed: int) -> JobSpec:
         if run not in self.runs:
@@ -575,7 +590,8 @@ class Grid:
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
                        teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
                        model_options=self.architectures.get(student, {}), checkpoint=spec.init,
-                       new_classifier=spec.init is not None)
+                       new_classifier=spec.init is not None,
+                       teacher_options={} if teacher == NO_TEACHER else self.architectures.get(teacher, {}))
 
     def heads_spec(self, teacher: str, run: str) -> JobSpec:
         if (teacher, run) not in self.heads_jobs():
@@ -584,11 +600,13 @@ class Grid:
         params = {k: v for k, v in self.runs[run].params.items() if k in method.heads_params}
         return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=None, teacher=teacher,
                        method=method.heads_method, run=run, seed=self.heads_seed, schedule=self.heads_schedule,
-                       method_params=params, device=self.device, runtime=self.runtime)
+                       method_params=params, device=self.device, runtime=self.runtime,
+                       teacher_options=self.architectures.get(teacher, {}))
 
     def links_spec(self, teacher: str, student: str) -> JobSpec:
         pair = self.pair(teacher, student)
         params = {**self.links_params, **(pair.overrides.get("links") or {})}
         return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
                        seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
-                       device=self.device, runtime=self.runtime, model_options=self.architectures.get(student, {}))
+                       device=self.device, runtime=self.runtime, model_options=self.architectures.get(student, {}),
+                       teacher_options=self.architectures.get(teacher, {}))

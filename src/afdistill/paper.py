@@ -76,6 +76,28 @@ PAPER_TABLES: dict[str, PaperTable] = {
         cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.7722, "vanilla": 0.7162, "kd": 0.7188, "mhgd": 0.7279}},
         note="Lee & Song, BMVC 2019 poster, CIFAR-100; which epoch is not stated.",
     ),
+    # Zagoruyko & Komodakis, ICLR 2017 (the slides), transfer from ImageNet: top-1 error (%), ResNet-34 teacher
+    # and ResNet-18 student, both fine-tuned on the target set (params/at_transfer_<set>.yaml).
+    "at_transfer_cub200": PaperTable(
+        title="AT paper, transfer ImageNet → CUB (error %)", dataset="cub200", metric="error",
+        cells={("resnet34_imagenet", "resnet18_imagenet"): {"teacher": 26.5, "vanilla": 28.5, "kd": 27.0,
+                                                             "at": 27.0}},
+        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), ImageNet→CUB error; the schedule, "
+             "runs and epoch are not stated."),
+    "at_transfer_mit67": PaperTable(
+        title="AT paper, transfer ImageNet → Scenes (error %)", dataset="mit67", metric="error",
+        cells={("resnet34_imagenet", "resnet18_imagenet"): {"teacher": 26.0, "vanilla": 28.2, "kd": 28.1,
+                                                             "at": 27.1}},
+        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), ImageNet→Scenes (MIT indoor "
+             "scenes) error; the schedule, runs and epoch are not stated."),
+    # Lee & Song, BMVC 2019 poster, Tiny ImageNet top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
+    "mhgd_tinyimagenet": PaperTable(
+        title="MHGD poster, Tiny ImageNet",
+        dataset="tinyimagenet_mhgd",
+        metric="accuracy",
+        cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.6131, "vanilla": 0.5591, "kd": 0.5600, "mhgd": 0.5690}},
+        note="Lee & Song, BMVC 2019 poster, Tiny ImageNet; which epoch is not stated.",
+    ),
     # Issue 16's methods on CIFAR-100 (top-1, fraction), from the tables of sunshangquan/logit-standardization-KD's
     # README (Sun et al., CVPR 2024, Tables 1-2), which gathers KD, CTKD, DKD and MLKD with and without logit
     # standardisation ("+LS", the paper's "+Ours") on the mdistiller recipe; its KD and DKD cells equal

@@ -130,7 +130,8 @@ def _activation_figure(plan: Plan, figures: Path, log) -> None:
         return
     images = data.normalize(data.test.images[:3])
     teacher_job = students[0].inputs["teacher"]
-    teacher = load_network(teacher_job.path("model.pt"), teacher_arch, None, torch.device("cpu"))
+    teacher = load_network(teacher_job.path("model.pt"), teacher_arch, None, torch.device("cpu"),
+                           students[0].spec.teacher_options)
     teacher_maps = activation_maps.attention_maps(teacher, images)
     teacher_block_stage = activation_maps.stage_of_blocks(teacher, images)
     rows = [("Teacher", teacher_maps, None)]

@@ -131,6 +131,7 @@ class JobSpec:
     checkpoint: str | None = None  # weights the trained network starts from
     new_classifier: bool = False  # the checkpoint is of another task: its classifier starts fresh (fine-tuning)
     model_options: dict[str, Any] = field(default_factory=dict)  # create_model options of the trained network
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # create_model options of the frozen one
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
