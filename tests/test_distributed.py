@@ -91,12 +91,14 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     assert run.data.tags["runtime.world_size"] == "2"
     # The same data, order and augmentation and the global batch's mean gradient (exact: the test above);
     # BatchNorm normalises each process's half-batch with its own statistics, the only difference for this
-    # method. Measured: training loss per epoch 2.2886/2.1356 (one process) against 2.2928/2.1428 (two), so
-    # 10% bounds it; test accuracy this early on 100 images moves too fast to compare (0.16 against 0.12 in
-    # that run) and is not asserted.
+    # method, and the trajectories drift apart from there. Measured training loss per epoch: 2.2886/2.1356
+    # (one process) against 2.2928/2.1428 (two) on one machine, 2.2831/2.1081 against 2.3004/2.1675 on
+    # another (CPU kernels differ), so 10% bounds it. Accuracy this early on 400 training images moves in
+    # steps of a batch (32 images, 0.08) and is compared within 0.1 (0.27 against 0.19 in the second run);
+    # test accuracy on 100 images moves too fast to compare and is not asserted.
     for a, b in zip(single["history"], double["history"]):
         assert b["loss_total"] == pytest.approx(a["loss_total"], rel=0.1)
-        assert abs(b["train_top1"] - a["train_top1"]) < 0.08
+        assert abs(b["train_top1"] - a["train_top1"]) <= 0.1
     assert single["history"][-1]["loss_total"] < single["history"][0]["loss_total"]
     assert double["history"][-1]["loss_total"] < double["history"][0]["loss_total"]
 

@@ -90,7 +90,8 @@ SCHEMA: dict[str, Any] = {
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
             "paper_matrices": {"type": "array", "items": {"type": "string"},
-                               "description": "the AFD paper's ablation tables to write (afdistill.paper.PAPER_MATRICES)"},
+                               "description": "the AFD paper's ablation tables to write "
+                                              "(afdistill.paper.PAPER_MATRICES)"},
             "metric": {"type": "string", "enum": ["accuracy", "error"]}}},
     },
 }

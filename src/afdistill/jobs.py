@@ -68,7 +68,8 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in [
          ("model.pt", "metrics.json"), True, ("device", "runtime", "seeds", "train", "architectures", "pairs",
                                               "methods"),
          "Train one student with one method and seed: a cell entry of the table."),
-    Kind("report", "make_report", "report", "{reports}", ("table.md", "table.csv", "ablations.csv", "table.html", "metrics.json", "figures"), False,
+    Kind("report", "make_report", "report", "{reports}",
+         ("table.md", "table.csv", "ablations.csv", "table.html", "metrics.json", "figures"), False,
          ("grid", "dataset", "seeds", "pairs", "methods", "report"),
          "The grid's tables (Markdown, CSV, HTML; the ablation tables' cells in ablations.csv), DVC metrics and "
          "figures, from the jobs' metrics files."),

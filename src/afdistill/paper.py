@@ -238,7 +238,8 @@ def _transfer_table(dataset: str, title: str, values: list[float]) -> PaperTable
     """Table 3's column for one target set (one grid per set: params/transfer_<set>.yaml)."""
     return PaperTable(
         title=f"AFD paper, Table 3 ({title})", dataset=dataset, metric="accuracy",
-        cells={("resnet34_imagenet", "resnet18_imagenet"): dict(zip(("vanilla", "fitnet", "at", "l2t", "afd"), values))},
+        cells={("resnet34_imagenet", "resnet18_imagenet"): dict(zip(("vanilla", "fitnet", "at", "l2t", "afd"),
+                                                                    values))},
         note=TRANSFER_NOTE)
 
 

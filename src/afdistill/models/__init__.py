@@ -3,4 +3,5 @@ from . import imagenet_resnet, mobilenetv2, resnet, shufflenet, vgg, wrn  # noqa
 from .features import Features
 from .registry import UnknownNameError, classifier, create_model, list_models, model_options, register_model
 
-__all__ = ["Features", "UnknownNameError", "classifier", "create_model", "list_models", "model_options", "register_model"]
+__all__ = ["Features", "UnknownNameError", "classifier", "create_model", "list_models", "model_options",
+           "register_model"]
