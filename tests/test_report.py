@@ -1,6 +1,7 @@
 """The report on hand-made metrics records: partial cells, paper values by run identity, units."""
 import csv
 import json
+from pathlib import Path
 
 from conftest import TINY_GRID
 
@@ -154,3 +155,38 @@ def test_a_teacher_of_another_task_leaves_its_row_empty_and_table_8_is_shaped(tm
     assert "| AFD | 0.6100 ± 0.0100 (*paper 0.7507*) |" in table  # Table 8's row: the fine-tuned AFD
     # Figure 5's transfer line: the sweep and Table 3's beta = 1000 row
     assert (tmp_path / "report" / "figures" / "beta_sensitivity.png").stat().st_size > 1000
+
+
+def test_table_3_combines_the_four_transfer_reports_a_column_each(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    from afdistill.models import create_model
+
+    root = Path.cwd()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/weights").mkdir(parents=True)
+    torch.save(create_model("resnet34_imagenet", 1000).state_dict(), "data/weights/resnet34-b627a593.pth")
+    torch.save(create_model("resnet18_imagenet", 1000).state_dict(), "data/weights/resnet18-f37072fd.pth")
+    folders = []
+    for index, dataset in enumerate(("cub200", "mit67", "stanford40", "stanford_dogs")):
+        grid = Grid(yaml.safe_load((root / f"params/transfer_{dataset}.yaml").read_text()))
+        records = [record("student", "resnet18_imagenet", run, seed, 0.5 + index / 10 + seed / 100,
+                          teacher=None if run == "vanilla" else "resnet34_imagenet")
+                   for run in ("vanilla", "afd") for seed in (0, 1, 2)]
+        (tmp_path / dataset).mkdir()
+        folders.append(tmp_path / "reports" / f"transfer_{dataset}")
+        build(grid, write(tmp_path / dataset, records), folders[-1])
+    result = subprocess.run([sys.executable, "-m", "afdistill", "combine", *map(str, folders), "--out", "reports/transfer",
+                             "--title", "AFD paper, Table 3"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "reports/transfer/table.md").read_text()
+    assert "| | transfer_cub200 | transfer_mit67 | transfer_stanford40 | transfer_stanford_dogs |" in table
+    assert ("| AFD | 0.5100 ± 0.0100 (*paper 0.6829*) | 0.6100 ± 0.0100 (*paper 0.6647*) | "
+            "0.7100 ± 0.0100 (*paper 0.6792*) | 0.8100 ± 0.0100 (*paper 0.7606*) |") in table
+    assert "| FitNet | – (*paper 0.4893*) |" in table
+    missing = subprocess.run([sys.executable, "-m", "afdistill", "combine", "reports/nowhere", "--out", "x"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "reports/nowhere/table.csv does not exist" in missing.stderr

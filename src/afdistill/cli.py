@@ -7,6 +7,7 @@
     afdistill schema                                       # (re)write the grid schema Snakemake validates
     afdistill prepare --dataset digits --out data/digits
     afdistill list
+    afdistill combine reports/transfer_cub200 reports/transfer_mit67 --out reports/transfer   # Table 3
 """
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def _load_grid(args, check_fit: bool = True):
 
 
 SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
+
+
+def cmd_combine(args) -> None:
+    from .report import combine
+
+    lines = combine(args.reports, args.out, args.title)
+    _print("\n".join(lines))
+    _print(f"{args.out}/table.md, {args.out}/table.csv: written")
 
 
 def cmd_schema(args) -> None:
@@ -205,6 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     init = commands.add_parser("init-tracking", help="create the MLflow database and experiment")
     init.add_argument("--experiment", required=True)
     init.set_defaults(func=cmd_init_tracking)
+
+    combine = commands.add_parser("combine", help="one table from several grids' reports, a column per grid "
+                                                  "(the AFD paper's Table 3 from the four transfer grids)")
+    combine.add_argument("reports", nargs="+", help="report folders, e.g. reports/transfer_cub200")
+    combine.add_argument("--out", required=True, help="where table.md and table.csv go")
+    combine.add_argument("--title", default="Combined reports")
+    combine.set_defaults(func=cmd_combine)
 
     commands.add_parser("list", help="architectures, datasets and methods").set_defaults(func=cmd_list)
 

@@ -151,11 +151,13 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
                          "variant": ", ".join(f"{k}={v}" for k, v in run.sweep.items()),
                          "epoch_seconds": statistics.fmean(seconds) if seconds else None})
 
+    seeds_of_group = {run.group: len(run.seeds) for run in grid.runs.values()}
     for row in rows:
         cell = paper.cells.get((row["teacher"], row["student"]), {}) if paper else {}
-        group = "teacher" if row["run"] == "teacher" else grid.runs[row["run"]].group
+        # a row is a run, or a swept entry (its group) none of whose variants has finished yet
+        group = "teacher" if row["run"] == "teacher" else getattr(grid.runs.get(row["run"]), "group", row["run"])
         row["paper"] = cell.get(group)
-        row["expected"] = 1 if row["run"] == "teacher" else len(grid.runs[row["run"]].seeds)
+        row["expected"] = 1 if row["run"] == "teacher" else seeds_of_group[group]
 
     _write_csv(rows, out_dir / "table.csv", paper, compared)
     lines = _markdown(grid, rows, columns, paper, metric, compared)
@@ -326,3 +328,54 @@ def _html(markdown: list[str]) -> str:
              "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}")
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" + \
         "\n".join(body) + "</body></html>\n"
+
+
+def combine(report_dirs: list[str | Path], out_dir: str | Path, title: str) -> list[str]:
+    """One table from several grids' reports, a column per grid (the AFD paper's Table 3: one transfer grid per
+    target set). Reads each report's ``table.csv`` (a declared output of its report job), so it can run
+    whenever the reports exist; rows in first-seen order, the paper's value beside ours where the CSV has one.
+    Writes ``table.md`` and ``table.csv`` under ``out_dir``; returns the Markdown lines."""
+    columns, cells, rows = [], {}, []
+    for folder in map(Path, report_dirs):
+        path = folder / "table.csv"
+        if not path.is_file():
+            raise ReportError(f"{path} does not exist: run that grid's report first "
+                              f"(snakemake make_report --configfile params/{folder.name}.yaml)")
+        with open(path, newline="") as handle:
+            records = list(csv.DictReader(handle))
+        columns.append(folder.name)
+        for record in records:
+            if record["row"] not in rows:
+                rows.append(record["row"])
+            cells[(record["row"], folder.name)] = record
+    lines = [f"# {title}", "", f"Mean ± std over seeds of each grid's compared epoch (see each report); "
+             f"*paper* beside ours. Columns: the reports under {', '.join(f'`{c}`' for c in columns)}.", "",
+             "| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        texts = []
+        for column in columns:
+            record = cells.get((row, column))
+            if record is None or not record["mean"]:
+                text = "–"
+            else:
+                mean, std = float(record["mean"]), float(record["std"])
+                text = f"{mean:.4f} ± {std:.4f}"
+                if record["n"] != record["n_expected"]:
+                    text += f" (n={record['n']}/{record['n_expected']})"
+            if record is not None and record["paper"]:
+                text += f" (*paper {float(record['paper']):.4f}*)"
+            texts.append(text)
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    with open(out_dir / "table.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "report", "run", "n", "n_expected", "epoch", "mean", "std", "paper"])
+        for row in rows:
+            for column in columns:
+                record = cells.get((row, column))
+                if record is not None:
+                    writer.writerow([row, column, record["run"], record["n"], record["n_expected"], record["epoch"],
+                                     record["mean"], record["std"], record["paper"]])
+    return lines
