@@ -106,7 +106,7 @@ def test_wrn_option_keeps_state_dict_keys_and_defaults_to_repdistiller():
 def test_model_options_lists_defaults_and_create_model_names_unknown_options():
     from afdistill.models.registry import model_options
 
-    assert model_options("wrn_40_2") == {"double_bn_update": False}
+    assert model_options("wrn_40_2") == {"double_bn_update": False, "stem_stride": 1}
     assert model_options("resnet20") == {}
     with pytest.raises(ValueError, match=r"'bn_twice'.*'wrn_40_2'.*allowed: double_bn_update"):
         create_model("wrn_40_2", 100, bn_twice=True)

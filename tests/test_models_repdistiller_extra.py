@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from afdistill.methods import Batch, Context, build_method, dry_run
+from afdistill.methods import Batch, Context, View, build_method, dry_run
 from afdistill.models import create_model
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -101,7 +101,12 @@ def test_every_modern_method_trains_on_the_heterogeneous_pairs(teacher_arch, stu
         method.begin_epoch(1)
         with torch.no_grad():
             teacher_out = teacher(images, with_features=True)
-        terms = method(student(images, with_features=True), teacher_out, Batch(images, labels, torch.arange(4)))
+        strong = None
+        if method.strong_view:  # MLKD: a second view, here the images flipped upside down
+            with torch.no_grad():
+                strong_teacher = teacher(images.flip(2), with_features=True)
+            strong = View(images.flip(2), student(images.flip(2), with_features=True), strong_teacher)
+        terms = method(student(images, with_features=True), teacher_out, Batch(images, labels, torch.arange(4), strong))
         total = sum(terms.values())
         assert torch.isfinite(total), (name, terms)
         student.zero_grad()
