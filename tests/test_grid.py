@@ -150,3 +150,29 @@ def test_an_ablation_table_whose_runs_the_grid_does_not_train_is_refused():
     with pytest.raises(GridError, match=r"report.paper_matrices\[4\]: afd_table6 needs the runs t6_kl on "
                                         r"wrn_40_2 -> wrn_16_2, which the grid does not train there"):
         Grid(config, source="params/cifar100_ablations.yaml")
+
+
+def test_the_fit_check_builds_each_network_with_its_architecture_options(monkeypatch):
+    import afdistill.grid as grid_module
+    from afdistill.methods.base import _network_sample
+
+    seen = []
+    real = grid_module.check_method_fit
+    monkeypatch.setattr(grid_module, "check_method_fit", lambda *a, **k: seen.append(k) or real(*a, **k))
+    Grid(yaml.safe_load((ROOT / "params" / "mhgd_tinyimagenet.yaml").read_text()))
+    assert seen and all(k["teacher_options"] == {"stem_stride": 2} for k in seen if k["teacher"])
+    assert all(k["student_options"] == {"stem_stride": 2} for k in seen if k["student"])
+    _, strided = _network_sample("wrn_10_4", 200, 64, (("stem_stride", 2),))
+    _, plain = _network_sample("wrn_10_4", 200, 64)
+    assert (strided.stages[0].shape[-1], plain.stages[0].shape[-1]) == (32, 64)
+
+
+def test_a_strong_view_on_a_streamed_dataset_is_refused_before_any_job():
+    config = {"grid": "t", "dataset": "cub200", "pairs": [{"teacher": "resnet34_imagenet",
+                                                           "student": "resnet18_imagenet"}],
+              "methods": {"afd_mlkd": {"method": "combined", "parts": {"afd": {}, "mlkd": {}}}}}
+    with pytest.raises(GridError, match="methods.afd_mlkd: trains on a second, strongly augmented view, which the "
+                                        "streamed dataset cub200 does not provide; set strong_view: false"):
+        Grid(config, check_fit=False)
+    config["methods"]["afd_mlkd"]["parts"]["mlkd"] = {"strong_view": False}
+    Grid(config, check_fit=False)

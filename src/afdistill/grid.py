@@ -289,6 +289,7 @@ class Grid:
                 raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
                                f"the grid file's header says where to get published weights)")
         self._check_cross_task_teachers()
+        self._check_views()
 
         links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)
@@ -351,6 +352,15 @@ class Grid:
                                         f"classes, not {self.dataset}'s {classes} (a teacher of another task); "
                                         f"use a feature method with alpha: 0 on {arch} -> {pair.student}")
 
+    def _check_views(self) -> None:
+        """A second, strongly augmented view (MLKD) needs a dataset held on the device: refused on streamed ones."""
+        if DATASETS[self.dataset].storage == "device":
+            return
+        for run in self.runs.values():
+            if method_class(run.method).uses_strong_view({**method_defaults(run.method), **run.params}):
+                raise GridError(f"methods.{run.group}: trains on a second, strongly augmented view, which the "
+                                f"streamed dataset {self.dataset} does not provide; set strong_view: false")
+
     def _check_fits(self) -> None:
         """Checks that need shapes and dataset sizes (hint layers, negatives, stage widths): every run on every
         pair it trains on, and every pre-stage, from the architectures and the dataset's metadata."""
@@ -375,8 +385,10 @@ class Grid:
                       teacher=teacher, batch_size=self.heads_schedule.batch_size, **dataset)
 
     def _fit(self, method: str, params: dict, where: str, **shapes) -> None:
+        options = {f"{role}_options": self.architectures.get(shapes[role], {}) if shapes[role] else None
+                   for role in ("student", "teacher")}
         try:
-            check_method_fit(method, params, where, **shapes)
+            check_method_fit(method, params, where, **shapes, **options)
         except ValueError as error:
             raise GridError(str(error)) from None
 

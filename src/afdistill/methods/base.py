@@ -281,6 +281,12 @@ class Method(nn.Module):
         return cls.cuda_graphs and not cls.needs_input_grad
 
     @classmethod
+    def uses_strong_view(cls, params: dict[str, Any]) -> bool:
+        """Whether a run with these hyper-parameters trains on a second, strongly augmented view (``strong_view``),
+        which only datasets held on the device provide."""
+        return False
+
+    @classmethod
     def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
         """Whether the method's own term reads the teacher's logits (beyond KD's ``alpha``), so needs a teacher
         of the same classes: logit methods do; feature methods, which a teacher of another task allows, do not."""
@@ -391,8 +397,9 @@ def _identity(x: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _network_sample(arch: str, num_classes: int, image_size: int) -> tuple[nn.Module, Features]:
-    """A network of this architecture and its features on a 2-image dry run, for their shapes (cached).
+def _network_sample(arch: str, num_classes: int, image_size: int, options: tuple = ()) -> tuple[nn.Module, Features]:
+    """A network of this architecture (``options``: its ``create_model`` options as sorted items) and its
+    features on a 2-image dry run, for their shapes (cached).
 
     Built on the meta device, where layers allocate nothing, initialise nothing
     and compute only shapes (a ResNet-110 in a fraction of its CPU time); on the
@@ -402,16 +409,17 @@ def _network_sample(arch: str, num_classes: int, image_size: int) -> tuple[nn.Mo
     with torch.random.fork_rng(devices=[]):  # initialising weights must not move the caller's random stream
         try:
             with torch.device("meta"):
-                network = create_model(arch, num_classes).requires_grad_(False)
+                network = create_model(arch, num_classes, **dict(options)).requires_grad_(False)
             with _batch_norms_pass_through(network):
                 return network, dry_run(network, images.to("meta"))  # outside the device mode: less dispatch
         except (NotImplementedError, RuntimeError):
-            network = create_model(arch, num_classes).requires_grad_(False)
+            network = create_model(arch, num_classes, **dict(options)).requires_grad_(False)
             return network, dry_run(network, images)
 
 
 def check_method_fit(name: str, params: dict[str, Any], where: str, *, student: str | None, teacher: str | None,
-                     num_classes: int, image_size: int, n_train: int, batch_size: int | None = None) -> None:
+                     num_classes: int, image_size: int, n_train: int, batch_size: int | None = None,
+                     student_options: dict | None = None, teacher_options: dict | None = None) -> None:
     """Raise a ValueError, before any job starts, if run ``where`` cannot train these networks on this dataset.
 
     ``student``/``teacher``: architecture names, the trained and the frozen
@@ -428,10 +436,11 @@ def check_method_fit(name: str, params: dict[str, Any], where: str, *, student: 
     cls = method_class(name)
     if cls.needs_teacher and teacher is None:
         raise ValueError(f"{where}: method {name!r} distils from a teacher, and this run has none")
-    student_network, student_sample = (None, None) if student is None else _network_sample(student, num_classes,
-                                                                                          image_size)
-    teacher_network, teacher_sample = (None, None) if teacher is None else _network_sample(teacher, num_classes,
-                                                                                          image_size)
+    options = lambda given: tuple(sorted((given or {}).items()))  # noqa: E731  (hashable, for the cache)
+    student_network, student_sample = (None, None) if student is None else _network_sample(
+        student, num_classes, image_size, options(student_options))
+    teacher_network, teacher_sample = (None, None) if teacher is None else _network_sample(
+        teacher, num_classes, image_size, options(teacher_options))
     context = Context(student=student_network, teacher=teacher_network, student_sample=student_sample,
                       teacher_sample=teacher_sample, num_classes=num_classes, train_labels=None,
                       batch_size=batch_size)

@@ -144,6 +144,11 @@ class Combined(Method):
         return None if owner is None else method_class(owner[1]).pre_stage(owner[2])
 
     @classmethod
+    def uses_strong_view(cls, params: dict[str, Any]) -> bool:
+        return any(method_class(method).uses_strong_view(part_params) for method, part_params in
+                   (_part_method(name, entry, name) for name, entry in (params.get("parts") or {}).items()))
+
+    @classmethod
     def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
         return any(method_class(method).reads_teacher_logits(part_params) for method, part_params in
                    (_part_method(name, entry, name) for name, entry in (params.get("parts") or {}).items()))

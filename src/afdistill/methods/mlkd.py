@@ -83,6 +83,10 @@ def fraction_at_or_below_median(values: Tensor) -> Tensor:
 class MLKD(LogitMethod):
     label = "MLKD"
 
+    @classmethod
+    def uses_strong_view(cls, params: dict) -> bool:
+        return bool(params.get("strong_view", True))
+
     def __init__(self, context: Context,
                  kd_weight: Annotated[float, Range(ge=0)] = 1.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0,
