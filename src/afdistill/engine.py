@@ -33,7 +33,7 @@ from .graphs import GraphedStep
 from .heap import keep_freed_memory
 from .streaming import open_prepared
 from .methods import Batch, Context, View, build_method, dry_run, method_class
-from .models import classifier, create_model
+from .models import classifier, classifier_name, create_model
 from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime
 
@@ -102,7 +102,7 @@ def load_network(path: str | Path, arch: str, num_classes: int | None, device: t
     state = load_torch(path, f"the {arch} weights", "cpu")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    head, _ = classifier(create_model(arch, 1, **(options or {})))
+    head = classifier_name(arch, **(options or {}))
     if num_classes is None:
         weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
         if weight is None or weight.ndim != 2:

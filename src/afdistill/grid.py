@@ -175,12 +175,12 @@ def checkpoint_classes(path: str, arch: str) -> int:
     """How many classes a weights file's classifier has (read memory-mapped: the tensors stay on disk)."""
     import torch
 
-    from .models import classifier, create_model
+    from .models import classifier_name
 
     state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    head, _ = classifier(create_model(arch, 1))
+    head = classifier_name(arch)
     weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
     if weight is None:
         raise GridError(f"teachers.checkpoints.{arch}: {path} holds no {arch} classifier ({head}.weight)")

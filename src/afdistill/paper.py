@@ -27,6 +27,15 @@ def _columns(columns: list[tuple[str, str]], rows: dict[str, list[float]]) -> di
     return {column: {row: values[i] for row, values in rows.items()} for i, column in enumerate(columns)}
 
 
+def _at_transfer_table(dataset: str, target: str, errors: list[float]) -> "PaperTable":
+    """The AT slides' transfer table, one target set: teacher, student, KD, AT errors (%)."""
+    return PaperTable(
+        title=f"AT paper, transfer ImageNet → {target} (error %)", dataset=dataset, metric="error",
+        cells={("resnet34_imagenet", "resnet18_imagenet"): dict(zip(("teacher", "vanilla", "kd", "at"), errors))},
+        note=f"Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), ImageNet→{target} error; the "
+             f"schedule, runs and epoch are not stated.")
+
+
 PAPER_TABLES: dict[str, PaperTable] = {
     # Ji, Heo & Park, AAAI 2021, Table 1 (CIFAR-100 top-1, mean of 5 runs). The paper's "Ours" row is AFD.
     "afd_table1": PaperTable(
@@ -78,18 +87,8 @@ PAPER_TABLES: dict[str, PaperTable] = {
     ),
     # Zagoruyko & Komodakis, ICLR 2017 (the slides), transfer from ImageNet: top-1 error (%), ResNet-34 teacher
     # and ResNet-18 student, both fine-tuned on the target set (params/at_transfer_<set>.yaml).
-    "at_transfer_cub200": PaperTable(
-        title="AT paper, transfer ImageNet → CUB (error %)", dataset="cub200", metric="error",
-        cells={("resnet34_imagenet", "resnet18_imagenet"): {"teacher": 26.5, "vanilla": 28.5, "kd": 27.0,
-                                                             "at": 27.0}},
-        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), ImageNet→CUB error; the schedule, "
-             "runs and epoch are not stated."),
-    "at_transfer_mit67": PaperTable(
-        title="AT paper, transfer ImageNet → Scenes (error %)", dataset="mit67", metric="error",
-        cells={("resnet34_imagenet", "resnet18_imagenet"): {"teacher": 26.0, "vanilla": 28.2, "kd": 28.1,
-                                                             "at": 27.1}},
-        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), ImageNet→Scenes (MIT indoor "
-             "scenes) error; the schedule, runs and epoch are not stated."),
+    "at_transfer_cub200": _at_transfer_table("cub200", "CUB", [26.5, 28.5, 27.0, 27.0]),
+    "at_transfer_mit67": _at_transfer_table("mit67", "Scenes", [26.0, 28.2, 28.1, 27.1]),
     # Lee & Song, BMVC 2019 poster, Tiny ImageNet top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
     "mhgd_tinyimagenet": PaperTable(
         title="MHGD poster, Tiny ImageNet",

@@ -56,6 +56,15 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
     return model
 
 
+def classifier_name(arch: str, **options: Any) -> str:
+    """The name of an architecture's classifier in its state dict, from a network built on the meta device
+    (no memory, no initialisation)."""
+    import torch
+
+    with torch.device("meta"):
+        return classifier(create_model(arch, 1, **options))[0]
+
+
 def classifier(model) -> tuple[str, "torch.nn.Linear"]:
     """The network's classifier: its last ``nn.Linear`` (every registered architecture ends with it), by name."""
     import torch.nn as nn
