@@ -316,6 +316,18 @@ LISTERS = {"tinyimagenet": list_tinyimagenet, "imagenet": list_imagenet, "cub200
            "stanford40": list_stanford40, "stanford_dogs": list_stanford_dogs}
 
 
+def check_present(dataset: str, root: str | os.PathLike) -> None:
+    """A cheap look before any job (``afdistill check``): the folder the archive was extracted into exists and
+    is not empty. The data stage lists and decodes the rest."""
+    root = Path(root)
+    dataset = SAME_ARCHIVE.get(dataset, dataset)
+    if not root.is_dir():
+        raise _missing(dataset, root, "the folder the archive was extracted into")
+    if not any(root.iterdir()):
+        raise ArchiveError(f"{dataset}: {root} is empty; it should hold the extracted {ARCHIVES[dataset].name} "
+                           f"({ARCHIVES[dataset].files}, from {ARCHIVES[dataset].url})")
+
+
 def list_archive(dataset: str, root: str | os.PathLike) -> Listing:
     """Classes and splits of an extracted archive; every listed file is checked to exist."""
     root = Path(root)
@@ -326,11 +338,67 @@ def list_archive(dataset: str, root: str | os.PathLike) -> Listing:
     for split, samples in listing.splits.items():
         if not samples:
             raise ArchiveError(f"{dataset}: the {split} split under {listing.image_root} is empty")
+    counts = np.bincount([label for _, label in listing.splits["train"]], minlength=len(listing.classes))
+    empty = [listing.classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ArchiveError(f"{dataset}: {len(empty)} class(es) have no training images under {listing.image_root}: "
+                           f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the archive is incomplete: "
+                           f"extract it again")
     _check_files(dataset, listing)
     if dataset in TRANSFER:
         val, rest = carve_validation(listing.splits["train"], len(listing.classes))
         listing.splits["val"], listing.splits["train_without_val"] = val, rest
     return listing
+
+
+# ---------------------------------------------------------------- decode check
+
+#: the data stage's list of images that do not decode (path, split, error), beside meta.json
+CORRUPT_REPORT = "corrupt_images.tsv"
+
+
+def _decode_problem(path: str) -> str | None:
+    """Why an image file cannot be decoded, or None: the whole image is decoded, as training will."""
+    try:
+        load_rgb(path)
+    except Exception as error:  # PIL raises many kinds (UnidentifiedImageError, OSError "truncated", ...)
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}".rstrip(": ")
+    return None
+
+
+def check_decoding(dataset: str, listing: Listing, out: Path, skip_corrupt: bool,
+                   workers: int | None = None) -> dict[str, int]:
+    """Decode every listed image once; those that fail are written to ``out/corrupt_images.tsv`` and either
+    refused (the default: an :class:`ArchiveError` naming the count, the first files and the report) or, with
+    ``skip_corrupt``, left out of every split. Returns the count left out per split."""
+    from multiprocessing import get_context
+
+    relatives = sorted({relative for samples in listing.splits.values() for relative, _ in samples})
+    paths = [str(listing.image_root / r) for r in relatives]
+    if workers == 0 or len(paths) < 256:
+        problems = [_decode_problem(path) for path in paths]
+    else:
+        with get_context("fork").Pool(workers or os.cpu_count()) as pool:
+            problems = pool.map(_decode_problem, paths, chunksize=64)
+    bad = {relative: problem for relative, problem in zip(relatives, problems) if problem}
+    report = out / CORRUPT_REPORT
+    if not bad:
+        report.unlink(missing_ok=True)
+        return {}
+    report.write_text("path\tsplits\terror\n" + "".join(
+        f"{listing.image_root / r}\t{','.join(s for s, samples in listing.splits.items() if any(p == r for p, _ in samples))}"
+        f"\t{problem}\n" for r, problem in bad.items()))
+    if not skip_corrupt:
+        first = ", ".join(str(listing.image_root / r) for r in list(bad)[:3])
+        raise ArchiveError(f"{dataset}: {len(bad)} image(s) do not decode ({first}{' ...' if len(bad) > 3 else ''}; "
+                           f"all listed in {report}); replace them from the archive, or set data.skip_corrupt: true "
+                           f"in the grid to leave them out (counted in meta.json)")
+    skipped = {}
+    for split, samples in listing.splits.items():
+        kept = [(p, label) for p, label in samples if p not in bad]
+        skipped[split] = len(samples) - len(kept)
+        listing.splits[split] = kept
+    return skipped
 
 
 # ---------------------------------------------------------------- writing the prepared dataset
@@ -416,7 +484,7 @@ def store_resized_copy(listing: Listing, folder: Path, shorter: int, workers: in
 
 
 def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike, info,
-                    stored_shorter_side: int | None = None) -> dict:
+                    stored_shorter_side: int | None = None, skip_corrupt: bool = False) -> dict:
     """Prepare one archive dataset under ``out_dir``; ``info`` is its :class:`afdistill.data.DatasetInfo`.
 
     ``stored_shorter_side`` (streamed datasets only): instead of pointing at the
@@ -428,6 +496,9 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
     pixels, so crops that covered more than 224 pixels of the original are
     downsampled less and small crops are upsampled from a coarser image.
     Not measured here; the paper's figures are for the original files (the default).
+
+    Every image is decoded once here (:func:`check_decoding`), so a corrupt file stops this stage, not a
+    teacher's training; ``skip_corrupt`` leaves such files out instead, counted in ``meta.json``.
     """
     listing = list_archive(dataset, root)
     if stored_shorter_side is not None:
@@ -438,6 +509,7 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
                              f"got {stored_shorter_side}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    skipped = check_decoding(dataset, listing, out, skip_corrupt)
     archive = ARCHIVES[SAME_ARCHIVE.get(dataset, dataset)]
     meta = {
         "dataset": dataset,
@@ -454,6 +526,8 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
         "n_test": len(listing.splits["test"]),
         "source": f"{archive.name}: {archive.files} ({archive.url})",
     }
+    if skipped:
+        meta["skipped_corrupt"] = {**skipped, "report": CORRUPT_REPORT}
     if STORAGE[dataset] == "device":
         for split in ("train", "test"):
             samples = listing.splits[split]

@@ -81,7 +81,8 @@ def cmd_prepare(args) -> None:
     from .data import prepare
 
     meta = prepare(args.dataset, args.out, root=args.root, download=args.download,
-                   verify_checksums=not args.no_verify, stored_shorter_side=args.stored_shorter_side)
+                   verify_checksums=not args.no_verify, stored_shorter_side=args.stored_shorter_side,
+                   skip_corrupt=args.skip_corrupt)
     _print(f"prepared {args.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {args.out}")
 
 
@@ -133,9 +134,10 @@ def cmd_init_tracking(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from .jobs import KINDS, Plan
+    from .jobs import KINDS, Plan, preflight
 
     plan = Plan(_load_grid(args))
+    preflight(plan, jobs_run_here=not args.elsewhere)
     counts = ", ".join(f"{len(plan.of_kind(kind))} {kind}" for kind in KINDS)
     _print(f"grid {plan.grid.name!r} is valid: {len(plan.jobs)} jobs ({counts})")
 
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs.set_defaults(func=cmd_jobs)
 
     check = with_grid(commands.add_parser("check", help="validate a grid file and count its jobs"))
+    check.add_argument("--elsewhere", action="store_true",
+                       help="the jobs run on other machines (a cluster): skip the checks of this machine's devices")
     check.set_defaults(func=cmd_check)
 
     dvc = with_grid(commands.add_parser("dvc", help="write the grid's DVC pipeline (dvc.yaml or pipelines/<grid>/)"))
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--no-verify", action="store_true", help="skip the CIFAR files' md5 check")
     prepare.add_argument("--stored-shorter-side", type=int, metavar="N",
                          help="streamed sets: store a JPEG copy with its shorter side at most N (faster to decode)")
+    prepare.add_argument("--skip-corrupt", action="store_true",
+                         help="image archives: leave out images that do not decode (listed in corrupt_images.tsv)")
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train one job from its spec (JSON), outside any grid")
@@ -231,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         _print("interrupted; rerun the same command to resume from the last checkpoint")
         sys.exit(130)
     except Exception as error:
+        from .archives import ArchiveError
         from .data import DataError
         from .engine import TrainingDiverged
         from .files import FileProblem
@@ -239,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         from .report import ReportError
 
         if isinstance(error, (GridError, DataError, UnknownNameError, ReportError, ValueError, FileNotFoundError,
-                              FileProblem, TrainingDiverged)):
+                              FileProblem, TrainingDiverged, ArchiveError)):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise

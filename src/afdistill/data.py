@@ -161,7 +161,8 @@ def _cifar(name: str, root: Path, download: bool, verify_checksums: bool):
 
 
 def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "data/raw",
-            download: bool = False, verify_checksums: bool = True, stored_shorter_side: int | None = None) -> dict:
+            download: bool = False, verify_checksums: bool = True, stored_shorter_side: int | None = None,
+            skip_corrupt: bool = False) -> dict:
     """Write ``train.npz``, ``test.npz`` and ``meta.json`` for one dataset; returns the meta record.
 
     Streamed datasets write file lists instead (:func:`afdistill.archives.prepare_archive`, which
@@ -171,7 +172,7 @@ def prepare(name: str, out_dir: str | os.PathLike, root: str | os.PathLike = "da
     from .archives import STORAGE, prepare_archive
 
     if name in STORAGE:
-        return prepare_archive(name, root, out_dir, info, stored_shorter_side)
+        return prepare_archive(name, root, out_dir, info, stored_shorter_side, skip_corrupt)
     if name == "digits":
         train_x, train_y, test_x, test_y = _digits()
     else:

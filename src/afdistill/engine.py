@@ -85,7 +85,7 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device")
+        raise ValueError("device: cuda was asked for, but torch sees no CUDA device on this machine; use device: auto or cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -97,28 +97,17 @@ def load_network(path: str | Path, arch: str, num_classes: int | None, device: t
     such as torchvision's ImageNet ResNet34 in the transfer grids). ``new_classifier``: every weight but the
     classifier's, which starts fresh for ``num_classes`` (fine-tuning on a new task). ``options``
     (``create_model``'s) change how the network trains, never its parameters' names."""
-    from .files import load_torch
+    from . import weights
 
-    state = load_torch(path, f"the {arch} weights", "cpu")
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    head = classifier_name(arch, **(options or {}))
+    state = weights.read(path, arch, fix=weights.GIVEN)
     if num_classes is None:
-        weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
-        if weight is None or weight.ndim != 2:
-            raise RuntimeError(f"{path} does not hold {arch} weights: no classifier {head}.weight")
-        num_classes = int(weight.shape[0])
+        num_classes = weights.classes_of(state, path, arch, options)
     model = create_model(arch, num_classes, **(options or {}))
-    if new_classifier and isinstance(state, dict):
-        state = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=not new_classifier)
-        if new_classifier and (unexpected or any(not key.startswith(f"{head}.") for key in missing)):
-            raise RuntimeError(f"missing {[k for k in missing if not k.startswith(head + '.')]}, "
-                               f"unexpected {unexpected}")
-    except RuntimeError as error:
-        what = "" if new_classifier else f" for {num_classes} classes"
-        raise RuntimeError(f"{path} does not hold {arch} weights{what}: {error}") from None
+    weights.match(state, path, arch, num_classes, options, new_classifier, network=model)
+    if new_classifier:
+        head = classifier_name(arch, **(options or {})) + "."
+        state = {key: value for key, value in state.items() if not key.startswith(head)}
+    model.load_state_dict(state, strict=not new_classifier)
     return model.to(device)
 
 

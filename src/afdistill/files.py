@@ -35,17 +35,56 @@ def _exists(path: Path, what: str, fix: str) -> None:
         raise FileProblem(f"{path}: {what} does not exist; {fix}")
 
 
-def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu", fix: str = REWRITE) -> Any:
-    """``torch.load`` of a file this project (or RepDistiller, or torchvision) wrote."""
+def _numpy_globals() -> list:
+    """NumPy's array and scalar reconstruction, which some published checkpoints pickle beside their tensors
+    (an accuracy as a NumPy scalar): data, not code, so allowed under ``weights_only``."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(name)) for name in ("float16", "float32", "float64", "int32", "int64", "bool", "uint8")]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def _pytorch_format(path: Path) -> str | None:
+    """"zip" (torch.save since 1.6), "legacy" (an older torch.save's pickle), or None (not a torch file)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04":
+        return "zip"
+    return "legacy" if head[:1] == b"\x80" else None
+
+
+def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu", fix: str = REWRITE,
+               mmap: bool = False) -> Any:
+    """``torch.load`` of a file this project (or RepDistiller, mdistiller, torchvision) wrote, with
+    ``weights_only=True``: tensors, numbers, strings, plain containers and NumPy arrays only, so a downloaded
+    file cannot run code while it is read (a pickle can). A file that holds anything else is refused, saying
+    why. ``mmap``: leave the tensors on disk (a cheap look at shapes; older torch files are read whole)."""
     import pickle
 
     import torch
 
     path = Path(path)
     _exists(path, what, fix)
+    if path.stat().st_size == 0:
+        raise FileProblem(f"{path}: {what} is an empty file (0 bytes), not a PyTorch file; {fix}")
+    kind = _pytorch_format(path)
+    if kind is None:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        raise FileProblem(f"{path}: {what} is not a file torch.save wrote (it starts with {head!r}); {fix}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and kind == "zip")
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error) and "Weights only load failed" not in str(error):
+            raise _unreadable(path, what, error, fix) from None
+        found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+        raise FileProblem(f"{path}: {what} holds Python objects beyond tensors, numbers and plain containers "
+                          f"({found[:160] or 'a pickled object'}); refused, because loading it would run the code "
+                          f"it names. Use a file that holds only a state dict (torch.save(model.state_dict(), "
+                          f"path)), re-saved that way from a source you trust") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as error:
         raise _unreadable(path, what, error, fix) from None
 
 

@@ -13,6 +13,7 @@ commented example of every key.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -55,7 +56,9 @@ SCHEMA: dict[str, Any] = {
         "data": {"type": "object", "additionalProperties": False, "properties": {
             "root": {"type": "string", "description": "where the raw archives are (or go)"},
             "download": {"type": "boolean", "description": "let the data stage download the archive"},
-            "verify_checksums": {"type": "boolean"}}},
+            "verify_checksums": {"type": "boolean"},
+            "skip_corrupt": {"type": "boolean", "description": "image archives: leave images that do not decode out "
+                             "(listed in corrupt_images.tsv, counted in meta.json) instead of refusing the data"}}},
         "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
         "runtime": _section(Runtime),
         "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
@@ -171,20 +174,90 @@ class Pair:
     runs: tuple[str, ...]  # the rows this column has (all of the grid's runs unless the pair lists some)
 
 
-def checkpoint_classes(path: str, arch: str) -> int:
-    """How many classes a weights file's classifier has (read memory-mapped: the tensors stay on disk)."""
+def _weights(path: str, arch: str, where: str, num_classes: int | None, options: dict,
+             new_classifier: bool = False) -> int:
+    """Check a weights file the grid names before any job: it exists, it is a safe PyTorch file
+    (``weights_only``), and its tensors fit ``arch`` (built on the meta device; the file's tensors stay on disk).
+    Returns its classifier's classes. ``num_classes`` None: as many as the file has (a published teacher)."""
+    from . import weights
+    from .files import FileProblem
+
+    if not Path(path).is_file():
+        raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
+                        f"the grid file's header says where to get published weights)")
+    try:
+        state = weights.read(path, arch, mmap=True)
+        classes = weights.classes_of(state, path, arch, options)
+        weights.match(state, path, arch, num_classes or classes, options, new_classifier)
+    except FileProblem as problem:
+        raise GridError(f"{where}: {problem}") from None
+    return classes
+
+
+def _buildable(arch: str, options: dict, where: str) -> None:
+    """The architecture's own rules on its options (a factory raises ValueError naming the option), checked by
+    building it on the meta device (no memory, no initialisation)."""
     import torch
 
-    from .models import classifier_name
+    from .models import create_model
 
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    head = classifier_name(arch)
-    weight = state.get(f"{head}.weight") if isinstance(state, dict) else None
-    if weight is None:
-        raise GridError(f"teachers.checkpoints.{arch}: {path} holds no {arch} classifier ({head}.weight)")
-    return int(weight.shape[0])
+    try:
+        with torch.device("meta"):
+            create_model(arch, 10, **options)
+    except ValueError as error:
+        raise GridError(f"{where}.{error}" if str(error).split(":")[0] in options else f"{where}: {error}") from None
+
+
+def _sweep_variants(sweep: Any, entry: dict, where: str) -> list[dict[str, Any]]:
+    """Every combination of a ``sweep:`` mapping's values, after checking that each value is a plain number,
+    string or boolean (it becomes part of a folder name), that no list repeats a value (30 and 30.0 train the
+    same run twice) and that the entry does not also set a swept key (which value would win?)."""
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise GridError(f"{where}: expected a mapping of parameter -> non-empty list of values")
+    for name, values in sweep.items():
+        if name in entry:
+            raise GridError(f"{where}.{name}: the entry also sets {name}: {entry[name]!r}, which every swept run "
+                            f"replaces; drop it from the entry")
+        for value in values:
+            if not isinstance(value, (int, float, str, bool)) or (isinstance(value, float) and not math.isfinite(value)):
+                raise GridError(f"{where}.{name}: {value!r} is not allowed; a swept value is a finite number, a "
+                                f"string or true/false (it names the run's folder); write a methods entry per value "
+                                f"for anything else")
+            if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+                raise GridError(f"{where}.{name}: {value!r} is not allowed in a sweep; a swept string uses letters, "
+                                f"digits, '_', '.' and '-' (it names the run's folder)")
+        names = [_name_part(name, value) for value in values]
+        repeated = sorted({values[i] for i, n in enumerate(names) if names.index(n) != i}, key=str)
+        if repeated:
+            raise GridError(f"{where}.{name}: {values!r} repeats {repeated[0]!r} (as the same run: "
+                            f"{_name_part(name, repeated[0])}); list each value once")
+    return [dict(zip(sweep, combination)) for combination in itertools.product(*sweep.values())]
+
+
+def _name_part(name: str, value: Any) -> str:
+    """``beta200``, ``beta0p5``, ``betam1``, ``beta1e20``: a swept value in a run (folder) name, letters, digits
+    and '_' only; equal numbers give equal names (30 and 30.0 both ``beta30``)."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float)):
+        text = repr(int(value)) if float(value).is_integer() and abs(value) < 1e16 else repr(float(value))
+    else:
+        text = str(value)
+    return f"{name}{text}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def _show(variant: dict) -> str:
+    return ", ".join(f"{k}: {v!r}" for k, v in variant.items())
+
+
+def merge_params(params: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's hyper-parameters with a pair's override of them; a combined run's ``parts`` merge part by part
+    (``parts: {afd: {beta: 50}}`` changes AFD's beta and keeps every other part and setting)."""
+    merged = {**params, **(override or {})}
+    if isinstance(params.get("parts"), dict) and isinstance((override or {}).get("parts"), dict):
+        merged["parts"] = {name: {**(params["parts"].get(name) or {}), **(part or {})}
+                           for name, part in {**params["parts"], **override["parts"]}.items()}
+    return merged
 
 
 def _allowed(values) -> str:
@@ -250,6 +323,7 @@ class Grid:
         self.data_root = str(data.get("root", "data/raw"))
         self.download = bool(data.get("download", False))
         self.verify_checksums = bool(data.get("verify_checksums", True))
+        self.skip_corrupt = bool(data.get("skip_corrupt", False))
         self.device = config.get("device", "auto")
         self.runtime = self._parse_runtime(config.get("runtime"))
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
@@ -258,6 +332,8 @@ class Grid:
             raise GridError(f"jobs_per_gpu: {self.jobs_per_gpu} with gpus_per_job: {self.gpus_per_job}; a job "
                             f"either shares a GPU or spans several, not both: set one of them to 1")
         self.seeds = list(self._parse_seeds(config.get("seeds", [0]), "seeds"))
+        if self.runtime.cuda_graphs is True and self.device == "cpu":
+            raise GridError("runtime.cuda_graphs: true needs CUDA, and device is cpu; use auto or false")
 
         self.schedule = _schedule(Schedule(), config.get("train"), "train")
         self.architectures = self._parse_architectures(config.get("architectures"))
@@ -268,6 +344,14 @@ class Grid:
         self.teacher_checkpoints = dict(teachers.get("checkpoints") or {})
         self.teacher_init = dict(teachers.get("init") or {})
 
+        links = self._section(config, "links")
+        self.links_seed = links.get("seed", 0)
+        self.links_schedule = _schedule(self.schedule, links.get("train"), "links.train")
+        self.links_params = links.get("params") or {}
+        if not isinstance(self.links_params, dict):
+            raise GridError(f"links.params: expected a mapping of AFD hyper-parameters, got {self.links_params!r}")
+        self._check_links_params(self.links_params, "links.params")
+
         self.runs = self._parse_methods(config["methods"])
         self.pairs = self._parse_pairs(config["pairs"])
         for arch, path in self.teacher_init.items():
@@ -277,31 +361,33 @@ class Grid:
                 raise GridError(f"{where}: {arch} is not a teacher of any pair, or is listed under "
                                 f"teachers.checkpoints too (evaluated as published, not fine-tuned); teachers: "
                                 f"{_allowed(self.teachers())}")
-            if not Path(path).is_file():
-                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
-                                f"the grid file's header says where to get published weights)")
+            _weights(path, arch, where, DATASETS[self.dataset].num_classes, self.architectures.get(arch, {}),
+                     new_classifier=True)
+        self.teacher_classes: dict[str, int] = {}
         for arch, path in self.teacher_checkpoints.items():
             where = f"teachers.checkpoints.{arch}"
             self._check_arch(arch, where)
             if arch not in self.teachers():
                 raise GridError(f"{where}: {arch} is not a teacher of any pair; teachers: {_allowed(self.teachers())}")
-            if not Path(path).is_file():
-                raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
-                               f"the grid file's header says where to get published weights)")
+            self.teacher_classes[arch] = _weights(path, arch, where, None, self.architectures.get(arch, {}))
+        self._check_student_init()
         self._check_cross_task_teachers()
         self._check_views()
-
-        links = self._section(config, "links")
-        self.links_seed = links.get("seed", 0)
-        self.links_schedule = _schedule(self.schedule, links.get("train"), "links.train")
-        self.links_params = dict(links.get("params") or {})
-        self._check_params("afd", self.links_params, "links.params")
 
         heads = self._section(config, "heads")
         self.heads_seed = heads.get("seed", 0)
         self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
                                         "heads.train")
 
+        if self.gpus_per_job > 1:
+            schedules = [("train", self.schedule), ("teachers.train", self.teacher_schedule),
+                         ("links.train", self.links_schedule), ("heads.train", self.heads_schedule)]
+            schedules += [(f"pairs[{i}].train", pair.schedule) for i, pair in enumerate(self.pairs)]
+            for where, schedule in schedules:
+                if schedule.batch_size % self.gpus_per_job:
+                    raise GridError(f"{where}.batch_size: {schedule.batch_size} does not split over gpus_per_job: "
+                                    f"{self.gpus_per_job} processes (each takes an equal slice of the global "
+                                    f"batch); use a multiple of {self.gpus_per_job}")
         if self.check_fit:
             self._check_fits()
 
@@ -331,12 +417,48 @@ class Grid:
                 raise GridError(f"report.paper_matrices[{index}]: {name} needs the runs {', '.join(missing)} "
                                 f"on {pair.teacher} -> {pair.student}, which the grid does not train there")
 
+    def check_machine(self) -> None:
+        """Refuse, before any job, what this machine cannot run: CUDA asked for where there is none, more GPUs per
+        job than it has, CUDA graphs on CPU. The pipeline calls it where jobs run here (not for a SLURM
+        submission from a login node: the cluster's nodes decide there)."""
+        from .gpu import visible_gpus
+
+        gpus = len(visible_gpus())
+        if self.device == "cuda" and not gpus:
+            raise GridError(f"{self.source}: device: cuda, but this machine has no CUDA GPU (none visible); use "
+                            f"device: auto (CUDA where there is one, else the CPU) or cpu, or submit to a cluster "
+                            f"(profiles/slurm)")
+        on_cuda = self.device == "cuda" or (self.device == "auto" and gpus > 0)
+        if self.gpus_per_job > 1 and not on_cuda:
+            raise GridError(f"{self.source}: gpus_per_job: {self.gpus_per_job}, but the jobs run on the CPU here "
+                            f"(device: {self.device}, no CUDA GPU visible); set gpus_per_job: 1, or run where "
+                            f"there are GPUs")
+        if on_cuda and self.gpus_per_job > gpus:
+            raise GridError(f"{self.source}: gpus_per_job: {self.gpus_per_job}, but this machine has {gpus} GPU(s); "
+                            f"expected at most {gpus}")
+        if self.runtime.cuda_graphs is True and not on_cuda:
+            raise GridError(f"{self.source}: runtime.cuda_graphs: true needs CUDA, and the jobs run on the CPU here "
+                            f"(device: {self.device}); use auto (CUDA graphs wherever they can run) or false")
+
+    def _check_student_init(self) -> None:
+        """A run's ``init:`` weights, against every student architecture the run trains."""
+        classes = DATASETS[self.dataset].num_classes
+        checked = set()
+        for pair in self.pairs:
+            for name in pair.runs:
+                run = self.runs[name]
+                if run.init is None or (run.init, pair.student) in checked:
+                    continue
+                checked.add((run.init, pair.student))
+                _weights(run.init, pair.student, f"methods.{run.group}.init", classes,
+                         self.architectures.get(pair.student, {}), new_classifier=True)
+
     def _check_cross_task_teachers(self) -> None:
         """A published teacher of another task (ImageNet's 1000 classes beside a transfer set) lends its features
         only: runs that read its logits (KD's ``alpha``, logit methods) are refused on its pairs."""
         classes = DATASETS[self.dataset].num_classes
         for arch, path in self.teacher_checkpoints.items():
-            own = checkpoint_classes(path, arch)
+            own = self.teacher_classes[arch]
             if own == classes:
                 continue
             for pair in (p for p in self.pairs if p.teacher == arch):
@@ -344,7 +466,7 @@ class Grid:
                     run = self.runs[name]
                     cls = method_class(run.method)
                     params = {**method_defaults(run.method), **run.params,
-                              **(pair.overrides.get(run.group) or {})}
+                              **self.run_params(pair, name)}
                     if cls.reads_teacher_logits(params) or params.get("alpha", 0):
                         why = ("its method reads the teacher's logits" if cls.reads_teacher_logits(params)
                                else f"alpha: {params['alpha']} adds KD on the teacher's logits")
@@ -370,19 +492,39 @@ class Grid:
             for name in pair.runs:
                 run = self.runs[name]
                 teacher = pair.teacher if method_class(run.method).needs_teacher else None
-                params = {**run.params, **(pair.overrides.get(run.group) or {})}
+                params = self.run_params(pair, name)
                 where = f"methods.{name}" + (f" (pair {pair.teacher} -> {pair.student})" if len(self.pairs) > 1 else "")
                 self._fit(run.method, params, where, student=pair.student, teacher=teacher,
                           batch_size=pair.schedule.batch_size, **dataset)
         for pair in self.link_pairs():
-            params = {**self.links_params, **(pair.overrides.get("links") or {})}
+            params = self.pair_links_params(pair)
             self._fit("afd", params, "links.params", student=pair.student, teacher=pair.teacher,
                       batch_size=self.links_schedule.batch_size, **dataset)
+            self._check_links_readers(pair, {**method_defaults("afd"), **params})
         for teacher, name in self.heads_jobs():
             method = method_class(self.runs[name].method)
             params = {k: v for k, v in self.runs[name].params.items() if k in method.heads_params}
             self._fit(method.heads_method, params, f"methods.{name} (its heads on {teacher})", student=None,
                       teacher=teacher, batch_size=self.heads_schedule.batch_size, **dataset)
+
+    def _check_links_readers(self, pair: Pair, links: dict) -> None:
+        """A run that reads the links run's links must choose the same candidate blocks (the links' shape)."""
+        from .methods.afd import AFD
+
+        for name in pair.runs:
+            if self.run_needs(name) != "links":
+                continue
+            method, params = self.runs[name].method, self.run_params(pair, name)
+            reader = getattr(method_class(method), "pre_stage_part", None)
+            if reader is not None:  # a combination: the part that reads the links
+                _, method, params = reader(params)
+            params = {**method_defaults(method), **params}
+            for key in AFD.link_params:
+                if params.get(key) != links.get(key):
+                    raise GridError(f"methods.{self.runs[name].group}.{key}: {params.get(key)!r} on "
+                                    f"{pair.teacher} -> {pair.student}, but the links run it reads uses "
+                                    f"{links.get(key)!r}; a run with pre-trained links shares "
+                                    f"{', '.join(AFD.link_params)} with links.params")
 
     def _fit(self, method: str, params: dict, where: str, **shapes) -> None:
         options = {f"{role}_options": self.architectures.get(shapes[role], {}) if shapes[role] else None
@@ -408,6 +550,7 @@ class Grid:
                 if type(value) is not type(allowed[key]):
                     raise GridError(f"architectures.{arch}.{key}: {value!r} is not allowed; expected "
                                     f"{type(allowed[key]).__name__} like the default {allowed[key]!r}")
+            _buildable(arch, options or {}, f"architectures.{arch}")
         return {arch: dict(options or {}) for arch, options in architectures.items()}
 
     def _section(self, config: dict, key: str) -> dict:
@@ -469,26 +612,22 @@ class Grid:
                                 f"allowed: {_allowed(list_methods())}")
             label = str(entry.pop("label", method_class(method).label))
             init = entry.pop("init", None)
-            if init is not None and (not isinstance(init, str) or not Path(init).is_file()):
-                raise GridError(f"{where}.init: {init!r} is not a weights file (the student's starting weights, "
-                                f"e.g. torchvision's ImageNet ResNet18; relative paths start at the repository "
-                                f"root, the grid file's header says where to get them)")
+            if init is not None and not isinstance(init, str):
+                raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file (the "
+                                f"student's starting weights, e.g. torchvision's ImageNet ResNet18)")
             sweep = entry.pop("sweep", None) or {}
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
-            self._check_params(method, entry, where)
-            if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
-                raise GridError(f"{where}.sweep: expected a mapping of parameter -> non-empty list of values")
-            for name, values in sweep.items():
-                for value in values:
-                    self._check_params(method, {name: value}, f"{where}.sweep")
             if not sweep:
+                self._check_params(method, entry, where)
                 runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init)
                 continue
-            names = list(sweep)
-            for combination in itertools.product(*(sweep[n] for n in names)):
-                variant = dict(zip(names, combination))
-                suffix = "_".join(f"{n}{v}".replace(".", "p").replace("-", "m") for n, v in variant.items())
+            for variant in _sweep_variants(sweep, entry, f"{where}.sweep"):
+                suffix = "_".join(_name_part(n, v) for n, v in variant.items())
                 name = f"{key}_{suffix}"
+                if name in runs or name in methods:
+                    raise GridError(f"{where}.sweep: the run it generates for {variant} is named {name!r}, like "
+                                    f"another run of the grid; rename one of the entries")
+                self._check_params(method, {**entry, **variant}, f"{where}.sweep ({_show(variant)})")
                 runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init)
         return runs
 
@@ -517,18 +656,27 @@ class Grid:
                 self._check_arch(entry[role], f"{where}.{role}")
             overrides = dict(entry.get("methods") or {})
             for group, params in overrides.items():
+                if not isinstance(params, (dict, type(None))):
+                    raise GridError(f"{where}.methods.{group}: expected a mapping of hyper-parameters, got {params!r}")
                 if group == "links":
-                    self._check_params("afd", params or {}, f"{where}.methods.links")
+                    self._check_links_params(merge_params(self.links_params, params), f"{where}.methods.links")
                     continue
                 members = [run for run in self.runs.values() if run.group == group]
                 if not members:
                     raise GridError(f"{where}.methods.{group}: no such entry under methods; "
                                     f"allowed: {_allowed(list(dict.fromkeys(r.group for r in self.runs.values())) + ['links'])}")
-                self._check_params(members[0].method, params or {}, f"{where}.methods.{group}")
                 swept = set(members[0].sweep) & set(params or {})
                 if swept:
                     raise GridError(f"{where}.methods.{group}.{sorted(swept)[0]}: this parameter is swept under "
                                     f"methods.{group}.sweep; override it there or drop the sweep")
+                parts = (params or {}).get("parts")
+                known = members[0].params.get("parts")
+                if isinstance(parts, dict) and isinstance(known, dict) and set(parts) - set(known):
+                    raise GridError(f"{where}.methods.{group}.parts.{sorted(set(parts) - set(known))[0]}: no such part "
+                                    f"of methods.{group}; an override changes the parts it has "
+                                    f"({_allowed(known)}), part by part")
+                for run in members:
+                    self._check_params(run.method, merge_params(run.params, params), f"{where}.methods.{group}")
             pair = (entry["teacher"], entry["student"])
             if pair in seen:
                 raise GridError(f"{where}: the pair {pair[0]} -> {pair[1]} is listed twice")
@@ -544,6 +692,21 @@ class Grid:
             if (pair.teacher, pair.student) == (teacher, student):
                 return pair
         raise GridError(f"{self.source}: {teacher} -> {student} is not a pair of grid {self.name!r}")
+
+    def run_params(self, pair: Pair, run: str) -> dict[str, Any]:
+        """The hyper-parameters run ``run`` trains with on ``pair``: its entry's, with the pair's override."""
+        return merge_params(self.runs[run].params, pair.overrides.get(self.runs[run].group))
+
+    def pair_links_params(self, pair: Pair) -> dict[str, Any]:
+        """The link-finding AFD run's hyper-parameters on ``pair``."""
+        return merge_params(self.links_params, pair.overrides.get("links"))
+
+    def _check_links_params(self, params: dict, where: str) -> None:
+        self._check_params("afd", params, where)
+        if params.get("linking", "afd") != "afd":
+            raise GridError(f"{where}.linking: {params['linking']!r} is not allowed; the links run learns its links "
+                            f"(linking: afd) for the runs with linking: pretrained to read; a run with fixed links "
+                            f"is a methods entry")
 
     def teachers(self) -> list[str]:
         return list(dict.fromkeys(pair.teacher for pair in self.pairs))
@@ -592,13 +755,12 @@ class Grid:
             pairs = [p for p in self.pairs if p.student == student]
             if not pairs:
                 raise GridError(f"{self.source}: {student} is not a student of grid {self.name!r}")
-            overrides, schedule = {}, pairs[0].schedule
+            params, schedule = spec.params, pairs[0].schedule
         else:
             pair = self.pair(teacher, student)
             if run not in pair.runs:
                 raise GridError(f"{self.source}: run {run!r} is not listed for {teacher} -> {student}")
-            overrides, schedule = pair.overrides.get(spec.group) or {}, pair.schedule
-        params = {**spec.params, **overrides}
+            params, schedule = self.run_params(pair, run), pair.schedule
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
                        teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
@@ -618,7 +780,7 @@ class Grid:
 
     def links_spec(self, teacher: str, student: str) -> JobSpec:
         pair = self.pair(teacher, student)
-        params = {**self.links_params, **(pair.overrides.get("links") or {})}
+        params = self.pair_links_params(pair)
         return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
                        seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
                        device=self.device, runtime=self.runtime, model_options=self.architectures.get(student, {}),

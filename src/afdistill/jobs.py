@@ -218,3 +218,21 @@ def write_marker(job: Job) -> None:
             old.unlink()
     text = json.dumps({"fingerprint": job.fingerprint, **job.record()}, indent=2, sort_keys=True) + "\n"
     atomic_write(job.marker, lambda handle: handle.write(text.encode()))
+
+
+def preflight(plan: Plan, jobs_run_here: bool) -> None:
+    """What the grid check cannot see from the grid alone, before any job: the image archive the data stage
+    will read is where the grid says (unless that stage is done), and, where the jobs run on this machine, that
+    it can run them (``Grid.check_machine``). ``afdistill check`` and the Snakefile both call it."""
+    from .archives import STORAGE, ArchiveError, check_present
+    from .grid import GridError
+
+    grid = plan.grid
+    if jobs_run_here:
+        grid.check_machine()
+    (data,) = plan.of_kind("data")
+    if grid.dataset in STORAGE and not Path(data.marker).exists():
+        try:
+            check_present(grid.dataset, grid.data_root)
+        except ArchiveError as error:
+            raise GridError(f"{grid.source}: data.root: {error}") from None

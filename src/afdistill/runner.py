@@ -42,7 +42,7 @@ def prepare_data(plan: Plan, job: Job, threads: int, log) -> None:
 
     grid = plan.grid
     meta = prepare(grid.dataset, job.folder, root=grid.data_root, download=grid.download,
-                   verify_checksums=grid.verify_checksums)
+                   verify_checksums=grid.verify_checksums, skip_corrupt=grid.skip_corrupt)
     log(f"prepared {grid.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {job.folder}")
 
 

@@ -10,7 +10,7 @@ from snakemake.utils import min_version, validate
 from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
-from afdistill.jobs import KINDS, Plan
+from afdistill.jobs import KINDS, Plan, preflight
 from afdistill.watch import GridWatch
 
 min_version("9.0")
@@ -80,6 +80,21 @@ if not workflow.remote_exec and _submits_to_slurm(sys.argv) and "--workflow-prof
     raise WorkflowError("a SLURM run must not load profiles/default (its gpu=1 caps the cluster at one GPU job "
                         "at a time): add --workflow-profile none, e.g. snakemake --profile profiles/slurm "
                         "--workflow-profile none")
+
+def _dry_run(argv):
+    return workflow.dryrun or any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a)
+                                  for a in argv[1:])
+
+
+if not workflow.remote_exec:
+    # Before any job: the raw archive is there, and, where jobs run on this machine, it can run them. A dry
+    # run (listing the jobs before downloading anything) only warns.
+    try:
+        preflight(PLAN, jobs_run_here=not _submits_to_slurm(sys.argv))
+    except GridError as _error:
+        if not _dry_run(sys.argv):
+            raise WorkflowError(str(_error)) from None
+        print(f"warning: {_error} (a run that is not a dry run stops here)", file=sys.stderr)
 
 if not workflow.remote_exec:
     # A marker whose job lost some of its files (deleted by hand) no longer stands for a finished job.

@@ -305,6 +305,14 @@ class AFD(Method):
     def pre_stage(cls, params: dict[str, Any]) -> str | None:
         return "links" if params.get("linking") == "pretrained" else cls.needs_artifact
 
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        for side, network in (("teacher", context.teacher), ("student", context.student)):
+            count, pool = params[f"{side}_candidates"], network.afd_candidates
+            if count > len(pool):
+                raise ValueError(f"{where}.{side}_candidates: {count} is not allowed for {network.arch}; expected "
+                                 f"an integer from 0 to {len(pool)} (its candidate blocks; 0 takes all)")
+
     @staticmethod
     def _choose(pool: list[int], count: int, selection: str, seed: int, salt: int, key: str) -> list[int]:
         if not 0 <= count <= len(pool):

@@ -36,7 +36,8 @@ from typing import Annotated, Any, Iterator
 from torch import Tensor, nn
 
 from ..models import Features, UnknownNameError
-from .base import Batch, Context, Method, Range, check_method_params, method_class, register_method
+from .base import (Batch, Context, Method, Range, check_method_params, method_class, method_defaults,
+                   register_method)
 
 TOP_LEVEL = ("gamma", "alpha", "temperature")
 RESERVED = ("ce", "kd", "total")  # term names of the top level and the engine
@@ -101,6 +102,7 @@ class Combined(Method):
                              f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}}), got {parts!r}")
         stages = []
         teacher = False
+        methods: dict[str, str] = {}
         for name, entry in parts.items():
             here = f"{where}.parts.{name}"
             if not isinstance(name, str) or not name.replace("_", "").isalnum() or name in RESERVED:
@@ -114,6 +116,11 @@ class Combined(Method):
             reason = _why_not_composable(part)
             if reason:
                 raise ValueError(f"{here}: method {method!r} cannot be a part: {reason}")
+            if method in methods:
+                raise ValueError(f"{here}: method {method!r} is already the part {methods[method]!r}; a run "
+                                 f"adds each method's term once (two of them would train two copies of its modules "
+                                 f"on one summed loss): give it one part")
+            methods[method] = name
             for key in TOP_LEVEL:
                 if key in part_params:
                     raise ValueError(f"{here}.{key}: set {key} at the top level of the run; CE and KD are "
@@ -128,6 +135,18 @@ class Combined(Method):
                              f"({', '.join(s for _, s in stages)}); a run reads at most one")
         if not teacher:
             raise ValueError(f"{where}.parts: no part distils from the teacher")
+
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        """A combination needs its parts (a sweep's single values skip that in ``check_params``); each part's
+        own fit check runs on the same networks (a FitNet hint layer, CRD's negatives, AFD's candidates)."""
+        if not params.get("parts"):
+            raise ValueError(f"{where}.parts: missing; a combined run names at least two parts, part name -> "
+                             f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}})")
+        cls.check_params({"parts": params["parts"]}, where)
+        for name, entry in params["parts"].items():
+            method, part_params = _part_method(name, entry, name)
+            method_class(method).check_fit({**method_defaults(method), **part_params}, context, f"{where}.parts.{name}", n_train)
 
     @classmethod
     def pre_stage_part(cls, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:

@@ -36,7 +36,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from .base import Choice, Context, Method, Range, kd_loss
+from .base import Choice, Context, Method, Range, kd_loss, method_parameters
 
 #: added to the standard deviation, as the official logit-standardisation code does
 STANDARDIZATION_EPS = 1e-7
@@ -87,6 +87,22 @@ class LogitMethod(Method):
     @classmethod
     def reads_teacher_logits(cls, params: dict) -> bool:
         return True
+
+    @classmethod
+    def check_params(cls, params: dict, where: str) -> None:
+        """Also: CTKD's settings only with ``ctkd: true``, and no fixed ``temperature`` beside the learned one
+        (one of them would be silently ignored)."""
+        super().check_params(params, where)
+        declared = method_parameters(cls)  # a value equal to the default changes nothing, whichever way it is read
+        changed = {key for key, value in params.items() if value != declared[key].default}
+        settings = sorted(key for key in changed if key.startswith("ctkd_"))
+        if settings and params.get("ctkd") is not True:
+            raise ValueError(f"{where}.{settings[0]}: only read with ctkd: true (CTKD's learned temperature); "
+                             f"set ctkd: true or drop {', '.join(settings)}")
+        if params.get("ctkd") is True and "temperature" in changed:
+            raise ValueError(f"{where}.temperature: {params['temperature']!r} would not be used: with ctkd: true the "
+                             f"temperature is learned (ctkd_t_start + ctkd_t_range * sigmoid(theta)); drop "
+                             f"temperature, or set its range with ctkd_t_start and ctkd_t_range")
 
     def __init__(self, context: Context, logit_standardization: Annotated[bool, Choice(True, False)] = False,
                  ctkd: Annotated[bool, Choice(True, False)] = False,
