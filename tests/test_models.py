@@ -219,14 +219,18 @@ def test_folding_batch_norm_keeps_logits_and_every_feature(name):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours, theirs = folded(x, with_features=True), model(x, with_features=True)
-    for a, b in zip([ours.logits, ours.stem, ours.pooled, *ours.blocks, *ours.stages],
-                    [theirs.logits, theirs.stem, theirs.pooled, *theirs.blocks, *theirs.stages]):
+    for a, b in zip([ours.logits, ours.stem, ours.pooled, *ours.blocks, *ours.stages, *ours.preact_stages],
+                    [theirs.logits, theirs.stem, theirs.pooled, *theirs.blocks, *theirs.stages,
+                     *theirs.preact_stages]):
         scale = b.abs().max().clamp_min(1e-6)
         assert (a - b).abs().max() / scale < 1e-4
     assert len(ours.blocks) == len(theirs.blocks) and len(ours.stages) == len(theirs.stages)
+    assert len(ours.preact_stages) == len(theirs.preact_stages) == len(theirs.stages)
     # stages that are blocks stay the same tensors (fp32 views convert each once)
     shared = {id(t) for t in theirs.blocks} & {id(t) for t in theirs.stages}
     assert len({id(t) for t in ours.blocks} & {id(t) for t in ours.stages}) == len(shared)
+    shared = {id(t) for t in theirs.stages} & {id(t) for t in theirs.preact_stages}  # MobileNetV2's
+    assert len({id(t) for t in ours.stages} & {id(t) for t in ours.preact_stages}) == len(shared)
     torch.testing.assert_close(folded(x), ours.logits)
     assert all(not p.requires_grad for p in folded.parameters())
 
@@ -244,3 +248,184 @@ def test_mhgds_tiny_imagenet_wrn_takes_64_pixel_images_to_cifar_sized_blocks():
     features = strided(torch.zeros(2, 3, 64, 64), with_features=True)
     assert [tuple(stage.shape[-2:]) for stage in features.stages] == [(32, 32), (16, 16), (8, 8)]
     assert features.logits.shape == (2, 200)
+
+
+# ---------------------------------------------------------------- pre-activation stage outputs
+
+
+def _unshuffle(x, groups=2):
+    """The inverse of the ShuffleNet channel shuffle."""
+    n, c, h, w = x.shape
+    return x.view(n, c // groups, groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def _captured_preacts(model, x):
+    """Each stage's tensor before its last ReLU, rebuilt from what forward hooks see of the modules that make it
+    (the BN before that ReLU, the block's input): independent of the forward's own bookkeeping. Mirrors the
+    official ``preact`` features (megvii-research/mdistiller, mdistiller/models/cifar/*.py)."""
+    from afdistill.models import imagenet_resnet, mobilenetv2, resnet, shufflenet, vgg, wrn
+
+    seen = {}
+
+    def keep(key, pre=False):
+        def hook(module, args, output=None):
+            seen[key] = args[0] if pre else output
+        return hook
+
+    handles, build = [], []
+    if isinstance(model, (resnet.ResNet, imagenet_resnet.ImageNetResNet)):
+        for name in model.stage_names:
+            block = getattr(model, name)[-1]
+            bn = block.bn3 if hasattr(block, "bn3") else block.bn2
+            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                        bn.register_forward_hook(keep((name, "bn")))]
+
+            def make(name=name, block=block):
+                shortcut = getattr(block, getattr(block, "shortcut_name", "shortcut"))
+                x_in = seen[(name, "in")]
+                return seen[(name, "bn")] + (x_in if shortcut is None else shortcut(x_in))
+            build.append(make)
+    elif isinstance(model, wrn.WideResNet):
+        # the next layer's BN applied to the stage's output, before that layer's ReLU
+        for key, bn in enumerate((model.block2.layer[0].bn1, model.block3.layer[0].bn1, model.bn1)):
+            handles.append(bn.register_forward_hook(keep(key)))
+            build.append(lambda key=key: seen[key])
+    elif isinstance(model, vgg.VGG):
+        for index in range(1, 5):
+            last = getattr(model, f"block{index}")[-1]
+            assert isinstance(last, torch.nn.BatchNorm2d)
+            handles.append(last.register_forward_hook(keep(index)))
+            build.append(lambda index=index: seen[index])
+    elif isinstance(model, shufflenet.ShuffleNetV1):
+        for name in ("layer1", "layer2", "layer3"):
+            block = getattr(model, name)[-1]
+            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                        block.bn3.register_forward_hook(keep((name, "bn")))]
+
+            def make(name=name, block=block):
+                out, residual = seen[(name, "bn")], block.shortcut(seen[(name, "in")])
+                return torch.cat([out, residual], 1) if block.stride == 2 else out + residual
+            build.append(make)
+    elif isinstance(model, shufflenet.ShuffleNetV2):
+        for name in ("layer1", "layer2", "layer3"):
+            block = getattr(model, name)[-1]
+            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                        block.bn3.register_forward_hook(keep((name, "bn")))]
+
+            def make(name=name):
+                x_in = seen[(name, "in")]
+                return torch.cat([x_in[:, :x_in.shape[1] // 2], seen[(name, "bn")]], 1)  # unshuffled, as official
+            build.append(make)
+    elif isinstance(model, mobilenetv2.MobileNetV2):
+        return None  # no ReLU ends a stage: the pre-activation features are the stages
+    else:
+        raise AssertionError(f"no pre-activation reference for {type(model).__name__}")
+    try:
+        with torch.no_grad():
+            features = model(x, with_features=True)
+            return features, [make() for make in build]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_preact_stages_are_each_stage_before_its_last_relu(name):
+    torch.manual_seed(0)
+    model = create_model(name, 10)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    captured = _captured_preacts(model, x)
+    with torch.no_grad():
+        features = model(x, with_features=True)
+    preacts = features.preact_stages
+    assert [p.shape for p in preacts] == [s.shape for s in features.stages]
+    if captured is None:  # MobileNetV2: the very stage tensors
+        assert all(p is s for p, s in zip(preacts, features.stages))
+        return
+    _, expected = captured
+    for ours, theirs in zip(preacts, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        assert (ours < 0).any()  # before a ReLU
+    # the activated tensor the network goes on with
+    for pre, stage in zip(preacts, features.stages):
+        if name.startswith("wrn"):  # pre-activation: relu(bn(stage)) is the feature that ends stage k in `blocks`
+            last = [i for i, b in enumerate(features.blocks) if b.shape[-1] == stage.shape[-1]][-1]
+            post = features.blocks[last]
+        elif name == "shufflev2":  # the official preact is taken before the channel shuffle
+            post = _unshuffle(stage)
+        else:
+            post = stage
+            assert (stage >= 0).all()
+        torch.testing.assert_close(F.relu(pre), post, rtol=1e-5, atol=1e-5)
+
+
+def test_preact_stages_of_the_reference_resnet_and_wrn():
+    """Against RepDistiller's networks written functionally from the state dict (see the references above)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    for name, n, family in (("resnet20", 3, "resnet"), ("wrn_16_2", 2, "wrn")):
+        model = create_model(name, 10)
+        _randomize_bn(model)
+        model.eval()
+        sd = model.state_dict()
+        with torch.no_grad():
+            features = model(x, with_features=True)
+            expected = (reference_resnet_preacts if family == "resnet" else reference_wrn_preacts)(sd, n, x)
+        for ours, theirs in zip(features.preact_stages, expected, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def reference_resnet_preacts(sd, n, x):
+    """RepDistiller's CIFAR ResNet with ``preact=True``: each stage's last residual sum before its ReLU."""
+    out = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], padding=1), sd, "bn1"))
+    preacts = []
+    for stage in (1, 2, 3):
+        for block in range(n):
+            p = f"layer{stage}.{block}"
+            stride = 2 if stage > 1 and block == 0 else 1
+            y = F.relu(_bn(F.conv2d(out, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn1"))
+            y = _bn(F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1), sd, f"{p}.bn2")
+            if f"{p}.downsample.0.weight" in sd:
+                out = _bn(F.conv2d(out, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1")
+            pre = y + out
+            out = F.relu(pre)
+        preacts.append(pre)
+    return preacts
+
+
+def reference_wrn_preacts(sd, n, x):
+    """RepDistiller's WRN with ``preact=True``: ``block2.layer[0].bn1(f1)``, ``block3.layer[0].bn1(f2)``,
+    ``bn1(f3)``."""
+    out = F.conv2d(x, sd["conv1.weight"], padding=1)
+    stages = []
+    for group in (1, 2, 3):
+        for block in range(n):
+            p = f"block{group}.layer.{block}"
+            stride = 2 if group > 1 and block == 0 else 1
+            a = F.relu(_bn(out, sd, f"{p}.bn1"))
+            y = F.relu(_bn(F.conv2d(a, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn2"))
+            y = F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1)
+            shortcut = F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            out = y + shortcut
+        stages.append(out)
+    return [_bn(stages[0], sd, "block2.layer.0.bn1"), _bn(stages[1], sd, "block3.layer.0.bn1"), _bn(stages[2], sd, "bn1")]
+
+
+def test_preact_stages_survive_bf16_views_and_training_mode():
+    """The fp32 view converts them (sharing conversions with the stages where the tensors are the same), and in
+    training mode the student's pre-activations are still the tensors before the ReLU (nothing in place)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for name in ("resnet8", "wrn_16_1", "vgg8", "shufflev1", "mobilenetv2"):
+        model = create_model(name, 10).train()
+        features = model(x, with_features=True)
+        assert all(p.requires_grad for p in features.preact_stages)
+        view = features.float()
+        for ours, fp32 in zip(features.preact_stages, view.preact_stages):
+            torch.testing.assert_close(fp32, ours.float())
+        if name == "mobilenetv2":
+            assert all(a is b for a, b in zip(view.preact_stages, view.stages))
+        else:
+            assert any((p < 0).any() for p in features.preact_stages)

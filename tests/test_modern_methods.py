@@ -116,13 +116,18 @@ def np_mlkd(zs, zt, temperatures):
     conf, class_conf = pt1.max(axis=1), pt1.sum(axis=0)
     m = float(np.mean(conf <= np.percentile(conf, 50)))
     c = float(np.mean(class_conf <= np.percentile(class_conf, 50)))
+    def kd(T):
+        ps, pt = np_softmax(zs, T), np_softmax(zt, T)
+        return sum(np_kl(pt[i], ps[i]) for i in range(len(zs))) / len(zs) * T * T
+
     instance = batch = klass = 0.0
     for T in temperatures:
         ps, pt = np_softmax(zs, T), np_softmax(zt, T)
-        kd = sum(np_kl(pt[i], ps[i]) for i in range(len(zs))) / len(zs) * T * T
-        instance += m * kd + (kd if T in (2.0, 6.0) else 0.0)
+        instance += m * kd(T)
         batch += m * ((pt @ pt.T - ps @ ps.T) ** 2).sum() / zs.shape[0]
         klass += c * ((pt.T @ pt - ps.T @ ps) ** 2).sum() / zs.shape[1]
+    # the official code's two unmasked KL terms, at the fixed 2 and 6 (once each, whatever the configured T)
+    instance += kd(2.0) + kd(6.0)
     return instance, batch, klass
 
 
@@ -188,7 +193,8 @@ def test_reviewkd_fuses_deep_to_shallow_and_trains_its_fusion_modules():
     method.begin_epoch(10)
     student, teacher = s(images, with_features=True), t(images, with_features=True)
     projections = method.review(student)
-    teacher_levels = [*teacher.stages, teacher.pooled[:, :, None, None]]
+    # the teacher's pre-activation stage outputs (mdistiller's preact_feats[1:]) and its pooled embedding
+    teacher_levels = [*teacher.preact_stages, teacher.pooled[:, :, None, None]]
     assert [p.shape for p in projections] == [f.shape for f in teacher_levels]
     # the shallowest level by hand: reduce, attention-mix with the fused map above, project
     deepest_first = method.fusions
@@ -212,6 +218,54 @@ def test_reviewkd_fuses_deep_to_shallow_and_trains_its_fusion_modules():
     assert method.fusions[0].attention is None  # the deepest level (the pooled vector) has nothing above
     assert s.conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in t.parameters())
+
+
+@pytest.mark.parametrize("teacher_arch,student_arch", [("resnet14", "resnet8"), ("wrn_16_2", "wrn_16_1"),
+                                                       ("vgg11", "vgg8")])
+def test_reviewkd_compares_with_the_teachers_pre_activation_stages(teacher_arch, student_arch):
+    """mdistiller's ReviewKD: the teacher's ``preact_feats[1:]`` (before each stage's last ReLU; for a WRN the next
+    BN's output), the student's post-activation ``feats``; the pooled embeddings close both lists."""
+    from afdistill.models import Features
+
+    t, s, images, labels = networks(teacher=teacher_arch, student=student_arch)
+    generator = torch.Generator().manual_seed(1)
+    for module in t.modules():  # a trained teacher's BNs: a WRN's then differ from the identity at init
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.5)
+    method = build_method("reviewkd", {"warmup_epochs": 0}, context(t, s, images))
+    with torch.no_grad():
+        teacher = t(images, with_features=True)
+    student = s(images, with_features=True)
+    assert any((p < 0).any() for p in teacher.preact_stages)  # they differ from what the next layer sees
+    batch = Batch(images, labels, torch.arange(len(labels)))
+    loss = method(student, teacher, batch)["reviewkd"]
+    projections = method.review(student)
+    pooled = teacher.pooled[:, :, None, None]
+    expected = hierarchical_context_loss(projections, [*teacher.preact_stages, pooled])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(hierarchical_context_loss(projections, [*teacher.stages, pooled]).item(),
+                                        rel=1e-3)
+
+    def teacher_with(stages, preact_stages):
+        return Features(logits=teacher.logits, blocks=teacher.blocks, stages=stages, stem=teacher.stem,
+                        pooled=teacher.pooled, preact_stages=preact_stages)
+
+    # the teacher's post-activation stages play no part; its pre-activation ones do
+    garbage = [torch.full_like(f, 7.0) for f in teacher.stages]
+    assert method(student, teacher_with(garbage, teacher.preact_stages), batch)["reviewkd"].item() == \
+        pytest.approx(loss.item(), rel=1e-6)
+    assert method(student, teacher_with(teacher.stages, garbage), batch)["reviewkd"].item() != \
+        pytest.approx(loss.item(), rel=1e-3)
+    # and the student's side is its post-activation stages: its pre-activation ones play no part
+    student_garbage = Features(logits=student.logits, blocks=student.blocks, stages=student.stages, stem=student.stem,
+                               pooled=student.pooled, preact_stages=[torch.full_like(f, 7.0) for f in student.stages])
+    assert method(student_garbage, teacher, batch)["reviewkd"].item() == pytest.approx(loss.item(), rel=1e-6)
+    # a hand-built teacher record without them is refused, by name
+    with pytest.raises(ValueError, match="preact_stages"):
+        method(student, teacher_with(teacher.stages, None), batch)
 
 
 def test_reviewkd_fusion_gradient_matches_finite_differences():
@@ -268,15 +322,52 @@ def test_logit_standardization_applies_inside_dkd_and_mlkd():
     tckd, nckd = np_dkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(), y.numpy(), 2.0)
     assert run_terms(dkd, zs, zt, y)["dkd"].item() == pytest.approx(tckd + 8 * nckd, rel=1e-4)
     mlkd, zs, zt, y = logit_setup("mlkd", {"logit_standardization": True, "temperature": 2.0}, batch=7)
-    instance, batch, klass = np_mlkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(),
-                                     (2.0, 3.0, 5.0, 2.0, 6.0))
+    # the official LS MLKD (sunshangquan/logit-standardization-KD, mdistiller/distillers/MLKD.py): the KL terms
+    # read z-scores, the class and batch correlations (cc_loss, bc_loss) the raw logits
+    instance, _, _ = np_mlkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(),
+                             (2.0, 3.0, 5.0, 2.0, 6.0))
+    _, batch, klass = np_mlkd(zs.detach().double().numpy(), zt.double().numpy(), (2.0, 3.0, 5.0, 2.0, 6.0))
     # the confidence masks read the raw teacher logits: recompute them so
     raw = np_softmax(zt.double().numpy(), 1.0)
     m_raw = float(np.mean(raw.max(1) <= np.percentile(raw.max(1), 50)))
     std = np_softmax(standardize(zt).double().numpy(), 1.0)
     m_std = float(np.mean(std.max(1) <= np.percentile(std.max(1), 50)))
     assert m_raw == m_std  # (a z-score keeps the ranking of confidences, so both masks agree here)
-    assert run_terms(mlkd, zs, zt, y)["mlkd_batch"].item() == pytest.approx(batch, rel=1e-4)
+    terms = run_terms(mlkd, zs, zt, y)
+    assert terms["mlkd_instance"].item() == pytest.approx(instance, rel=1e-4)
+    assert terms["mlkd_batch"].item() == pytest.approx(batch, rel=1e-4)
+    assert terms["mlkd_class"].item() == pytest.approx(klass, rel=1e-4)
+
+
+@pytest.mark.parametrize("strong_view", [True, False])
+def test_mlkd_standardizes_only_its_instance_terms(strong_view):
+    """As the official LS code's MLKD: z-scores for every KL term (both views), raw logits for the correlations."""
+    params = {"temperature": 4.0, "strong_view": strong_view, "gamma": 1.0}
+    standardized, zs, zt, y = logit_setup("mlkd", {**params, "logit_standardization": True}, batch=7)
+    plain, *_ = logit_setup("mlkd", params, batch=7)
+    torch.manual_seed(1)
+    strong = (3 * torch.randn(7, 7), 3 * torch.randn(7, 7))
+    terms = run_terms(standardized, zs, zt, y, strong=strong)
+    # the correlation terms are those of MLKD without standardisation
+    raw = run_terms(plain, zs, zt, y, strong=strong)
+    for name in ("mlkd_batch", "mlkd_class"):
+        assert terms[name].item() == pytest.approx(raw[name].item(), rel=1e-6)
+    # the instance terms are those of MLKD without standardisation on z-scored logits
+    z_strong = (standardize(strong[0]), standardize(strong[1]))
+    on_z_scores = run_terms(plain, standardize(zs), standardize(zt), y, strong=z_strong)
+    instance_names = ["mlkd_instance"] + (["mlkd_instance_strong"] if strong_view else [])
+    for name in instance_names:
+        assert terms[name].item() == pytest.approx(on_z_scores[name].item(), rel=1e-5)
+    if strong_view:  # the second cross-entropy reads the raw strong-view logits
+        assert terms["mlkd_ce_strong"].item() == pytest.approx(raw["mlkd_ce_strong"].item(), rel=1e-6)
+    # a per-sample shift and scale of both networks' logits: the instance terms do not move (z-scores), the
+    # correlation terms do (softmax of the raw logits); the teacher's confidence ranking, hence the masks, is kept
+    scale, shift = torch.linspace(0.5, 2.0, 7)[:, None], torch.linspace(-3.0, 3.0, 7)[:, None]
+    moved = run_terms(standardized, scale * zs + shift, scale * zt + shift, y, strong=strong)
+    for name in instance_names:
+        assert moved[name].item() == pytest.approx(terms[name].item(), rel=1e-4)
+    for name in ("mlkd_batch", "mlkd_class"):
+        assert abs(moved[name].item() - terms[name].item()) > 1e-3 * abs(terms[name].item())
 
 
 def ctkd_temperature(theta):

@@ -33,9 +33,17 @@ of it; on it the code adds a second cross-entropy (weight ``gamma``, as its
 ``strong_view: false`` those three terms are absent and everything is
 computed on the given (weak: crop + flip) batch, with no extra forward pass.
 
-Logit modifiers (:mod:`afdistill.methods.logits`) apply: standardisation to
-every alignment's logits (as the logit-standardisation code's MLKD does), and
-CTKD's learned temperature in place of T (the fixed 2, 3, 5, 6 stay).
+Logit modifiers (:mod:`afdistill.methods.logits`) apply. Standardisation
+(``logit_standardization``) z-scores the logits of the *instance* (KL) terms
+only, on both views; the batch- and class-correlation terms, the confidence
+masks and both cross-entropies see the raw logits. That is what the
+logit-standardisation authors' MLKD does (sunshangquan/logit-standardization-KD
+at commit f6e5aa5172bad618e801163c3385322eea673754,
+``mdistiller/distillers/MLKD.py``): its ``kd_loss`` takes ``logit_stand`` and
+z-scores both inputs, every weak- and strong-view KL term passes it, while
+``cc_loss`` and ``bc_loss`` have no such argument and receive the raw logits;
+the masks come from the softmax of the raw weak-view teacher logits. CTKD's
+learned temperature replaces T (the fixed 2, 3, 5, 6 stay) in every term.
 No state across steps, no random numbers, no host sync: a CUDA graph.
 """
 from __future__ import annotations
@@ -101,12 +109,14 @@ class MLKD(LogitMethod):
             p_teacher = F.softmax(teacher.logits, dim=1)
             sample_fraction = fraction_at_or_below_median(p_teacher.max(dim=1).values)
             class_fraction = fraction_at_or_below_median(p_teacher.sum(dim=0))
+        # the KL terms read the (optionally) standardised logits, the correlation terms the raw ones
         s, t = self.prepare(student.logits, teacher.logits)
+        raw_s, raw_t = student.logits, teacher.logits
         temperatures = (self.kd_temperature(), *EXTRA_TEMPERATURES)
         instance = sample_fraction * sum(kd_loss(s, t, T) for T in temperatures)
         instance = instance + sum(kd_loss(s, t, T) for T in UNMASKED_TEMPERATURES)
-        batch_level = sample_fraction * sum(batch_correlation_loss(s, t, T) for T in temperatures)
-        class_level = class_fraction * sum(class_correlation_loss(s, t, T) for T in temperatures)
+        batch_level = sample_fraction * sum(batch_correlation_loss(raw_s, raw_t, T) for T in temperatures)
+        class_level = class_fraction * sum(class_correlation_loss(raw_s, raw_t, T) for T in temperatures)
         terms = {"mlkd_instance": self.kd_weight * instance, "mlkd_batch": self.kd_weight * batch_level,
                  "mlkd_class": self.kd_weight * class_level}
         if self.strong_view:

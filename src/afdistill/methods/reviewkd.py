@@ -13,22 +13,33 @@ the maps plus the MSEs of their 4x4, 2x2 and 1x1 average poolings (only the
 sizes smaller than the map), weighted 1, 1/2, 1/4, 1/8 and normalised by the
 weights' sum; the levels' losses are summed (eq. 5).
 
-Following mdistiller's ``ReviewKD`` (CIFAR): ``mid = min(512, student's
-pooled width)``; the ABF convs start from Kaiming-uniform with a = 1; the
-loss weight (``beta``; mdistiller's default 1, 5 in its ResNet32x4 ->
-ResNet8x4 config) is multiplied by ``min(epoch / warmup_epochs, 1)`` over 20
-epochs; CE weight 1 and no Hinton KD term. One difference: mdistiller and
-the official code compare with the teacher's *pre-activation* stage outputs
-(before the final ReLU); :class:`~afdistill.models.Features` holds the stage
-outputs as the next layer sees them (post-ReLU for ResNets and VGG, the raw
-residual sum for WRNs), and this module uses those.
+Following mdistiller's ``ReviewKD`` (CIFAR; megvii-research/mdistiller at
+commit a08d46f10d6102bd6e3f258ca5ac880b020ea259,
+``mdistiller/distillers/ReviewKD.py`` and ``mdistiller/engine/cfg.py``):
+``mid = min(512, student's pooled width)``; the ABF convs start from
+Kaiming-uniform with a = 1; the loss weight (``beta``; mdistiller's default 1,
+5 in its ResNet32x4 -> ResNet8x4 config) is multiplied by
+``min(epoch / warmup_epochs, 1)`` over 20 epochs; CE weight 1 and no Hinton KD
+term.
+
+Which features: the student's side is its stage outputs as the next layer
+sees them (:attr:`Features.stages <afdistill.models.Features>`) and its pooled
+embedding, mdistiller's ``feats`` with ``STU_PREACT = False`` (its default;
+its ``feats[0]``, the stem, gets no ABF: the zip with the ABFs drops it). The
+teacher's side is its *pre-activation* stage outputs
+(:attr:`Features.preact_stages <afdistill.models.Features>`: before the
+stage's last ReLU; for WRNs the next BN's output before its ReLU) and its
+pooled embedding, mdistiller's ``feature_teacher["preact_feats"][1:] +
+[pooled_feat]``, as the authors' code does (dvlab-research/ReviewKD at commit
+cede6ea6387ae9b6127de0e561507177bf19c11e, ``CIFAR-100/train.py``:
+``teacher(images, is_feat=True, preact=True)``, features from index 1).
 
 The ABF modules are trained with the student by the engine's optimiser. The
 warm-up factor is a buffer updated in place: the step runs as a CUDA graph.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +97,18 @@ def hierarchical_context_loss(student: list[Tensor], teacher: list[Tensor]) -> T
 
 
 def review_levels(features: Features) -> list[Tensor]:
-    """Stage outputs, then the pooled embedding as a 1x1 map (mdistiller's ``feats[1:] + [pooled]``)."""
+    """The student's levels: stage outputs, then the pooled embedding as a 1x1 map (mdistiller's
+    ``feats[1:] + [pooled_feat]``)."""
     return [*features.stages, features.pooled[:, :, None, None]]
+
+
+def teacher_levels(features: Features) -> list[Tensor]:
+    """The teacher's levels: pre-activation stage outputs, then the pooled embedding as a 1x1 map
+    (mdistiller's ``preact_feats[1:] + [pooled_feat]``)."""
+    if features.preact_stages is None:
+        raise ValueError("methods.reviewkd: the teacher's features have no pre-activation stage outputs "
+                         "(Features.preact_stages), which ReviewKD compares with")
+    return [*features.preact_stages, features.pooled[:, :, None, None]]
 
 
 @register_method("reviewkd")
@@ -101,10 +122,8 @@ class ReviewKD(Method):
                  alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
         super().__init__(context, alpha=alpha, **base)
         self.beta, self.warmup_epochs = float(beta), int(warmup_epochs)
-        student, teacher = review_levels(context.student_sample), review_levels(context.teacher_sample)
-        if len(student) != len(teacher):
-            raise ValueError(f"methods.reviewkd: the student has {len(student) - 1} stages and the teacher "
-                             f"{len(teacher) - 1}; ReviewKD pairs them level by level")
+        self.check_fit({}, context, f"methods.{self.method_name}", 0)
+        student, teacher = review_levels(context.student_sample), teacher_levels(context.teacher_sample)
         mid = min(MAX_MID_CHANNELS, student[-1].shape[1])
         last = len(student) - 1
         # built shallow to deep, stored deep to shallow (the fusion order)
@@ -113,6 +132,14 @@ class ReviewKD(Method):
             for index, (s, t) in enumerate(zip(student, teacher)))[::-1]
         self.out_sizes = [tuple(t.shape[-2:]) for t in teacher][::-1]
         self.register_buffer("warmup", torch.tensor(self.warmup_factor(0)))
+
+    @classmethod
+    def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        student, teacher = review_levels(context.student_sample), teacher_levels(context.teacher_sample)
+        if len(student) != len(teacher):
+            raise ValueError(f"{where}: {context.student.arch} has {len(student) - 1} stages and "
+                             f"{context.teacher.arch} {len(teacher) - 1}; ReviewKD pairs them level by level, so "
+                             f"it needs networks with as many stages (leave it out of this pair's runs)")
 
     def warmup_factor(self, epoch: int) -> float:
         return 1.0 if self.warmup_epochs == 0 else min(epoch / self.warmup_epochs, 1.0)
@@ -131,5 +158,5 @@ class ReviewKD(Method):
         return projections
 
     def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        loss = hierarchical_context_loss(self.review(student), review_levels(teacher))
+        loss = hierarchical_context_loss(self.review(student), teacher_levels(teacher))
         return {"reviewkd": self.beta * self.warmup * loss}

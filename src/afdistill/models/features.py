@@ -21,6 +21,38 @@ without per-model code in the training loop:
 ``pooled``
     The globally pooled penultimate embedding fed to the classifier
     (RepDistiller's ``feat[-1]``); CRD and RKD use it.
+``preact_stages``
+    One tensor per stage, the same shapes as ``stages``: the stage's output
+    *before* its last ReLU, as RepDistiller's models return them with
+    ``preact=True`` and megvii-research/mdistiller's as
+    ``feats["preact_feats"][1:]`` (HobbitLong/RepDistiller b84f547c,
+    megvii-research/mdistiller a08d46f1, ``mdistiller/models/cifar/*.py``).
+    ReviewKD compares with the teacher's. Per architecture:
+
+    * post-activation ResNets (CIFAR, ResNet18/34/50, the ImageNet ones):
+      the last block's residual sum before its final ReLU, so
+      ``relu(preact_stages[k])`` is ``stages[k]``;
+    * VGG: the stage's last conv + BN output before its ReLU (likewise);
+    * ShuffleNetV1: the last block's sum (or concatenation, in a block that
+      halves the resolution) before its final ReLU (likewise);
+    * ShuffleNetV2: the last block's ``cat([kept half, branch BN output])``
+      before the branch's ReLU *and before the channel shuffle*, as the
+      official code returns it; so ``relu(preact_stages[k])`` is ``stages[k]``
+      with its channels unshuffled. This is the one field any model builds
+      with a copy (one concatenation per stage, made only when features are
+      asked for);
+    * WideResNets (pre-activation): the stage's raw residual sum after the BN
+      the next layer applies to it (the next group's first ``bn1``, or the
+      head's ``bn1``) and before that layer's ReLU; ``relu(preact_stages[k])``
+      is the block feature that ends stage ``k`` in ``blocks``;
+    * MobileNetV2: no ReLU ends its stages (linear bottlenecks), and the
+      official models return the same tensors with or without ``preact``:
+      ``preact_stages`` holds the ``stages`` tensors themselves.
+
+    Apart from ShuffleNetV2's concatenations these are references to tensors
+    the forward pass computes anyway (no extra arithmetic; the ReLUs after
+    them are not in place, so they keep their negative values). ``None`` in a
+    hand-built record (tests) means "not available".
 
 :func:`block_names` names the blocks ``layer<k>.<j>`` for reports and figures.
 """
@@ -66,16 +98,19 @@ class Features:
     stages: Sequence[Tensor]
     stem: Tensor
     pooled: Tensor
+    preact_stages: Sequence[Tensor] | None = None
 
     def float(self) -> "Features":
         """The same features in fp32, for losses after a reduced-precision forward pass.
 
-        Block and stage maps are converted when a method reads them (most read a
-        few), each once: blocks and stages share tensors.
+        Block, stage and pre-activation maps are converted when a method reads
+        them (most read a few), each once: the lists share tensors.
         """
         cache: dict[int, Tensor] = {}
+        preact = None if self.preact_stages is None else _Fp32View(self.preact_stages, cache)
         return Features(logits=self.logits.float(), blocks=_Fp32View(self.blocks, cache),
-                        stages=_Fp32View(self.stages, cache), stem=self.stem.float(), pooled=self.pooled.float())
+                        stages=_Fp32View(self.stages, cache), stem=self.stem.float(), pooled=self.pooled.float(),
+                        preact_stages=preact)
 
 
 def block_names(blocks: Sequence) -> list[str]:

@@ -19,7 +19,11 @@ Features (``model(x, with_features=True)``) as the official code returns them
 for ``resnet34im`` / ``resnet18im``: the stem after BN+ReLU (before the
 max-pool; the official code moves that ReLU past the max-pool, which computes
 the same tensor it feeds on), every block's output after its final ReLU, the
-stage outputs, and the pooled embedding. ``afd_candidates`` is every block
+stage outputs, and the pooled embedding; ``preact_stages`` are the stage
+outputs before the last block's final ReLU (mdistiller's ImageNet ResNet,
+megvii-research/mdistiller a08d46f1 ``mdistiller/models/imagenet/resnet.py``,
+moves that ReLU into the next block and returns the sums as ``preact_feats``).
+``afd_candidates`` is every block
 (16 for ResNet34, 8 for ResNet18), the official code's
 ``LAYER['resnet34im'] = np.arange(1, 17)`` over ``[stem] + blocks + [pooled]``.
 """
@@ -76,17 +80,19 @@ class ImageNetResNet(nn.Module):
     def forward(self, x: Tensor, with_features: bool = False):
         stem = F.relu(self.bn1(self.conv1(x)))
         out = self.maxpool(stem)
-        blocks, stages = [], []
+        blocks, stages, preact_stages = [], [], []
         for name in self.stage_names:
             for block in getattr(self, name):
-                out = block(out)
+                out, preact = block(out)
                 blocks.append(out)
             stages.append(out)
+            preact_stages.append(preact)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         logits = self.fc(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                        preact_stages=preact_stages)
 
 
 @register_model

@@ -4,6 +4,10 @@ Parameter names follow RepDistiller's ``models/mobilenetv2.py`` (``conv1.0``,
 ``blocks.<i>.<j>.conv.<k>``, ``conv2.0``, ``classifier.0``). Its stem has stride
 2, so a 32x32 image is 16x16 after it. ``blocks`` are the inverted-residual
 outputs; ``stages`` are RepDistiller's taps after block groups 1, 2, 4 and 6.
+No ReLU ends a stage (the blocks end in a linear bottleneck), and the official
+models return the same taps whether or not pre-activation features are asked
+for (RepDistiller b84f547c ``models/mobilenetv2.py`` ignores ``preact``;
+mdistiller's has no ``preact_feats``): ``preact_stages`` holds the same tensors.
 """
 from __future__ import annotations
 
@@ -90,7 +94,8 @@ class MobileNetV2(nn.Module):
         logits = self.classifier(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                        preact_stages=list(stages))
 
 
 @register_model

@@ -6,6 +6,12 @@ and ``models/resnetv2.py`` so its published teacher checkpoints load with
 start of the next block; that computes the same function, so we keep
 RepDistiller's arrangement and tap the post-ReLU block outputs, which are the
 tensors AFD's ``f*_act`` lists hold.
+
+Each block returns its output and its residual sum before the final ReLU (a
+tensor it computes anyway; the ReLU is not in place); the last block's sum is
+the stage's ``preact_stages`` entry, RepDistiller's and mdistiller's
+``preact`` (megvii-research/mdistiller a08d46f1, ``mdistiller/models/cifar/
+resnet.py`` and ``resnetv2.py``: ``preact = out`` after ``out += residual``).
 """
 from __future__ import annotations
 
@@ -47,12 +53,14 @@ class BasicBlock(nn.Module):
         else:
             self.downsample = projection
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the residual sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = getattr(self, self.shortcut_name)
         residual = x if shortcut is None else shortcut(x)
-        return F.relu(out + residual)
+        preact = out + residual
+        return F.relu(preact), preact
 
 
 class Bottleneck(nn.Module):
@@ -72,11 +80,13 @@ class Bottleneck(nn.Module):
         needs_projection = stride != 1 or in_planes != out_planes
         self.shortcut = _projection(in_planes, out_planes, stride) if needs_projection else nn.Sequential()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the residual sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        preact = out + self.shortcut(x)
+        return F.relu(preact), preact
 
 
 class ResNet(nn.Module):
@@ -123,17 +133,19 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor, with_features: bool = False):
         out = F.relu(self.bn1(self.conv1(x)))
         stem = out
-        blocks, stages = [], []
+        blocks, stages, preact_stages = [], [], []
         for name in self.stage_names:
             for block in getattr(self, name):
-                out = block(out)
+                out, preact = block(out)
                 blocks.append(out)
             stages.append(out)
+            preact_stages.append(preact)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         logits = getattr(self, self.classifier_name)(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                        preact_stages=preact_stages)
 
 
 def _cifar_resnet(depth: int, widths: list[int], num_classes: int, afd_candidate_stride: int = 1) -> ResNet:

@@ -8,6 +8,16 @@ and ``models/ShuffleNetv2.py`` (1x1 stem of 24 channels, three stages,
 output (AFD's candidates: all of them), ``pooled`` the pooled embedding before
 ``linear``. RepDistiller pools with ``avg_pool2d(out, 4)``, which is the
 global average on 32x32 inputs; we pool globally, so smaller inputs work too.
+
+``preact_stages`` are the official models' ``preact`` features (RepDistiller
+b84f547c ``models/ShuffleNetv1.py`` / ``ShuffleNetv2.py``, the same in
+megvii-research/mdistiller a08d46f1 ``mdistiller/models/cifar/ShuffleNetv1.py``
+/ ``ShuffleNetv2.py``), from each stage's last block. V1: the sum (or, in a
+block that halves the resolution, the concatenation) before the final ReLU,
+the tensor the block computes anyway. V2: ``cat([kept half, branch BN
+output])``, i.e. before the branch's last ReLU *and before the channel
+shuffle*, so its channels are in the unshuffled order; that concatenation is
+made only for the stages' last blocks and only when features are asked for.
 """
 from __future__ import annotations
 
@@ -25,21 +35,25 @@ def _shuffle(x: Tensor, groups: int) -> Tensor:
     return x.view(n, groups, channels // groups, h, w).transpose(1, 2).reshape(n, channels, h, w)
 
 
-def _through_stages(out: Tensor, layers) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Every block of every stage in order: the last output, each block's output, each stage's output."""
-    blocks, stages = [], []
+def _through_stages(out: Tensor, layers) -> tuple[Tensor, list[Tensor], list[Tensor], list]:
+    """Every block of every stage in order: the last output, each block's output, each stage's output, and
+    what each stage's last block returns about its pre-activation."""
+    blocks, stages, preacts = [], [], []
     for stage in layers:
         for block in stage:
-            out = block(out)
+            out, preact = block(out)
             blocks.append(out)
         stages.append(out)
-    return out, blocks, stages
+        preacts.append(preact)
+    return out, blocks, stages, preacts
 
 
-def _output(logits: Tensor, blocks, stages, stem: Tensor, pooled: Tensor, with_features: bool):
+def _output(logits: Tensor, blocks, stages, stem: Tensor, pooled: Tensor, with_features: bool, preact_stages=None):
     if not with_features:
         return logits
-    return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+    preact_stages = preact_stages() if callable(preact_stages) else preact_stages
+    return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                    preact_stages=preact_stages)
 
 
 class ShuffleV1Block(nn.Module):
@@ -60,12 +74,14 @@ class ShuffleV1Block(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2 else nn.Sequential()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the sum or concatenation before the final ReLU)."""
         out = _shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = self.shortcut(x)
-        return F.relu(torch.cat([out, residual], 1) if self.stride == 2 else out + residual)
+        preact = torch.cat([out, residual], 1) if self.stride == 2 else out + residual
+        return F.relu(preact), preact
 
 
 class ShuffleNetV1(nn.Module):
@@ -87,9 +103,9 @@ class ShuffleNetV1(nn.Module):
 
     def forward(self, x: Tensor, with_features: bool = False):
         stem = F.relu(self.bn1(self.conv1(x)))
-        out, blocks, stages = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
+        out, blocks, stages, preacts = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features)
+        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features, preacts)
 
 
 class ShuffleV2Block(nn.Module):
@@ -105,13 +121,14 @@ class ShuffleV2Block(nn.Module):
         self.conv3 = nn.Conv2d(half, half, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(half)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """(output, (kept half, branch output before its ReLU)): the official ``preact`` is their concatenation."""
         half = x.shape[1] // 2
         kept, branch = x[:, :half], x[:, half:]
         out = F.relu(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return _shuffle(torch.cat([kept, out], 1), 2)
+        preact = self.bn3(self.conv3(out))
+        return _shuffle(torch.cat([kept, F.relu(preact)], 1), 2), (kept, preact)
 
 
 class ShuffleV2Down(nn.Module):
@@ -132,11 +149,12 @@ class ShuffleV2Down(nn.Module):
         self.conv5 = nn.Conv2d(mid, mid, kernel_size=1, bias=False)
         self.bn5 = nn.BatchNorm2d(mid)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        """(output, None): never a stage's last block, it has no ``preact`` in the official code."""
         left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         right = F.relu(self.bn3(self.conv3(x)))
         right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
-        return _shuffle(torch.cat([left, right], 1), 2)
+        return _shuffle(torch.cat([left, right], 1), 2), None
 
 
 class ShuffleNetV2(nn.Module):
@@ -156,9 +174,13 @@ class ShuffleNetV2(nn.Module):
 
     def forward(self, x: Tensor, with_features: bool = False):
         stem = F.relu(self.bn1(self.conv1(x)))
-        out, blocks, stages = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
+        out, blocks, stages, preacts = _through_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = F.adaptive_avg_pool2d(F.relu(self.bn2(self.conv2(out))), 1).flatten(1)
-        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features)
+
+        def preact_stages() -> list[Tensor]:  # the one copy: made only when features are asked for
+            return [torch.cat(halves, 1) for halves in preacts]
+
+        return _output(self.linear(pooled), blocks, stages, stem, pooled, with_features, preact_stages)
 
 
 @register_model

@@ -3,7 +3,11 @@
 Parameter names follow RepDistiller's ``models/vgg.py`` (``block0.0.weight`` ...
 ``classifier.weight``). Five conv groups; max-pooling after the first three,
 none after the fourth at 32x32 (RepDistiller pools there only for 64x64 inputs).
-``blocks`` are the outputs of every conv layer after its ReLU.
+``blocks`` are the outputs of every conv layer after its ReLU;
+``preact_stages`` the last conv + BN output of groups 1-4 before the ReLU the
+network applies to it (RepDistiller's ``f1_pre`` ... ``f4_pre``, as
+mdistiller's ``preact_feats``: megvii-research/mdistiller a08d46f1,
+``mdistiller/models/cifar/vgg.py``).
 """
 from __future__ import annotations
 
@@ -58,30 +62,34 @@ class VGG(nn.Module):
                 module.weight.data.normal_(0, 0.01)
                 module.bias.data.zero_()
 
-    def _run_group(self, group: nn.Sequential, x: Tensor, blocks: list[Tensor]) -> Tensor:
+    def _run_group(self, group: nn.Sequential, x: Tensor, blocks: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(the group's output, that output before its final ReLU)."""
         for layer in group:
             x = layer(x)
             if isinstance(layer, nn.ReLU):
                 blocks.append(x)
-        x = F.relu(x)
-        blocks.append(x)
-        return x
+        out = F.relu(x)  # not in place: x is the pre-activation feature
+        blocks.append(out)
+        return out, x
 
     def forward(self, x: Tensor, with_features: bool = False):
         height = x.shape[2]
         blocks: list[Tensor] = []
         stages: list[Tensor] = []
-        out = self._run_group(self.block0, x, blocks)
+        preact_stages: list[Tensor] = []
+        out, _ = self._run_group(self.block0, x, blocks)
         stem = out
         for index in range(1, 5):
             out = _pool_before(out, index, height)
-            out = self._run_group(getattr(self, f"block{index}"), out, blocks)
+            out, preact = self._run_group(getattr(self, f"block{index}"), out, blocks)
             stages.append(out)
+            preact_stages.append(preact)
         pooled = out.mean((2, 3))
         logits = self.classifier(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                        preact_stages=preact_stages)
 
 
 @register_model

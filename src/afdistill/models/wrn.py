@@ -22,6 +22,15 @@ the same either way.
 convolution a stride of 2: MHGD's WRResNet on Tiny ImageNet (its supplementary:
 "the stride of the first convolutional layer was set to 2"), 64x64 images
 reaching the blocks at 32x32 as CIFAR's do. Parameters are the same.
+
+``preact_stages`` (the pre-activation stage outputs) are, as in mdistiller's
+WRN (megvii-research/mdistiller a08d46f1, ``mdistiller/models/cifar/wrn.py``:
+``f1_pre = self.block2.layer[0].bn1(f1)`` ... ``f3_pre = self.bn1(f3)``), each
+stage's raw output after the BN that the next layer applies to it, before that
+layer's ReLU: the next group's first ``bn1`` output, the head's ``bn1`` output
+for the last stage. mdistiller applies those BNs a second time to get them; we
+keep the outputs the forward pass computes anyway (the same tensors in eval
+mode, and no extra running-statistics update in training).
 """
 from __future__ import annotations
 
@@ -54,19 +63,20 @@ class WideBlock(nn.Module):
             else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
         )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (block output, the activated input this block saw)."""
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (block output, the activated input this block saw, that input before its ReLU)."""
         if self.double_bn_update and self.training:
             with torch.no_grad():  # the official AFD code's feature-list call: one more running-statistics update
                 self.bn1(x)
-        activated = F.relu(self.bn1(x))
+        normalized = self.bn1(x)
+        activated = F.relu(normalized)
         out = F.relu(self.bn2(self.conv1(activated)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         # A projection shortcut reads the activated input, an identity one the raw input.
         shortcut = x if self.equal_in_out else self.convShortcut(activated)
-        return out + shortcut, activated
+        return out + shortcut, activated, normalized
 
 
 class WideGroup(nn.Module):
@@ -87,6 +97,9 @@ class WideResNet(nn.Module):
                  double_bn_update: bool = False, stem_stride: int = 1):
         super().__init__()
         assert (depth - 4) % 6 == 0, "WRN depth must be 6n+4"
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride: {stem_stride!r} is not allowed; allowed: 1 (CIFAR), 2 (MHGD's Tiny "
+                             f"ImageNet WRResNet)")
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=stem_stride, padding=1, bias=False)
@@ -110,13 +123,17 @@ class WideResNet(nn.Module):
     def forward(self, x: Tensor, with_features: bool = False):
         out = self.conv1(x)
         stem = out
-        activated_inputs, stages = [], []
-        for group in (self.block1, self.block2, self.block3):
-            for block in group.layer:
-                out, activated = block(out)
+        activated_inputs, stages, preact_stages = [], [], []
+        for index, group in enumerate((self.block1, self.block2, self.block3)):
+            for position, block in enumerate(group.layer):
+                out, activated, normalized = block(out)
                 activated_inputs.append(activated)
+                if index > 0 and position == 0:  # the previous stage's output after this block's bn1
+                    preact_stages.append(normalized)
             stages.append(out)
-        final = F.relu(self.bn1(out))
+        normalized = self.bn1(out)
+        final = F.relu(normalized)
+        preact_stages.append(normalized)
         pooled = F.adaptive_avg_pool2d(final, 1).flatten(1)
         logits = self.fc(pooled)
         if not with_features:
@@ -124,7 +141,8 @@ class WideResNet(nn.Module):
         # Block k's output as the next layer sees it is block k+1's activated input
         # (the head's BN+ReLU for the last block).
         blocks = activated_inputs[1:] + [final]
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled)
+        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
+                        preact_stages=preact_stages)
 
 
 @register_model
