@@ -176,3 +176,52 @@ def test_a_strong_view_on_a_streamed_dataset_is_refused_before_any_job():
         Grid(config, check_fit=False)
     config["methods"]["afd_mlkd"]["parts"]["mlkd"] = {"strong_view": False}
     Grid(config, check_fit=False)
+
+
+def test_a_run_carries_its_own_schedule_over_its_pairs():
+    config = grid_with(methods={"kd": {"alpha": 0.9}, "mlkd": {"train": {"epochs": 8, "lr": 0.025,
+                                                                          "lr_decay_epochs": [7]}}},
+                       pairs=[{"teacher": "resnet20", "student": "resnet8",
+                               "methods": {"mlkd": {"kd_weight": 2, "train": {"lr": 0.01}}}}])
+    grid = Grid(config)
+    mlkd = grid.student_spec("resnet20", "resnet8", "mlkd", 0)
+    assert (mlkd.schedule.epochs, mlkd.schedule.lr, mlkd.schedule.lr_decay_epochs) == (8, 0.01, (7,))
+    assert mlkd.method_params == {"kd_weight": 2}
+    assert grid.student_spec("resnet20", "resnet8", "kd", 0).schedule == grid.schedule  # the others keep the pair's
+    from afdistill.jobs import Plan
+
+    plan = Plan(grid)
+    fingerprints = {job.spec.run: job.fingerprint for job in plan.of_kind("student")}
+    config["methods"]["mlkd"]["train"]["epochs"] = 9
+    changed = {job.spec.run: job.fingerprint for job in Plan(Grid(config)).of_kind("student")}
+    assert changed["kd"] == fingerprints["kd"] and changed["mlkd"] != fingerprints["mlkd"]
+    config["methods"]["mlkd"]["train"] = {"epochs": 3}
+    with pytest.raises(GridError, match=r"methods\.mlkd\.train\.lr_decay_epochs: \[5, 6\] decays after the last "
+                                        r"epoch \(3\)"):
+        Grid(config)
+
+
+def test_the_modern_grid_trains_each_row_with_its_official_recipe():
+    """Spot checks of issue 25's audit (sources in the grid's header)."""
+    grid = Grid.from_file(ROOT / "params" / "cifar100_modern.yaml")
+    spec = lambda t, s, run: grid.student_spec(t, s, run, 0)  # noqa: E731
+    # mdistiller's codes decay after epochs 150/180/210, AFD's at their start
+    assert spec("resnet56", "resnet20", "kd").schedule.lr_decay_epochs == (151, 181, 211)
+    assert spec("resnet56", "resnet20", "afd_beta200").schedule.lr_decay_epochs == (150, 180, 210)
+    # DKD+LS: both DKD weights multiplied by the KD weight (LS tools/train.py), per-pair from the logs
+    assert {k: spec("resnet32x4", "resnet8x4", "dkd_ls").method_params[k] for k in ("tckd_weight", "nckd_weight")} \
+        == {"tckd_weight": 9, "nckd_weight": 72}
+    assert spec("resnet56", "resnet20", "dkd_ls").method_params["temperature"] == 3
+    # CTKD+LS's temperature floor, DKD+CTKD without warm-up
+    assert spec("resnet56", "resnet20", "kd_ctkd_ls").method_params["ctkd_t_start"] == 2
+    assert spec("resnet56", "resnet20", "dkd_ctkd").method_params["warmup_epochs"] == 0
+    # MLKD's release configs: 480 epochs at 0.025, 960 at 0.01 for resnet32x4 -> ShuffleNet
+    assert (spec("vgg13", "vgg8", "mlkd").schedule.epochs, spec("vgg13", "vgg8", "mlkd").schedule.lr) == (480, 0.025)
+    mlkd_ls = spec("resnet32x4", "shufflev2", "mlkd_ls")
+    assert (mlkd_ls.schedule.epochs, mlkd_ls.schedule.lr, mlkd_ls.method_params["kd_weight"]) == (960, 0.01, 6)
+    # ReviewKD's own recipe beside mdistiller's port
+    dvlab = spec("resnet32x4", "shufflev2", "reviewkd_dvlab")
+    assert (dvlab.schedule.batch_size, dvlab.schedule.lr, dvlab.schedule.nesterov, dvlab.method_params["beta"]) \
+        == (128, 0.02, True, 8)
+    assert spec("resnet56", "resnet20", "reviewkd").schedule.batch_size == 64
+    assert spec("resnet50", "vgg8", "kd").schedule.lr == 0.05

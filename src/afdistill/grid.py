@@ -83,13 +83,15 @@ SCHEMA: dict[str, Any] = {
             "type": "object", "additionalProperties": False, "required": ["teacher", "student"], "properties": {
                 "teacher": {"type": "string"}, "student": {"type": "string"},
                 "methods": {"type": "object", "additionalProperties": PARAMS,
-                            "description": "per-pair overrides of methods entries (and `links`)"},
+                            "description": "per-pair overrides of methods entries (and `links`); an entry's "
+                                               "`train:` changes that run's schedule on this pair"},
                 "train": SCHEDULE,
                 "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}},
         "methods": {"type": "object", "minProperties": 1, "additionalProperties": PARAMS,
                     "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
                                    "the row, `sweep:` values to try, `seeds:` the run's own seeds, `init:` "
-                                   "weights of another task the student starts from, its classifier new)"},
+                                   "weights of another task the student starts from, its classifier new, `train:` the "
+                                   "run's own schedule keys over its pair's, where its official recipe differs)"},
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
             "paper_matrices": {"type": "array", "items": {"type": "string"},
@@ -163,15 +165,20 @@ class Run:
     sweep: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)  # one student job per seed: the grid's `seeds`, unless the entry lists its own
     init: str | None = None  # weights of another task the student starts from, classifier anew (fine-tuning)
+    #: the run's own schedule keys (``train:`` in its entry), over its pair's schedule: an official recipe that
+    #: trains this method longer, at another learning rate or batch size than the pair's other rows
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Pair:
     teacher: str
     student: str
-    overrides: dict[str, dict[str, Any]]
+    overrides: dict[str, dict[str, Any]]  # methods entry -> hyper-parameters on this pair
     schedule: Schedule
     runs: tuple[str, ...]  # the rows this column has (all of the grid's runs unless the pair lists some)
+    #: methods entry -> its schedule keys on this pair (``pairs[i].methods.<entry>.train``), over the run's own
+    run_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _weights(path: str, arch: str, where: str, num_classes: int | None, options: dict,
@@ -382,7 +389,8 @@ class Grid:
         if self.gpus_per_job > 1:
             schedules = [("train", self.schedule), ("teachers.train", self.teacher_schedule),
                          ("links.train", self.links_schedule), ("heads.train", self.heads_schedule)]
-            schedules += [(f"pairs[{i}].train", pair.schedule) for i, pair in enumerate(self.pairs)]
+            schedules += [(f"pairs[{i}] ({self.runs[name].group}) train", self.run_schedule(pair, name))
+                          for i, pair in enumerate(self.pairs) for name in pair.runs]
             for where, schedule in schedules:
                 if schedule.batch_size % self.gpus_per_job:
                     raise GridError(f"{where}.batch_size: {schedule.batch_size} does not split over gpus_per_job: "
@@ -495,7 +503,7 @@ class Grid:
                 params = self.run_params(pair, name)
                 where = f"methods.{name}" + (f" (pair {pair.teacher} -> {pair.student})" if len(self.pairs) > 1 else "")
                 self._fit(run.method, params, where, student=pair.student, teacher=teacher,
-                          batch_size=pair.schedule.batch_size, **dataset)
+                          batch_size=self.run_schedule(pair, name).batch_size, **dataset)
         for pair in self.link_pairs():
             params = self.pair_links_params(pair)
             self._fit("afd", params, "links.params", student=pair.student, teacher=pair.teacher,
@@ -611,6 +619,8 @@ class Grid:
                                 f"{where}: unknown method {key!r} (name the type with `method:`); "
                                 f"allowed: {_allowed(list_methods())}")
             label = str(entry.pop("label", method_class(method).label))
+            train = entry.pop("train", None) or {}
+            _schedule(self.schedule, train, f"{where}.train")  # its keys and values; combinations: _parse_pairs
             init = entry.pop("init", None)
             if init is not None and not isinstance(init, str):
                 raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file (the "
@@ -619,7 +629,7 @@ class Grid:
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             if not sweep:
                 self._check_params(method, entry, where)
-                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init)
+                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init, train=train)
                 continue
             for variant in _sweep_variants(sweep, entry, f"{where}.sweep"):
                 suffix = "_".join(_name_part(n, v) for n, v in variant.items())
@@ -628,7 +638,7 @@ class Grid:
                     raise GridError(f"{where}.sweep: the run it generates for {variant} is named {name!r}, like "
                                     f"another run of the grid; rename one of the entries")
                 self._check_params(method, {**entry, **variant}, f"{where}.sweep ({_show(variant)})")
-                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init)
+                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init, train)
         return runs
 
     def _parse_pairs(self, pairs: Any) -> list[Pair]:
@@ -655,6 +665,12 @@ class Grid:
                     raise GridError(f"{where}.{role}: missing")
                 self._check_arch(entry[role], f"{where}.{role}")
             overrides = dict(entry.get("methods") or {})
+            run_train = {}
+            for group, params in list(overrides.items()):
+                if isinstance(params, dict) and "train" in params:
+                    params = dict(params)
+                    run_train[group] = params.pop("train") or {}
+                    overrides[group] = params
             for group, params in overrides.items():
                 if not isinstance(params, (dict, type(None))):
                     raise GridError(f"{where}.methods.{group}: expected a mapping of hyper-parameters, got {params!r}")
@@ -682,7 +698,13 @@ class Grid:
                 raise GridError(f"{where}: the pair {pair[0]} -> {pair[1]} is listed twice")
             seen.add(pair)
             schedule = _schedule(self.schedule, entry.get("train"), f"{where}.train")
-            parsed.append(Pair(entry["teacher"], entry["student"], overrides, schedule, tuple(runs or self.runs)))
+            pair = Pair(entry["teacher"], entry["student"], overrides, schedule, tuple(runs or self.runs), run_train)
+            for group, train in run_train.items():
+                if group == "links":
+                    raise GridError(f"{where}.methods.links.train: the links run's schedule is links.train")
+            for name in pair.runs:  # every run's schedule on this pair, checked once here
+                self.run_schedule(pair, name, f"{where}.methods.{self.runs[name].group}.train")
+            parsed.append(pair)
         return parsed
 
     # ------------------------------------------------------------ jobs
@@ -692,6 +714,12 @@ class Grid:
             if (pair.teacher, pair.student) == (teacher, student):
                 return pair
         raise GridError(f"{self.source}: {teacher} -> {student} is not a pair of grid {self.name!r}")
+
+    def run_schedule(self, pair: Pair, run: str, where: str = "train") -> Schedule:
+        """The schedule run ``run`` trains with on ``pair``: the pair's, with the run's own ``train:`` keys and the
+        pair's ``methods.<entry>.train`` over it."""
+        group = self.runs[run].group
+        return _schedule(pair.schedule, {**self.runs[run].train, **pair.run_train.get(group, {})}, where)
 
     def run_params(self, pair: Pair, run: str) -> dict[str, Any]:
         """The hyper-parameters run ``run`` trains with on ``pair``: its entry's, with the pair's override."""
@@ -755,12 +783,12 @@ class Grid:
             pairs = [p for p in self.pairs if p.student == student]
             if not pairs:
                 raise GridError(f"{self.source}: {student} is not a student of grid {self.name!r}")
-            params, schedule = spec.params, pairs[0].schedule
+            params, schedule = spec.params, self.run_schedule(pairs[0], run)
         else:
             pair = self.pair(teacher, student)
             if run not in pair.runs:
                 raise GridError(f"{self.source}: run {run!r} is not listed for {teacher} -> {student}")
-            params, schedule = self.run_params(pair, run), pair.schedule
+            params, schedule = self.run_params(pair, run), self.run_schedule(pair, run)
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
                        teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
