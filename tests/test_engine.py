@@ -156,3 +156,29 @@ def test_mlkd_trains_on_a_second_strong_view_that_the_seed_fixes(small_data, tea
     assert "loss_mlkd_ce_strong" not in histories[2][0]
     # one strong view per batch of the two strong runs, none for the weak one: 3 epochs x 25 batches of 16
     assert len(views) == 2 * 3 * 25 and all(len(v) == 16 for v in views)
+
+
+def test_restarting_momentum_at_a_decay_steps_as_a_new_optimiser_would():
+    """szagoruyko/attention-transfer builds a new SGD at each decay: clearing the buffers in place is the same."""
+    from afdistill.engine import set_epoch_lr
+
+    schedule = Schedule(epochs=3, lr=0.1, lr_decay_epochs=(2,), lr_decay_rate=0.2, restart_momentum=True)
+    torch.manual_seed(0)
+    weights = torch.nn.Parameter(torch.randn(5))
+    kept = torch.optim.SGD([weights], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for epoch in (1, 2):
+        set_epoch_lr(kept, schedule, epoch)
+        if epoch == 1:  # a step with momentum before the decay
+            weights.grad = torch.randn(5)
+            kept.step()
+    before = weights.detach().clone()
+    assert kept.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert kept.state[weights]["momentum_buffer"].abs().sum() == 0
+    gradient = torch.randn(5)
+    weights.grad = gradient.clone()
+    kept.step()
+    fresh_weights = torch.nn.Parameter(before.clone())
+    fresh = torch.optim.SGD([fresh_weights], lr=0.02, momentum=0.9, weight_decay=5e-4)
+    fresh_weights.grad = gradient.clone()
+    fresh.step()
+    assert torch.equal(weights.detach(), fresh_weights.detach())

@@ -413,3 +413,50 @@ def test_gradients_reach_student_and_heads_but_never_the_teacher(name):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters())
     assert all(p.grad is not None for p in method.trainable_parameters())
     assert all(p.grad is None for p in t.parameters())
+
+
+def _l2t_table1_step(calibrate: bool):
+    """Table 1's L2T pair and batch (resnet56 -> resnet20, 64 CIFAR-shaped images, 100 classes): a real step,
+    then L2T's meta step. ``calibrate``: the teacher's BatchNorm statistics recomputed at its weights, as a
+    trained teacher's are (without it, eval-mode BatchNorm is the identity, as in a teacher that has not trained)."""
+    t, s, images, labels = networks("resnet56", "resnet20", classes=100, size=32, batch=64, seed=0)
+    if calibrate:
+        for module in t.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # a cumulative average over the passes below
+        t.train()
+        with torch.no_grad():
+            for _ in range(2):
+                t(torch.randn(64, 3, 32, 32))
+        t.eval()
+    method = build_method("l2t", {"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4},
+                          context(t, s, images, labels, classes=100))
+    optimizer = torch.optim.SGD(list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9,
+                                weight_decay=5e-4)
+    with torch.no_grad():
+        ft = t(images, with_features=True)
+    b = batch(images, labels)
+    optimizer.zero_grad()
+    method.backward(method(s(images, with_features=True), ft, b))
+    optimizer.step()
+    method.after_step(b, s, ft, optimizer)
+    return t, s, method, ft
+
+
+def test_l2t_on_table_1s_pair_is_stable_with_a_teacher_whose_statistics_fit_its_weights():
+    _, s, method, ft = _l2t_table1_step(calibrate=True)
+    assert max(float(f.abs().max()) for f in ft.stages) < 100
+    assert all(torch.isfinite(p).all() for p in s.parameters())
+    grads = [p.grad for p in method.matching.meta_parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert max(float(g.abs().max()) for g in grads) < 1.0  # about 1e-2: the meta step moves the meta-networks gently
+
+
+def test_l2t_stops_naming_the_teacher_when_its_virtual_steps_overflow():
+    """A teacher whose eval-mode BatchNorm does not normalise (untrained) gives maps in the thousands: the
+    first virtual step moves the student by lr x their square and the second overflows. The job stops there,
+    saying so, instead of letting Adam take a NaN step into the meta-networks (L2T-ww has no check)."""
+    with pytest.raises(FloatingPointError, match=r"l2t: the meta-gradient is not finite: the virtual steps "
+                                                 r"overflowed \(the teacher's stage maps reach [0-9.e+]+"):
+        _l2t_table1_step(calibrate=False)

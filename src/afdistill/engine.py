@@ -35,7 +35,7 @@ from .streaming import open_prepared
 from .methods import Batch, Context, View, build_method, dry_run, method_class
 from .models import classifier, classifier_name, create_model
 from .models.fold import fold_batch_norm
-from .spec import JobSpec, Runtime
+from .spec import JobSpec, Runtime, Schedule
 
 CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch; the last one is kept
 MODEL = "model.pt"  # final weights, {"model": state_dict, ...} like RepDistiller's checkpoints
@@ -410,7 +410,11 @@ def train(
     # ---- the loop
     started, first_epoch = time.monotonic(), progress.epoch + 1
     for epoch in range(first_epoch, schedule.epochs + 1):
-        metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device, group)
+        try:
+            metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device, group)
+        except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
+            raise TrainingDiverged(f"{spec.title}: {error}. No result was written; the checkpoint of epoch "
+                                   f"{epoch - 1} is kept.") from None
         distributed.average_buffers(group, student)
         if student is not None:
             test = evaluate(student, data, runtime=runtime, forward=student_forward)
@@ -469,6 +473,18 @@ class Progress:
     complete: bool = False
 
 
+def set_epoch_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, epoch: int) -> None:
+    """The learning rate of 1-based ``epoch``; with ``restart_momentum``, at a decay epoch the momentum buffers are
+    cleared in place (a CUDA graph keeps reading them), which steps exactly as a newly built SGD would: its first
+    step sets the buffer to the gradient, and 0.9 x 0 + gradient is the same."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = schedule.lr_at(epoch)
+    if schedule.restart_momentum and epoch in schedule.lr_decay_epochs:
+        for buffers in optimizer.state.values():
+            if buffers.get("momentum_buffer") is not None:
+                buffers["momentum_buffer"].zero_()
+
+
 def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceData, run_step, layout,
                     device: torch.device, group: distributed.Group = distributed.Group()) -> dict[str, float]:
     """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy.
@@ -476,8 +492,7 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     In a data-parallel job every rank draws the same global batches and trains on its slice of each; the
     returned figures are over all ranks."""
     lr = spec.schedule.lr_at(epoch)
-    for param_group in state.optimizer.param_groups:
-        param_group["lr"] = lr
+    set_epoch_lr(state.optimizer, spec.schedule, epoch)
     if state.student is not None:
         state.student.train()
     state.method.train()

@@ -149,7 +149,8 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
             rows.append({"row": label, "run": run.name, "teacher": teacher, "student": student, "values": values,
                          "last": [score(r, "last") for r in records], "best": [score(r, "best") for r in records],
                          "variant": ", ".join(f"{k}={v}" for k, v in run.sweep.items()),
-                         "epoch_seconds": statistics.fmean(seconds) if seconds else None})
+                         "epoch_seconds": statistics.fmean(seconds) if seconds else None,
+                         "epochs": grid.run_schedule(grid.pair(teacher, student), run.name).epochs})
 
     seeds_of_group = {run.group: len(run.seeds) for run in grid.runs.values()}
     for row in rows:
@@ -293,6 +294,9 @@ def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], pape
                 cells.append(f"{row['epoch_seconds']:.2f} s")
             else:
                 cells.append(f"{row['epoch_seconds'] / kd['epoch_seconds']:.2f}× ({row['epoch_seconds']:.2f} s)")
+            pair_epochs = grid.pair(teacher, student).schedule.epochs
+            if cells[-1] and row.get("epochs", pair_epochs) != pair_epochs:  # a run with its own schedule
+                cells[-1] += f", {row['epochs']} epochs"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

@@ -34,6 +34,8 @@ class Schedule:
     lr_decay_rate: float = option(0.1, "factor applied at each decay epoch", type="number", exclusiveMinimum=0,
                                   maximum=1)
     nesterov: bool = option(False, "Nesterov momentum", type="boolean")
+    restart_momentum: bool = option(False, "clear SGD's momentum at each decay epoch, as a new optimiser would "
+                                    "(szagoruyko/attention-transfer builds one at each decay)", type="boolean")
     lr_schedule: str = option("step", "step: x lr_decay_rate at each of lr_decay_epochs; cosine: lr (1 + cos(pi e / "
                               "epochs)) / 2 in epoch e (L2T-ww's transfer protocol)", type="string",
                               enum=["step", "cosine"])

@@ -189,4 +189,21 @@ class L2T(Method):
             ]
         # `restore` left the student where the real step put it (the reference's rollback=True).
         optimizer.zero_grad(set_to_none=True)
+        self._check_finite(teacher, lr)
         self.meta_optimizer.step()
+
+    def _check_finite(self, teacher: Features, lr: float) -> None:
+        """Stop, naming the cause, where L2T-ww would let Adam take a non-finite step into the meta-networks
+        (it has no check; nothing else changes). L2T's matching loss is quadratic in the teacher's maps: a teacher
+        whose BatchNorm running statistics lag its weights (untrained, or a few epochs into training) gives maps
+        in the thousands, the first virtual step moves the student by lr x their square, and the second one's
+        forward pass overflows (benchmarks/l2t_stability.py). L2T-ww reads a fully trained teacher."""
+        grads = [m.grad for m in self.matching.meta_parameters() if m.grad is not None]
+        if not grads or torch.isfinite(torch.stack([g.abs().sum() for g in grads]).sum()):
+            return
+        largest = max(float(s.detach().abs().max()) for s in teacher.stages)
+        raise FloatingPointError(
+            f"l2t: the meta-gradient is not finite: the virtual steps overflowed (the teacher's stage maps reach "
+            f"{largest:.3g}; the matching loss grows with their square, and each virtual step moves the student by "
+            f"lr {lr:g} times its gradient). A teacher whose BatchNorm statistics lag its weights does this; L2T-ww "
+            f"distils from a fully trained teacher: check the teacher checkpoint")
