@@ -263,7 +263,8 @@ def _captured_preacts(model, x):
     """Each stage's tensor before its last ReLU, rebuilt from what forward hooks see of the modules that make it
     (the BN before that ReLU, the block's input): independent of the forward's own bookkeeping. Mirrors the
     official ``preact`` features (megvii-research/mdistiller, mdistiller/models/cifar/*.py)."""
-    from afdistill.models import imagenet_resnet, mobilenetv2, resnet, shufflenet, vgg, wrn
+    from afdistill.models import (imagenet_resnet, mhgd_nets, mobilenetv1, mobilenetv2, nin, resnet, shufflenet, vgg,
+                                  wrn)
 
     seen = {}
 
@@ -318,6 +319,19 @@ def _captured_preacts(model, x):
             build.append(make)
     elif isinstance(model, mobilenetv2.MobileNetV2):
         return None  # no ReLU ends a stage: the pre-activation features are the stages
+    elif isinstance(model, mhgd_nets.MHGDVGG):
+        # each group's last conv (+BN) output, max-pooled where the group ends with pooling (pool and ReLU commute)
+        for index, (group, pool) in enumerate(zip(model.groups(), model.pool_after)):
+            handles.append(group[-1].register_forward_hook(keep(index)))
+            build.append(lambda index=index, pool=pool: F.max_pool2d(seen[index], 2, 2) if pool else seen[index])
+    elif isinstance(model, mobilenetv1.MobileNetV1):
+        for name in model.stage_names:
+            handles.append(getattr(model, name)[-1].pw_bn.register_forward_hook(keep(name)))
+            build.append(lambda name=name: seen[name])
+    elif isinstance(model, nin.NIN):
+        for name in ("block1", "block2", "block3"):
+            handles.append(getattr(model, name)[-1].bn.register_forward_hook(keep(name)))
+            build.append(lambda name=name: seen[name])
     else:
         raise AssertionError(f"no pre-activation reference for {type(model).__name__}")
     try:

@@ -73,6 +73,12 @@ DATASETS: dict[str, DatasetInfo] = {
         100, 32, 4, "zeros", True, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), "torchvision.datasets.CIFAR100",
         n_train=50000,
     ),
+    # CIFAR-10 with horizontal flips as the only augmentation (no padding, no crop): the AT paper's
+    # gradient-attention table ("we use only horizontal flip augmentation"); the same archive as cifar10.
+    "cifar10_flip": DatasetInfo(
+        10, 32, 0, "zeros", True, (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255),
+        "torchvision.datasets.CIFAR10", n_train=50000,
+    ),
     # The official archives, read by afdistill.archives (its docstring lists each format).
     # Tiny ImageNet: zero-pad 64 -> 72, random 64 crop, flip (AFD paper; MHGD supplementary).
     # The AFD paper gives no normalisation: ImageNet's mean and std.
@@ -124,7 +130,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def _cifar(name: str, root: Path, download: bool, verify_checksums: bool):
     from torchvision import datasets
 
-    base = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    base = {"cifar10": datasets.CIFAR10, "cifar10_flip": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     cls = base
     if not verify_checksums:
         # Same reader, existence check only: for copies whose md5 differs from the

@@ -69,12 +69,27 @@ PAPER_TABLES: dict[str, PaperTable] = {
         dataset="cifar10",
         metric="error",
         cells={
-            ("wrn_16_2", "wrn_16_1"): {"vanilla": 8.77, "at": 7.93, "kd": 7.41, "at_kd": 7.51, "teacher": 6.31,
-                                       "at_sum1": 7.99, "at_sum4": 8.09, "at_max1": 8.08},
-            ("wrn_40_1", "wrn_16_1"): {"vanilla": 8.77, "at": 8.25, "kd": 8.39, "at_kd": 8.01, "teacher": 6.58},
-            ("wrn_40_2", "wrn_16_2"): {"vanilla": 6.31, "at": 5.85, "kd": 6.08, "at_kd": 5.71, "teacher": 5.23},
+            ("nin_wide", "nin_thin"): {"vanilla": 9.38, "at": 8.93, "fact": 9.05, "kd": 8.55, "at_kd": 8.33,
+                                       "teacher": 7.28},
+            ("wrn_16_2", "wrn_16_1"): {"vanilla": 8.77, "at": 7.93, "fact": 8.51, "kd": 7.41, "at_kd": 7.51,
+                                       "teacher": 6.31, "at_sum1": 7.99, "at_sum4": 8.09, "at_max1": 8.08},
+            ("wrn_40_1", "wrn_16_1"): {"vanilla": 8.77, "at": 8.25, "fact": 8.62, "kd": 8.39, "at_kd": 8.01,
+                                       "teacher": 6.58},
+            ("wrn_40_2", "wrn_16_2"): {"vanilla": 6.31, "at": 5.85, "fact": 6.24, "kd": 6.08, "at_kd": 5.71,
+                                       "teacher": 5.23},
         },
         note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), CIFAR-10 error; which epoch is "
+             "not stated.",
+    ),
+    # Zagoruyko & Komodakis, ICLR 2017 (the slides), the gradient-attention table: CIFAR-10 with horizontal flips
+    # only, NIN-thin student of a NIN-wide teacher, error (%).
+    "at_cifar10_gradient": PaperTable(
+        title="AT paper, gradient-based attention transfer (CIFAR-10, flips only, error %)",
+        dataset="cifar10_flip",
+        metric="error",
+        cells={("nin_wide", "nin_thin"): {"vanilla": 13.5, "min_l2": 12.5, "at_grad": 12.1, "kd": 12.1,
+                                          "symmetry_norm": 11.8, "at": 11.2}},
+        note="Zagoruyko & Komodakis, ICLR 2017 (the slides in shared/papers), the norm-type table; which epoch is "
              "not stated.",
     ),
     # Lee & Song, BMVC 2019 poster, CIFAR-100 top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).

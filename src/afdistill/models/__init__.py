@@ -1,5 +1,6 @@
 """Networks with a uniform feature interface (see :mod:`afdistill.models.features`)."""
-from . import imagenet_resnet, mobilenetv2, resnet, shufflenet, vgg, wrn  # noqa: F401  (registers the architectures)
+from . import (imagenet_resnet, mhgd_nets, mobilenetv1, mobilenetv2, nin, resnet, shufflenet, vgg,  # noqa: F401
+               wrn)  # (importing registers the architectures)
 from .features import Features
 from .registry import (UnknownNameError, classifier, classifier_name, create_model, list_models, model_options,
                        register_model)
