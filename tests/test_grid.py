@@ -18,7 +18,7 @@ def grid_with(**changes):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'; allowed: cifar10, cifar100, cub200, digits, imagenet, "
+    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'; allowed: cifar10, cifar100, cifar10_flip, cub200, digits, imagenet, "
                           "mit67, stanford40, stanford_dogs, tinyimagenet, tinyimagenet_mhgd"),
     ({"pairs": [{"teacher": "resnet21", "student": "resnet8"}]}, "pairs[0].teacher: unknown architecture 'resnet21'; allowed: "),
     ({"methods": {"kd": {}, "fitnett": {}}}, "methods.fitnett: unknown method 'fitnett' (name the type with `method:`); allowed: "),
@@ -55,7 +55,7 @@ def grid_with(**changes):
     ({"report": {"paper_matrices": ["afd_table6"]}},
      "report.paper_matrices[0]: afd_table6 is on cifar100 wrn_40_2 -> wrn_16_2, which this grid does not train"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8", "methods": {"akd": {"beta": 1}}}]},
-     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, afd_beta, afd_choices, crd_afd, dkd, reviewkd, dist, mlkd, kd_ls_ctkd, links"),
+     "pairs[0].methods.akd: no such entry under methods; allowed: vanilla, kd, fitnet, at, at_grad, rkd, crd, l2t, mhgd, afd, afd_pretrained, afd_beta, afd_choices, crd_afd, dkd, reviewkd, dist, mlkd, kd_ls_ctkd, fsp, ab, kdsvd, dml, ft, fact, min_l2, symmetry_norm, links"),
     ({"pairs": [{"teacher": "resnet20", "student": "resnet8"}, {"teacher": "resnet20", "student": "resnet8"}]},
      "pairs[1]: the pair resnet20 -> resnet8 is listed twice"),
 ])

@@ -27,9 +27,6 @@ from .models import list_models
 from .spec import JobSpec, Runtime, Schedule
 
 NO_TEACHER = "none"  # the teacher path segment of students trained without one
-# Networks a method pretrains on the teacher (MHGD's attention network) train, unless the grid says
-# otherwise, with the grid's schedule for 20 epochs at a fixed learning rate (MHGD supplementary).
-HEADS_TRAIN = {"epochs": 20, "lr_decay_epochs": []}
 
 
 def _section(cls) -> dict:
@@ -91,7 +88,8 @@ SCHEMA: dict[str, Any] = {
                     "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
                                    "the row, `sweep:` values to try, `seeds:` the run's own seeds, `init:` "
                                    "weights of another task the student starts from, its classifier new, `train:` the "
-                                   "run's own schedule keys over its pair's, where its official recipe differs)"},
+                                   "run's own schedule keys over its pair's, where its official recipe differs, "
+                                   "`heads_train:` those of the network it pretrains on its teacher)"},
         "report": {"type": "object", "additionalProperties": False, "properties": {
             "paper_table": {"type": ["string", "null"]},
             "paper_matrices": {"type": "array", "items": {"type": "string"},
@@ -168,6 +166,8 @@ class Run:
     #: the run's own schedule keys (``train:`` in its entry), over its pair's schedule: an official recipe that
     #: trains this method longer, at another learning rate or batch size than the pair's other rows
     train: dict[str, Any] = field(default_factory=dict)
+    #: the schedule keys of the network this run pretrains on its teacher (``heads_train:``), over the grid's
+    heads_train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -383,12 +383,13 @@ class Grid:
 
         heads = self._section(config, "heads")
         self.heads_seed = heads.get("seed", 0)
-        self.heads_schedule = _schedule(_schedule(self.schedule, HEADS_TRAIN, "heads.train"), heads.get("train"),
-                                        "heads.train")
+        self.heads_train = heads.get("train") or {}
+        _schedule(self.schedule, self.heads_train, "heads.train")
 
         if self.gpus_per_job > 1:
             schedules = [("train", self.schedule), ("teachers.train", self.teacher_schedule),
-                         ("links.train", self.links_schedule), ("heads.train", self.heads_schedule)]
+                         ("links.train", self.links_schedule)]
+            schedules += [(f"heads ({run}) train", self.heads_schedule(run)) for _, run in self.heads_jobs()]
             schedules += [(f"pairs[{i}] ({self.runs[name].group}) train", self.run_schedule(pair, name))
                           for i, pair in enumerate(self.pairs) for name in pair.runs]
             for where, schedule in schedules:
@@ -513,7 +514,7 @@ class Grid:
             method = method_class(self.runs[name].method)
             params = {k: v for k, v in self.runs[name].params.items() if k in method.heads_params}
             self._fit(method.heads_method, params, f"methods.{name} (its heads on {teacher})", student=None,
-                      teacher=teacher, batch_size=self.heads_schedule.batch_size, **dataset)
+                      teacher=teacher, batch_size=self.heads_schedule(name).batch_size, **dataset)
 
     def _check_links_readers(self, pair: Pair, links: dict) -> None:
         """A run that reads the links run's links must choose the same candidate blocks (the links' shape)."""
@@ -621,6 +622,8 @@ class Grid:
             label = str(entry.pop("label", method_class(method).label))
             train = entry.pop("train", None) or {}
             _schedule(self.schedule, train, f"{where}.train")  # its keys and values; combinations: _parse_pairs
+            heads_train = entry.pop("heads_train", None) or {}
+            _schedule(self.schedule, heads_train, f"{where}.heads_train")
             init = entry.pop("init", None)
             if init is not None and not isinstance(init, str):
                 raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file (the "
@@ -629,7 +632,8 @@ class Grid:
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             if not sweep:
                 self._check_params(method, entry, where)
-                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init, train=train)
+                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init, train=train,
+                                heads_train=heads_train)
                 continue
             for variant in _sweep_variants(sweep, entry, f"{where}.sweep"):
                 suffix = "_".join(_name_part(n, v) for n, v in variant.items())
@@ -638,7 +642,8 @@ class Grid:
                     raise GridError(f"{where}.sweep: the run it generates for {variant} is named {name!r}, like "
                                     f"another run of the grid; rename one of the entries")
                 self._check_params(method, {**entry, **variant}, f"{where}.sweep ({_show(variant)})")
-                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init, train)
+                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init, train,
+                                 heads_train)
         return runs
 
     def _parse_pairs(self, pairs: Any) -> list[Pair]:
@@ -721,6 +726,15 @@ class Grid:
         group = self.runs[run].group
         return _schedule(pair.schedule, {**self.runs[run].train, **pair.run_train.get(group, {})}, where)
 
+    def heads_schedule(self, run: str) -> Schedule:
+        """The schedule of the network run ``run`` pretrains on its teacher: the grid's, with its method's
+        pre-stage recipe (``Method.heads_train``: MHGD's attention network 20 epochs at a fixed lr, FT's paraphraser
+        RepDistiller's 30 at 0.01), the grid's ``heads.train`` and the entry's own ``heads_train:`` over it."""
+        method = method_class(self.runs[run].method)
+        schedule = _schedule(self.schedule, method.heads_train, f"{method.method_name}.heads_train")
+        schedule = _schedule(schedule, self.heads_train, "heads.train")
+        return _schedule(schedule, self.runs[run].heads_train, f"methods.{self.runs[run].group}.heads_train")
+
     def run_params(self, pair: Pair, run: str) -> dict[str, Any]:
         """The hyper-parameters run ``run`` trains with on ``pair``: its entry's, with the pair's override."""
         return merge_params(self.runs[run].params, pair.overrides.get(self.runs[run].group))
@@ -802,7 +816,7 @@ class Grid:
         method = method_class(self.runs[run].method)
         params = {k: v for k, v in self.runs[run].params.items() if k in method.heads_params}
         return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=None, teacher=teacher,
-                       method=method.heads_method, run=run, seed=self.heads_seed, schedule=self.heads_schedule,
+                       method=method.heads_method, run=run, seed=self.heads_seed, schedule=self.heads_schedule(run),
                        method_params=params, device=self.device, runtime=self.runtime,
                        teacher_options=self.architectures.get(teacher, {}))
 

@@ -97,8 +97,35 @@ PAPER_TABLES: dict[str, PaperTable] = {
         title="MHGD poster, CIFAR-100",
         dataset="cifar100",
         metric="accuracy",
-        cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.7722, "vanilla": 0.7162, "kd": 0.7188, "mhgd": 0.7279}},
-        note="Lee & Song, BMVC 2019 poster, CIFAR-100; which epoch is not stated.",
+        cells={("vgg16_mhgd", "vgg7_mhgd"): {"teacher": 0.6799, "vanilla": 0.5997, "kd": 0.6095, "fsp": 0.6187,
+                                             "ab": 0.6456, "kdsvd": 0.6425, "mhgd": 0.6702, "mhgd_a1": 0.6571,
+                                             "mhgd_a2": 0.6641, "mhgd_a4": 0.6701, "mhgd_a16": 0.6670},
+               ("wrn_22_4", "wrn_10_4"): {"teacher": 0.7722, "vanilla": 0.7162, "kd": 0.7188, "fsp": 0.7157,
+                                          "ab": 0.7223, "kdsvd": 0.7183, "mhgd": 0.7279}},
+        note="Lee & Song, BMVC 2019 poster, CIFAR-100 (Table 1) and the number of attention heads (Table 4, the "
+             "VGG pair; A = 8 is the MHGD cell); which epoch is not stated.",
+    ),
+    # The poster's "different architectures" table (CIFAR-100, top-1 %), WRResNet (WRN-22-4) teacher.
+    "mhgd_architectures": PaperTable(
+        title="MHGD poster, different architectures (CIFAR-100)",
+        dataset="cifar100",
+        metric="accuracy",
+        cells=_columns(
+            [("wrn_22_4", "vgg_mhgd_modified"), ("wrn_22_4", "mobilenetv1"), ("wrn_22_4", "resnet8_mhgd")],
+            {"vanilla": [0.6976, 0.6618, 0.7157], "kd": [0.7051, 0.6735, 0.7181], "fsp": [0.6944, 0.6035, 0.7040],
+             "ab": [0.7124, 0.6784, 0.7155], "kdsvd": [0.7031, 0.6703, 0.7155], "mhgd": [0.7152, 0.6832, 0.7274]}),
+        note="Lee & Song, BMVC 2019 poster, Table 3; which epoch is not stated.",
+    ),
+    # The poster's comparison with the state of the art (CIFAR-100, top-1 %): the TF code's ResNet32 -> ResNet8.
+    "mhgd_sota": PaperTable(
+        title="MHGD poster, comparison with the state of the art (CIFAR-100)",
+        dataset="cifar100",
+        metric="accuracy",
+        cells={("resnet32_mhgd", "resnet8_mhgd"): {
+            "vanilla": 0.7176, "teacher": 0.7896, "kd": 0.7179, "fitnet": 0.7274, "at": 0.7231, "fsp": 0.7265,
+            "dml": 0.7327, "kdsvd": 0.7368, "ft": 0.7335, "ab": 0.7308, "rkd": 0.7340, "mhgd": 0.7398}},
+        note="Lee & Song, BMVC 2019 poster, Table 5 (sseung0703/KD_methods_with_TF's README prints last and best "
+             "accuracy; the poster one number per cell, which we compare with the last epoch).",
     ),
     # Zagoruyko & Komodakis, ICLR 2017 (the slides), transfer from ImageNet: top-1 error (%), ResNet-34 teacher
     # and ResNet-18 student, both fine-tuned on the target set (params/at_transfer_<set>.yaml).
@@ -109,7 +136,10 @@ PAPER_TABLES: dict[str, PaperTable] = {
         title="MHGD poster, Tiny ImageNet",
         dataset="tinyimagenet_mhgd",
         metric="accuracy",
-        cells={("wrn_22_4", "wrn_10_4"): {"teacher": 0.6131, "vanilla": 0.5591, "kd": 0.5600, "mhgd": 0.5690}},
+        cells={("vgg16_mhgd", "vgg7_mhgd"): {"teacher": 0.5630, "vanilla": 0.5240, "kd": 0.5378, "fsp": 0.5485,
+                                             "ab": 0.5499, "kdsvd": 0.5533, "mhgd": 0.5635},
+               ("wrn_22_4", "wrn_10_4"): {"teacher": 0.6131, "vanilla": 0.5591, "kd": 0.5600, "fsp": 0.5604,
+                                          "ab": 0.5653, "kdsvd": 0.5572, "mhgd": 0.5690}},
         note="Lee & Song, BMVC 2019 poster, Tiny ImageNet; which epoch is not stated.",
     ),
     # Issue 16's methods on CIFAR-100 (top-1, fraction), from the tables of sunshangquan/logit-standardization-KD's

@@ -222,6 +222,8 @@ class Method(nn.Module):
     #: method's hyper-parameters it shares
     heads_method: str | None = None
     heads_params: tuple[str, ...] = ()
+    #: the pre-stage's recipe, schedule keys over the grid's (its paper's or official code's)
+    heads_train: dict[str, Any] = {}
     #: the engine makes the input images require grad before the student's forward pass
     needs_input_grad = False
     #: the step (forward, backward, after_step) may be captured and replayed as a CUDA graph

@@ -34,9 +34,10 @@ Where the paper and RepDistiller disagree, this follows RepDistiller:
   over the batch and positions, not the sum;
 * the paper's eq. 1 is a squared L2 norm; RepDistiller's ``nn.MSELoss`` averages it over all elements.
 
-RepDistiller pretrains the paraphraser for ``--init_epochs`` 30 epochs with the student's SGD settings, at
-lr 0.01 for its CIFAR ResNet/WRN students and at the base lr otherwise (``helper/pretrain.py``); here that is
-the heads stage's schedule (the grid's ``heads.train``), which is shared by every heads run of a grid.
+RepDistiller pretrains the paraphraser for ``--init_epochs`` 30 epochs with the student's SGD settings, at a
+fixed lr 0.01 for its CIFAR ResNet/WRN students and at the base lr otherwise (``helper/pretrain.py``): the
+heads stage's schedule :attr:`FT.heads_train` (30 epochs at 0.01, no decay), which a grid's ``heads.train`` or
+the entry's ``heads_train:`` may change.
 sseung0703/KD_methods_with_TF (``nets/Response.py`` ``Factor_Transfer``) builds another paraphraser (stride
 ``1/rate`` in its middle layer, rates compounding per layer, an L2 normalisation over channels); it is not
 followed here.
@@ -164,6 +165,7 @@ class FactorTransfer(Method):
     needs_artifact = "heads"
     heads_method = "ft_paraphraser"
     heads_params = ("k",)
+    heads_train = {"epochs": 30, "lr": 0.01, "lr_decay_epochs": []}  # RepDistiller helper/pretrain.py:20-36
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:

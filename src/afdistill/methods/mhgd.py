@@ -218,6 +218,9 @@ class MHGD(Method):
     needs_artifact = "heads"
     heads_method = "mhan"
     heads_params = ("num_heads",)
+    # MHGD supplementary: "the learning rate was fixed at 0.1, and only 20 epochs were learned" (the rate is the
+    # grid's, 0.1 in its grids)
+    heads_train = {"epochs": 20, "lr_decay_epochs": []}
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
