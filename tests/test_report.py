@@ -57,7 +57,9 @@ def test_error_tables_state_their_units(tmp_path):
                   methods={"at": {}}, report={"paper_table": "at_cifar10", "metric": "error"})
     paths = write(tmp_path, [record("student", "wrn_16_1", "at", 0, 0.92, teacher="wrn_16_2")])
     build(Grid(config), paths, tmp_path / "report")
-    assert "| ATT | 8.00 (*paper 7.93*) |" in (tmp_path / "report" / "table.md").read_text()
+    table = (tmp_path / "report" / "table.md").read_text()
+    # the AT paper's shape: a row per pair, a column per method
+    assert "| | Teacher | ATT |\n|---|---|---|\n| wrn_16_2 → wrn_16_1 | – (*paper 6.31*) | 8.00 (*paper 7.93*) |" in table
     rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "report" / "table.csv"))}
     assert rows["at"]["unit"] == "fraction correct (top-1)" and rows["at"]["paper_unit"] == "top-1 error (%)"
 
@@ -190,3 +192,21 @@ def test_table_3_combines_the_four_transfer_reports_a_column_each(tmp_path, monk
     assert "| FitNet | – (*paper 0.4893*) |" in table
     missing = subprocess.run([sys.executable, "-m", "afdistill", "combine", "reports/nowhere", "--out", "x"], capture_output=True, text=True)
     assert missing.returncode == 2 and "reports/nowhere/table.csv does not exist" in missing.stderr
+
+
+def test_the_mhgd_tables_are_printed_in_the_posters_shape(tmp_path):
+    """A row per pair (VGG, WRResNet), a column per method, the poster's value in every cell."""
+    config = json.loads(json.dumps(TINY_GRID))
+    config.update(dataset="cifar100", seeds=[0], pairs=[{"teacher": "vgg16_mhgd", "student": "vgg7_mhgd"},
+                                                       {"teacher": "wrn_22_4", "student": "wrn_10_4"}],
+                  methods={"vanilla": {"label": "Student"}, "fsp": {"label": "FSP"}},
+                  report={"paper_table": "mhgd_cifar100", "metric": "accuracy"})
+    paths = write(tmp_path, [record("student", "vgg7_mhgd", "vanilla", 0, 0.60),
+                             record("student", "vgg7_mhgd", "fsp", 0, 0.62, teacher="vgg16_mhgd"),
+                             record("student", "wrn_10_4", "fsp", 0, 0.715, teacher="wrn_22_4")])
+    build(Grid(config), paths, tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "| | Teacher | Student | FSP |" in table
+    assert "| vgg16_mhgd → vgg7_mhgd | – (*paper 0.6799*) | 0.6000 (*paper 0.5997*) | 0.6200 (*paper 0.6187*) |" \
+        in table
+    assert "| wrn_22_4 → wrn_10_4 | – (*paper 0.7722*) | – (*paper 0.7162*) | 0.7150 (*paper 0.7157*) |" in table

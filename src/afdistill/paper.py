@@ -21,6 +21,7 @@ class PaperTable:
     # None where neither the paper nor its code says (the report then compares the last epoch's).
     epoch: str | None = None
     note: str = ""  # where the numbers come from and how the epoch was decided, printed under the table
+    pairs_as_rows: bool = False  # the paper prints a row per teacher -> student pair and a column per method
 
 
 def _columns(columns: list[tuple[str, str]], rows: dict[str, list[float]]) -> dict[tuple[str, str], dict[str, float]]:
@@ -65,6 +66,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
     # Zagoruyko & Komodakis, ICLR 2017, CIFAR-10 top-1 error (%) of WRN students; the mapping
     # ablation (WRN-16-2 -> WRN-16-1) gives F_sum^2 = the AT row, F_sum, F_sum^4 and F_max^1.
     "at_cifar10": PaperTable(
+        pairs_as_rows=True,
         title="AT paper, CIFAR-10 (error %)",
         dataset="cifar10",
         metric="error",
@@ -94,6 +96,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
     ),
     # Lee & Song, BMVC 2019 poster, CIFAR-100 top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
     "mhgd_cifar100": PaperTable(
+        pairs_as_rows=True,
         title="MHGD poster, CIFAR-100",
         dataset="cifar100",
         metric="accuracy",
@@ -107,6 +110,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
     ),
     # The poster's "different architectures" table (CIFAR-100, top-1 %), WRResNet (WRN-22-4) teacher.
     "mhgd_architectures": PaperTable(
+        pairs_as_rows=True,
         title="MHGD poster, different architectures (CIFAR-100)",
         dataset="cifar100",
         metric="accuracy",
@@ -118,6 +122,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
     ),
     # The poster's comparison with the state of the art (CIFAR-100, top-1 %): the TF code's ResNet32 -> ResNet8.
     "mhgd_sota": PaperTable(
+        pairs_as_rows=True,
         title="MHGD poster, comparison with the state of the art (CIFAR-100)",
         dataset="cifar100",
         metric="accuracy",
@@ -133,6 +138,7 @@ PAPER_TABLES: dict[str, PaperTable] = {
     "at_transfer_mit67": _at_transfer_table("mit67", "Scenes", [26.0, 28.2, 28.1, 27.1]),
     # Lee & Song, BMVC 2019 poster, Tiny ImageNet top-1 (%), WRResNet row (WRN-22-4 -> WRN-10-4).
     "mhgd_tinyimagenet": PaperTable(
+        pairs_as_rows=True,
         title="MHGD poster, Tiny ImageNet",
         dataset="tinyimagenet_mhgd",
         metric="accuracy",

@@ -250,35 +250,32 @@ def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], pape
     sweeps = [r for r in rows if r["variant"]]
     if sweeps:
         lines.append("Swept rows show the best setting per pair (in brackets), as the paper chose β.")
-    lines += ["", "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |",
-              "|---|" + "---|" * len(columns)]
-    for label in labels:
-        cells = []
-        for teacher, student in columns:
-            row = by_cell.get((label, teacher, student))
-            if row is None:
-                cells.append("")
-                continue
-            text = _format_cell(row["values"], metric, row["expected"])
-            if row["variant"]:
-                text += f" [{row['variant']}]"
-            if row["paper"] is not None:
-                text += f" (*paper {_format(row['paper'], metric) if paper.metric == 'accuracy' else row['paper']}*)"
-            cells.append(text)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    def main_cell(label: str, teacher: str, student: str) -> str:
+        row = by_cell.get((label, teacher, student))
+        if row is None:
+            return ""
+        text = _format_cell(row["values"], metric, row["expected"])
+        if row["variant"]:
+            text += f" [{row['variant']}]"
+        if row["paper"] is not None:
+            text += f" (*paper {_format(row['paper'], metric) if paper.metric == 'accuracy' else row['paper']}*)"
+        return text
+
+    transpose = bool(paper is not None and paper.pairs_as_rows)
+    lines += [""] + _cells_table(labels, columns, main_cell, transpose)
     if paper is not None and paper.note:
         lines += ["", f"*Paper values:* {paper.note}"]
 
     other = "best" if compared == "last" else "last"
     lines += ["", f"## Test accuracy of the {other} epoch", "",
               f"The same runs: {'the highest test accuracy over the epochs' if other == 'best' else 'after training'}.",
-              "", "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |", "|---|" + "---|" * len(columns)]
-    for label in labels:
-        cells = []
-        for teacher, student in columns:
-            row = by_cell.get((label, teacher, student))
-            cells.append("" if row is None else _format_cell(row[other], metric, row["expected"]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+              ""]
+
+    def other_cell(label: str, teacher: str, student: str) -> str:
+        row = by_cell.get((label, teacher, student))
+        return "" if row is None else _format_cell(row[other], metric, row["expected"])
+
+    lines += _cells_table(labels, columns, other_cell, transpose)
 
     lines += ["", "## Training cost per epoch, relative to KD on the same pair", "",
               "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |", "|---|" + "---|" * len(columns)]
@@ -299,6 +296,19 @@ def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], pape
                 cells[-1] += f", {row['epochs']} epochs"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cells_table(labels: list[str], columns: list[tuple[str, str]], cell, transpose: bool) -> list[str]:
+    """A Markdown table of ``cell(label, teacher, student)``: a row per label and a column per pair, or, where the
+    paper prints it that way (``transpose``), a row per pair and a column per label."""
+    pairs = [f"{t} → {s}" for t, s in columns]
+    if transpose:
+        lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {name} | " + " | ".join(cell(label, *pair) for label in labels) + " |"
+                  for name, pair in zip(pairs, columns)]
+        return lines
+    lines = ["| | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(columns)]
+    return lines + [f"| {label} | " + " | ".join(cell(label, *pair) for pair in columns) + " |" for label in labels]
 
 
 def _html(markdown: list[str]) -> str:
