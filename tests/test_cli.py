@@ -54,7 +54,7 @@ def test_a_bad_grid_is_named_with_its_allowed_values(tmp_path):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     result = afdistill("check", "--grid", "grid.yaml", cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "grid.yaml: pairs[0].student: unknown architecture 'resnet9'; allowed: mobilenetv2, resnet110" in result.stderr
+    assert "grid.yaml: pairs[0].student: unknown architecture 'resnet9'; allowed: mobilenetv1, mobilenetv2, nin_thin" in result.stderr
 
 
 def test_missing_cifar_stops_the_prepare_stage_with_directions(tmp_path):

@@ -212,10 +212,11 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
         result = run(["snakemake", "-n", "--configfile", f"params/at_transfer_{dataset}.yaml"], cwd=project)
         counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
         assert (counts["distill"], counts["train_teacher"]) == (str(3 * 3), "1")
-    # MHGD's Tiny ImageNet WRResNet row: teacher, attention network, three students x 3 seeds
-    result = run(["snakemake", "-n", "--configfile", "params/mhgd_tinyimagenet.yaml"], cwd=project)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
-    assert (counts["distill"], counts["train_teacher"], counts["pretrain_heads"]) == ("9", "1", "1")
+    # MHGD's Tiny ImageNet rows (WRResNet, VGG): teacher, attention network, six columns x 3 seeds
+    for grid in ("mhgd_tinyimagenet", "mhgd_tinyimagenet_vgg"):
+        result = run(["snakemake", "-n", "--configfile", f"params/{grid}.yaml"], cwd=project)
+        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        assert (counts["distill"], counts["train_teacher"], counts["pretrain_heads"]) == ("18", "1", "1")
 
 
 def test_a_grid_file_without_a_name_is_refused_not_merged_into_the_default(tmp_path):
