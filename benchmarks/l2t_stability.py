@@ -113,7 +113,8 @@ def l2t_student(data: Path, out: Path, teacher_path: Path, steps: int, trace: bo
             for handle in handles:
                 handle.remove()
         weights.append(max(float(p.detach().abs().max()) for p in student.parameters()))
-        terms.append(float(self.matching(student(batch.images, with_features=True).stages, teacher.stages)) * self.beta)
+        with torch.no_grad():
+            terms.append(float(self.matching(student(batch.images, with_features=True).stages, teacher.stages)) * self.beta)
 
     l2t.L2T.after_step = after_step
     folder = out / f"student_{teacher_path.stem}"
@@ -123,8 +124,8 @@ def l2t_student(data: Path, out: Path, teacher_path: Path, steps: int, trace: bo
         verdict = "finished"
     except StopIteration:
         verdict = "finite"
-    except TrainingDiverged as error:
-        verdict = f"diverged ({str(error).split(':')[1].strip()})"
+    except TrainingDiverged as error:  # the job's title, then why
+        verdict = "diverged: " + str(error).split(": ", 1)[1].split(". No result")[0]
     except FloatingPointError as error:
         verdict = str(error)
     finally:
