@@ -11,7 +11,6 @@ without ``double_bn_update``.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 import torch.nn.functional as F

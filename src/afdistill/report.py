@@ -100,7 +100,6 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         teachers_of = [spec["teacher"]] if spec["teacher"] else [p.teacher for p in grid.pairs if p.student == spec["arch"]]
         for teacher in teachers_of:
             cells[(teacher, spec["arch"], spec["run"])].append(record)
-    expected = {"teacher": 1, "student": len(grid.seeds)}
 
     paper = PAPER_TABLES.get(grid.paper_table) if grid.paper_table else None
     if paper is not None and paper.dataset != grid.dataset:

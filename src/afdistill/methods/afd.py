@@ -115,7 +115,6 @@ class AFDAttention(nn.Module):
 
     def forward(self, student_means: list[Tensor], teacher_means: list[Tensor]) -> Tensor:
         """Takes each candidate's global-average-pooled features, B x C."""
-        batch = student_means[0].shape[0]
         query = torch.stack([layer(mean) for layer, mean in zip(self.query, teacher_means)], dim=1)
         key = torch.stack([F.relu(layer(mean)) for layer, mean in zip(self.key, student_means)], dim=1)
         logits = self.bilinear_scores(key, query) + self.p_t @ self.p_s.t()

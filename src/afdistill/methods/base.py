@@ -208,6 +208,24 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return F.kl_div(log_p_student, p_teacher, reduction="sum") * temperature**2 / student_logits.shape[0]
 
 
+def clip_transfer_gradients(terms: dict[str, Tensor], transfer: str, params: list[Tensor], epoch: int) -> None:
+    """Set each parameter's ``.grad`` to its task gradient plus its transfer gradient (``terms[transfer]``) clipped
+    to the task gradient's norm x sigmoid(epoch - 1): the "adaptive constraint multi-task learning via gradient
+    clipping" of sseung0703/KD_methods_with_TF (op_util.py), which MHGD and KD-SVD train with."""
+    main = sum(value for name, value in terms.items() if name != transfer)
+    main_grads = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
+    transfer_grads = torch.autograd.grad(terms[transfer], params, allow_unused=True)
+    ramp = 1.0 / (1.0 + math.exp(-(epoch - 1)))
+    ramp = 1.0 if ramp > 1 - 1e-8 else ramp
+    for p, g_main, g_transfer in zip(params, main_grads, transfer_grads):
+        g_main = torch.zeros_like(p) if g_main is None else g_main
+        if g_transfer is not None:
+            limit = g_main.norm() * ramp
+            g_transfer = g_transfer * (limit / torch.maximum(g_transfer.norm(), limit).clamp(min=1e-12))
+            g_main = g_main + g_transfer
+        p.grad = g_main
+
+
 class Method(nn.Module):
     """Cross-entropy plus optional KD; subclasses add their term in :meth:`distill`."""
 

@@ -45,7 +45,6 @@ gradient, with the same zeroing of undefined (degenerate) terms.
 """
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import torch
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Context, Method, Range, clip_transfer_gradients, register_method
 
 
 class _TopRightSingularVectors(torch.autograd.Function):
@@ -257,17 +256,4 @@ class MHGD(Method):
 
     def backward(self, terms: dict[str, Tensor]) -> None:
         """Clip each parameter's transfer gradient to its task-gradient norm x sigmoid(epochs into distillation)."""
-        transfer = terms["mhgd"]
-        main = sum(value for name, value in terms.items() if name != "mhgd")
-        params = self._student_parameters
-        main_grads = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
-        transfer_grads = torch.autograd.grad(transfer, params, allow_unused=True)
-        ramp = 1.0 / (1.0 + math.exp(-(self.epoch - 1)))
-        ramp = 1.0 if ramp > 1 - 1e-8 else ramp
-        for p, g_main, g_transfer in zip(params, main_grads, transfer_grads):
-            g_main = torch.zeros_like(p) if g_main is None else g_main
-            if g_transfer is not None:
-                limit = g_main.norm() * ramp
-                g_transfer = g_transfer * (limit / torch.maximum(g_transfer.norm(), limit).clamp(min=1e-12))
-                g_main = g_main + g_transfer
-            p.grad = g_main
+        clip_transfer_gradients(terms, "mhgd", self._student_parameters, self.epoch)

@@ -65,7 +65,7 @@ def classifier_name(arch: str, **options: Any) -> str:
         return classifier(create_model(arch, 1, **options))[0]
 
 
-def classifier(model) -> tuple[str, "torch.nn.Linear"]:
+def classifier(model) -> tuple[str, nn.Linear]:
     """The network's classifier: its last ``nn.Linear`` (every registered architecture ends with it), by name."""
     import torch.nn as nn
 
