@@ -113,6 +113,19 @@ class Features:
                         preact_stages=preact)
 
 
+def run_stages(groups: Sequence, out: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    """Run groups of blocks that each return ``(output, pre-activation)``: the last output, every block's output,
+    each group's output and each group's last pre-activation (ResNets, MobileNet v1)."""
+    blocks, stages, preact_stages = [], [], []
+    for group in groups:
+        for block in group:
+            out, preact = block(out)
+            blocks.append(out)
+        stages.append(out)
+        preact_stages.append(preact)
+    return out, blocks, stages, preact_stages
+
+
 def block_names(blocks: Sequence) -> list[str]:
     """Names of a network's blocks, ``layer<k>.<j>``, from anything with a ``.shape`` (N x C x H x W).
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import Features
+from .features import Features, run_stages
 from .registry import register_model
 from .resnet import BasicBlock
 
@@ -80,13 +80,7 @@ class ImageNetResNet(nn.Module):
     def forward(self, x: Tensor, with_features: bool = False):
         stem = F.relu(self.bn1(self.conv1(x)))
         out = self.maxpool(stem)
-        blocks, stages, preact_stages = [], [], []
-        for name in self.stage_names:
-            for block in getattr(self, name):
-                out, preact = block(out)
-                blocks.append(out)
-            stages.append(out)
-            preact_stages.append(preact)
+        out, blocks, stages, preact_stages = run_stages([getattr(self, name) for name in self.stage_names], out)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         logits = self.fc(pooled)
         if not with_features:

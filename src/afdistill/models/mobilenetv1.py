@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import Features
+from .features import Features, run_stages
 from .mhgd_nets import tf_he_init_
 from .registry import register_model
 
@@ -86,13 +86,7 @@ class MobileNetV1(nn.Module):
     def forward(self, x: Tensor, with_features: bool = False):
         out = F.relu(self.bn1(self.conv1(x)))
         stem = out
-        blocks, stages, preact_stages = [], [], []
-        for name in self.stage_names:
-            for block in getattr(self, name):
-                out, preact = block(out)
-                blocks.append(out)
-            stages.append(out)
-            preact_stages.append(preact)
+        out, blocks, stages, preact_stages = run_stages([getattr(self, name) for name in self.stage_names], out)
         pooled = out.mean((2, 3))
         logits = self.fc(pooled)
         if not with_features:
