@@ -75,12 +75,15 @@ def test_every_job_is_one_finished_mlflow_run_nested_under_the_grid_run(snakemak
     assert grid_run["status"] == "FINISHED" and "report" in grid_run["artifacts"] and "grid" in grid_run["artifacts"]
     for record in runs:
         assert record["status"] == "FINISHED" and record["parent"] == grid_run["id"]
-        assert {"method", "teacher", "student", "dataset", "seed", "git_commit", "runtime.device",
-                "runtime.threads"} <= set(record["tags"])
+        assert {"method", "row", "pair", "dataset", "seed", "runtime.device", "runtime.threads"} <= set(record["tags"])
+        assert ("teacher" in record["tags"]) == (record["tags"]["run"] != "vanilla")  # no empty teacher tag
+        assert any(a.endswith(".log") for a in record["artifacts"]), "the job's log is kept with its run"
         epochs = 2 if record["tags"]["kind"] == "teacher" else 1
         if record["tags"]["kind"] == "heads":
             assert record["tags"]["method"] == "mhan" and "train/loss_mhan" in record["metrics"]
+            assert "model.pt" in record["artifacts"]  # its attention network's state
             continue
+        assert record["metrics"]["final/test_top1_best"] >= record["metrics"]["final/test_top1"]
         assert [m.step for m in record["history"]] == list(range(1, epochs + 1))
         assert {"train/loss_total", "train/top1", "train/top5", "test/top5", "train/lr",
                 "speed/images_per_s"} <= set(record["metrics"])
@@ -100,7 +103,7 @@ def test_the_report_holds_the_tracked_numbers(snakemake_project):
     for row in ("| Teacher |", "| Student |", "| KD |", "| FitNet |", "| ATT |", "| Grad-AT |", "| RKD |", "| CRD |",
                 "| L2T |", "| MHGD |", "| AFD |", "| AFD (pre-trained links) |"):
         assert row in table
-    assert "## Training cost per epoch, relative to KD" in table
+    assert "## Training cost per epoch" not in table  # measured: in timings.md, apart from the results
     finals = {}
     for record in job_runs(project):
         if record["tags"]["kind"] == "student":
@@ -112,8 +115,28 @@ def test_the_report_holds_the_tracked_numbers(snakemake_project):
         assert float(rows[run_name]["mean"]) == pytest.approx(sum(values) / 2)
     kd_mean = f"{float(rows['kd']['mean']):.4f}"
     assert re.search(rf"\| KD \| {kd_mean} ± ", table)
-    metrics = json.loads((project / "reports/default/metrics.json").read_text())
-    assert metrics["resnet8->resnet8/kd"]["n"] == 2
+    metrics = json.loads((project / "reports/default/metrics/resnet8_resnet8/kd.json").read_text())
+    assert metrics["seeds"] == 2 and metrics["last"] == pytest.approx(float(rows["kd"]["mean"]))
+    assert "training cost per epoch, relative to KD" in (project / "reports/default/timings.md").read_text()
+
+
+def test_the_readmes_mlflow_recipe_gives_the_reports_means(snakemake_project, monkeypatch):
+    """The README's grouping, run as printed there, against the report's table.csv."""
+    project, _ = snakemake_project
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(import mlflow\n.*?search_runs.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(project)
+    printed = []
+    exec(code, {"print": printed.append})
+    (grouped,) = printed
+    means = grouped["mean"].to_dict()
+    with open(project / "reports/default/table.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["run"] != "teacher" and row["last_mean"]]
+    assert len(rows) == len(means) > 10
+    for row in rows:
+        label = f"{row['row']} [{row['variant']}]" if row["variant"] else row["row"]
+        pair = f"{row['teacher']}->{row['student']}" if row["run"] != "vanilla" else row["student"]
+        assert means[(pair, label)] == pytest.approx(float(row["last_mean"]), abs=1e-12), (pair, label)
 
 
 def test_snakemake_html_report_shows_the_table_and_figures(snakemake_project):
@@ -123,6 +146,48 @@ def test_snakemake_html_report_shows_the_table_and_figures(snakemake_project):
     assert "Tables" in page and "table.html" in page and "curves_resnet8_resnet8.png" in page
     table = (project / "reports/default/table.html").read_text()
     assert "<table>" in table and "<td>KD</td>" in table
+
+    # The report's data: `var results = {path: {caption, labels, ...}}`, `var categories = {category:
+    # {subcategory: [path]}}` and `var rulegraph_spec` (Vega), one JSON object a line.
+    def embedded(name: str) -> dict:
+        match = re.search(rf"^\s*var {name} = (\{{.*\}});?\s*$", page, flags=re.MULTILINE)
+        assert match, f"report.html has no {name}"
+        return json.loads(match.group(1))
+
+    results, categories = embedded("results"), embedded("categories")
+    folder = "reports/default"
+    figures = {Path(path).name: result for path, result in results.items() if path.startswith(f"{folder}/figures/")}
+    assert set(figures) == {"curves_resnet8_resnet8.png", "links_resnet8_resnet8.png",
+                            "activation_maps_resnet8_resnet8.png", "attention_epochs.png", "manual_vs_attention.png"}
+    captions = {name: " ".join(re.sub(r"<[^>]+>", "", result["caption"]).split()) for name, result in figures.items()}
+    assert all(captions.values()) and len(set(captions.values())) == len(captions), "each figure its own caption"
+    assert "resnet8 → resnet8: test top-1 accuracy" in captions["curves_resnet8_resnet8.png"]
+    assert "link-finding run" in captions["links_resnet8_resnet8.png"]
+    for name, figure in (("activation_maps_resnet8_resnet8.png", "Figure 4"), ("attention_epochs.png", "Figure 3"),
+                         ("manual_vs_attention.png", "Figure 6")):
+        assert f"AFD paper's {figure}" in captions[name] and figure in figures[name]["labels"]["figure"]
+    assert all(set(result["labels"]) == {"figure", "pair"} for result in figures.values())
+    assert figures["curves_resnet8_resnet8.png"]["labels"]["pair"] == "resnet8 → resnet8"
+    assert set(categories["Figures"]) == {"resnet8 → resnet8", "All pairs"}
+    # Tables: each its own caption and label; the header-only ablations.csv of a grid without the AFD paper's
+    # ablation tables is not shown
+    listed = {category: [path for paths in subcategories.values() for path in paths]
+              for category, subcategories in categories.items()}
+    tables = {Path(path).name: results[path] for path in listed["Tables"]}
+    assert set(tables) == {"table.html", "table.csv"} and "ablations.csv" not in page
+    assert tables["table.html"]["caption"] != tables["table.csv"]["caption"]
+    assert tables["table.html"]["labels"] != tables["table.csv"]["labels"]
+    assert "ablation" not in tables["table.html"]["caption"]
+    from afdistill.jobs import KINDS
+
+    if "timings.md" in KINDS["report"].files:
+        (timings,) = [results[path] for path in listed["Timings"]]
+        assert timings["name"] == "timings.md" and "relative to KD" in timings["caption"]
+    # The landing page's rule graph: each rule once (the distill jobs read different kinds, so they sit at
+    # different levels of the job graph; the report draws a node per rule and level)
+    (nodes,) = [data["values"] for data in embedded("rulegraph_spec")["data"] if data["name"] == "node-data"]
+    rules = [node["rule"] for node in nodes]
+    assert sorted(rules) == sorted(set(rules)) and "distill" in rules
 
 
 def test_deleting_a_jobs_outputs_reruns_exactly_that_job_and_the_report(snakemake_project, tmp_path):
@@ -184,16 +249,20 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
     # 2 pairs x 3 seeds x 6 methods + the plain student once per architecture (2) x 3 seeds
     assert counts["distill"] == str(2 * 3 * 6 + 2 * 3) and counts["train_teacher"] == "1"
 
-    missing = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project, check=False)
+    # The grid names torchvision's weights; unreachable (a mirror where nothing listens), the check says where to
+    # put them by hand
+    offline = {**tool_env(), "AFDISTILL_WEIGHTS_MIRROR": "http://127.0.0.1:9"}
+    missing = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project, check=False, env=offline)
     assert missing.returncode != 0
-    assert "teachers.checkpoints.resnet34_imagenet: data/weights/resnet34-b627a593.pth does not exist" in \
-        missing.stdout + missing.stderr
+    assert ("teachers.checkpoints.resnet34_imagenet: could not fetch http://127.0.0.1:9/models/resnet34-b627a593.pth"
+            in missing.stdout + missing.stderr)
+    assert "download it by hand to data/weights/resnet34-b627a593.pth" in missing.stdout + missing.stderr
     import torch
 
     from afdistill.models import create_model
 
     weights = project / "data/weights/resnet34-b627a593.pth"
-    weights.parent.mkdir(parents=True)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
     result = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
@@ -265,8 +334,9 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     assert set(lock["stages"]) == {"data", "teachers", "links", "heads", "students", "report"}
     outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
     assert {"data/digits", "results/default/teachers/digits", "results/default/links/digits",
-            "results/default/heads/digits", "results/default/students/digits", "reports/default/metrics.json",
-            "reports/default/table.md"} <= outs
+            "results/default/heads/digits", "results/default/students/digits", "reports/default/metrics",
+            "reports/default/curves", "reports/default/table.md"} <= outs
+    assert "reports/default/timings.md" not in outs  # measured, not pinned
     assert lock["stages"]["students"]["params"]["params/default.yaml"]["methods"]["kd"]["temperature"] == 4
     ran = trained(first.stdout + first.stderr)
     assert len(ran) == 9 and sum("/students/" in job for job in ran) == 4  # data, teacher, links, heads, report
@@ -280,7 +350,15 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
 
     second = run(["dvc", "repro"], cwd=project, env=env)
     assert "Running stage" not in second.stdout and "up to date" in second.stdout
-    assert "resnet8->resnet8/afd_pretrained" in run(["dvc", "metrics", "show", "--json"], cwd=project).stdout
+    shown = run(["dvc", "metrics", "show", "-R", "reports/default/metrics"], cwd=project).stdout
+    # a row per cell, a column per key
+    assert re.search(r"^Path\s+best\s+best_std\s+last\s+last_std\s+seeds$", shown, re.M), shown
+    assert re.search(r"^reports/default/metrics/resnet8_resnet8/afd_pretrained.json\s+[\d.]+\s", shown, re.M)
+    plots = run(["dvc", "plots", "show", "dvc.yaml", "--json"], cwd=project).stdout
+    assert "KD seed0" in plots and "AFD (pre-trained links) seed0" in plots and "failed" not in plots.lower()
+    # An exact rerun of the report (Snakemake's, outside DVC) reproduces every pinned output byte for byte.
+    run(["snakemake", "--cores", "1", "--forcerun", "make_report"], cwd=project, env=env)
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], cwd=project, env=env).stdout
 
     # An experiment in a temporary workspace (no .snakemake/, files restored by DVC) retrains the KD student alone.
     experiment = run(["dvc", "exp", "run", "--temp", "-n", "kd-T2", "-S", "params/default.yaml:methods.kd.temperature=2"],
@@ -298,6 +376,10 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     third = run(["dvc", "repro"], cwd=project, env=env)
     assert trained(third.stdout + third.stderr) == ["results/default/students/digits/resnet8/resnet8/kd/seed0",
                                                     "reports/default"]
+    # against the pinned run: the KD cell's metrics changed, nothing else
+    diff = run(["dvc", "metrics", "diff", "--targets", "reports/default/metrics", "-R"], cwd=project).stdout
+    changed = set(re.findall(r"^(reports/default/metrics/\S+)\s", diff, re.M))
+    assert changed == {"reports/default/metrics/resnet8_resnet8/kd.json"}, diff
 
     # A code change to augmentation: DVC marks the teachers stale, and Snakemake would retrain them.
     data = project / "src/afdistill/data.py"

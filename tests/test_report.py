@@ -3,6 +3,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY_GRID
 
 from afdistill.grid import Grid
@@ -210,3 +212,31 @@ def test_the_mhgd_tables_are_printed_in_the_posters_shape(tmp_path):
     assert "| vgg16_mhgd → vgg7_mhgd | – (*paper 0.6799*) | 0.6000 (*paper 0.5997*) | 0.6200 (*paper 0.6187*) |" \
         in table
     assert "| wrn_22_4 → wrn_10_4 | – (*paper 0.7722*) | – (*paper 0.7162*) | 0.7150 (*paper 0.7157*) |" in table
+
+
+def test_results_timings_dvc_metrics_and_curves_are_separate_files(tmp_path):
+    """An exact rerun reproduces the results byte for byte: measured timings live in timings.md alone; a metrics
+    file per cell (one key set, for `dvc metrics show`); the curves' columns are the ones the DVC plots name."""
+    from afdistill.report import curve_columns
+
+    grid = Grid(json.loads(json.dumps(TINY_GRID)))
+    records = [record("teacher", "resnet8", "teacher", 0, 0.9)]
+    for seed, (first, last) in enumerate([(0.5, 0.7), (0.6, 0.65)]):
+        rec = record("student", "resnet8", "kd", seed, last, teacher="resnet8")
+        rec["history"] = [{"test_top1": first, "epoch_seconds": 1.5 + seed}, {"test_top1": last, "epoch_seconds": 2.0}]
+        records.append(rec)
+    build(grid, write(tmp_path, records), tmp_path / "report")
+    report = tmp_path / "report"
+    table, timings = (report / "table.md").read_text(), (report / "timings.md").read_text()
+    assert "Training cost" not in table and " s)" not in table and "epoch_seconds" not in (report / "table.csv").read_text()
+    assert "| KD | 1.00× (" in timings or "| KD | 1.75 s" in timings
+    kd = json.loads((report / "metrics" / "resnet8_resnet8" / "kd.json").read_text())
+    assert kd == {"last": 0.675, "last_std": pytest.approx(0.0353553, abs=1e-6), "best": 0.675,
+                  "best_std": pytest.approx(0.0353553, abs=1e-6), "seeds": 2}
+    assert sorted(p.name for p in (report / "metrics" / "resnet8_resnet8").iterdir()) == ["kd.json", "teacher.json"]
+    with open(report / "curves" / "resnet8_resnet8.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["epoch", *curve_columns(grid, grid.pairs[0])]
+    kd_seed1 = rows[0].index("KD seed1")
+    assert [row[0] for row in rows[1:]] == ["1", "2"] and rows[2][kd_seed1] == "0.650000"
+    assert "<strong>last epoch</strong>" in (report / "table.html").read_text()

@@ -175,7 +175,8 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     monkeypatch.delenv(tracking.GRID_RUN_ENV, raising=False)
     grid_file = tmp_path / "default.yaml"
     grid_file.write_text("grid: nest\n")
-    parent = tracking.start_grid("nest", grid_file, uri=uri)
+    parent = tracking.start_grid("nest", grid_file, uri=uri, config={"grid": "nest", "seeds": [0, 1],
+                                                                      "schedule": {"lr": 0.05}})
     assert os.environ[tracking.GRID_RUN_ENV] == parent and os.environ[tracking.INVOCATION_ENV] == "tidy-puma"
 
     children = []
@@ -185,10 +186,12 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
         job.finish("FINISHED")
     reports = tmp_path / "reports"
     (reports / "figures").mkdir(parents=True)
-    files = [reports / "table.md", reports / "table.csv", reports / "figures" / "curves.png"]
-    for path in files:
-        path.write_text(path.name)
-    assert tracking.log_grid_report("nest", files, uri=uri) == parent
+    (reports / "metrics" / "resnet14_resnet8").mkdir(parents=True)
+    (reports / "table.md").write_text("# table\n")
+    (reports / "table.csv").write_text("row,run,mean\nAFD,afd,0.5\n")
+    (reports / "figures" / "curves.png").write_text("png")
+    (reports / "metrics" / "resnet14_resnet8" / "afd.json").write_text('{"last": 0.5, "best": 0.625, "seeds": 2}')
+    assert tracking.log_grid_report("nest", reports, uri=uri) == parent
 
     client = tracking.open_store(uri)
     for child in children:
@@ -202,7 +205,10 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     assert grid.data.tags[tracking.TAG_SPEC_HASH] == tracking.spec_hash("grid: nest\n")
     assert {a.path for a in client.list_artifacts(parent)} == {"grid", "report"}
     assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/table.md", "report/table.csv",
-                                                                          "report/figures"}
+                                                                          "report/table.json", "report/figures"}
+    # the grid run compares with another invocation: its config as params, every cell's means as metrics
+    assert grid.data.params == {"grid": "nest", "seeds": "[0, 1]", "schedule.lr": "0.05"}
+    assert grid.data.metrics == {"resnet14_resnet8/afd/last": 0.5, "resnet14_resnet8/afd/best": 0.625}
     assert [a.path for a in client.list_artifacts(parent, "report/figures")] == ["report/figures/curves.png"]
     # the same invocation (a later DVC stage) reopens the same grid run
     assert tracking.start_grid("nest", uri=uri) == parent
@@ -224,6 +230,7 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     images = torch.randn(4, 3, 32, 32)
     labels = torch.arange(4)
     job.log_input("digits", "/data/digits/train.npz", images.numpy(), labels.numpy(), context="train")
+    job.log_metrics({"test_top1": 0.5, "final_test_top1": 0.5, "final_test_top1_best": 0.75}, step=3)
     uri = job.log_model(model, images[:2], name="student")
     job.finish("FINISHED")
 
@@ -234,8 +241,21 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     assert tags["runtime.threads"] == str(torch.get_num_threads()) and tags["runtime.torch"] == torch.__version__
     assert tags["runtime.gpu"] == "none" and tags["runtime.world_size"] == "1"
     assert "mlflow.user" in tags and "mlflow.source.name" in tags
+    assert tags["runtime.cuda"] == "none" and "git_commit" not in tags
+    assert (tags["row"], tags["pair"], tags["teacher"], tags["student"]) == ("afd", "resnet14->resnet8", "resnet14",
+                                                                            "resnet8")
+    # the hyper-parameters the method ran with, defaults included; the runtime only as resolved (tags)
+    params = run.data.params
+    assert params["method_params.beta"] == "200.0" and params["method_params.temperature"] == "4.0"
+    assert not any(key.startswith("runtime.") for key in params)
+    assert run.data.metrics["final/test_top1_best"] == 0.75
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "digits" and dataset_input.tags[0].value == "train"
+    # the model is named after its job, exported (pt2), its final metrics linked to it
+    [logged] = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                           filter_string="name = 'student-afd-s20-resnet14-resnet8'")
+    assert tags[tracking.TAG_MODEL_FORMAT] == "pt2"
+    assert {m.key: m.value for m in logged.metrics} == {"final/test_top1": 0.5, "final/test_top1_best": 0.75}
 
     import mlflow.pytorch
     from mlflow.models import get_model_info
@@ -243,8 +263,32 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     info = get_model_info(uri)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 10)
-    loaded = mlflow.pytorch.load_model(uri).eval()
+    loaded = mlflow.pytorch.load_model(uri)
     model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_a_teacher_is_registered_and_loads_by_its_name(store):
+    import mlflow.pytorch
+
+    from afdistill.models import create_model
+
+    teacher = JobSpec(kind="teacher", grid="shared", dataset="digits", arch="resnet8", teacher=None, method="vanilla",
+                      run="teacher", seed=0, device="cpu", schedule=Schedule(epochs=1))
+    job = tracking.for_job(teacher, uri=store)
+    job.start(None)
+    torch.manual_seed(1)
+    model = create_model("resnet8", 10).eval()
+    job.log_model(model, torch.randn(2, 3, 32, 32), name="teacher")
+    job.finish("FINISHED")
+    tags = tracking.open_store(store).get_run(job.run_id).data.tags
+    assert tags["teacher"] == "resnet8" and "student" not in tags
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    loaded = mlflow.pytorch.load_model("models:/shared-teacher-resnet8/1")
+    images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(images), model(images))
 

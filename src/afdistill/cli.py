@@ -99,7 +99,8 @@ def cmd_run(args) -> None:
     from .jobs import Plan
     from .runner import run
 
-    job = run(Plan(_load_grid(args, check_fit=False)), args.job, fingerprint=args.fingerprint, threads=args.threads, log=_print)
+    job = run(Plan(_load_grid(args, check_fit=False)), args.job, fingerprint=args.fingerprint, threads=args.threads,
+              log=_print, log_file=args.log_file)
     _print(f"{job.folder}: done ({job.fingerprint})")
 
 
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("job", help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs`)")
     run.add_argument("--fingerprint", help="refuse to run if the job's fingerprint is no longer this one")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.add_argument("--log-file", help="the file this job's output goes to (the rule's log): kept with its MLflow run")
     run.set_defaults(func=cmd_run)
 
     jobs = with_grid(commands.add_parser("jobs", help="list a grid's jobs with their state (done, running, to run)"))

@@ -74,14 +74,32 @@ def pipeline(grid: Grid, grid_file: str) -> dict:
             stage["params"] = [{grid_file: keys}]
         if kind.name == "report":
             folder = plan.stage_output(kind.name)
-            stage["outs"] = [{f"{folder}/{name}": {"cache": False}} for name in kind.files if name != "metrics.json"]
-            stage["metrics"] = [{f"{folder}/metrics.json": {"cache": False}}]
+            # timings.md is measured, not a result: left out, so that an exact rerun leaves the stage pinned
+            stage["outs"] = [{f"{folder}/{name}": {"cache": False}} for name in kind.files
+                             if name not in ("metrics", "timings.md")]
+            stage["metrics"] = [{f"{folder}/metrics": {"cache": False}}]
         else:
             # persist: DVC would otherwise delete the folder before the stage runs, and Snakemake could
             # no longer keep the jobs whose fingerprints did not change.
             stage["outs"] = [{plan.stage_output(kind.name): {"persist": True}}]
         stages[kind.target] = stage
-    return {"stages": stages}
+    return {"stages": stages, "plots": plots(grid, plan)}
+
+
+def plots(grid: Grid, plan: Plan) -> list[dict]:
+    """``dvc plots show``: per pair, test top-1 per epoch, a line per table row and seed (the report's
+    ``curves/<teacher>_<student>.csv``, whose columns :func:`afdistill.report.curve_columns` names)."""
+    from .report import curve_columns
+
+    folder = plan.stage_output("report")
+    found = []
+    for pair in grid.pairs:
+        columns = curve_columns(grid, pair)
+        if columns:
+            found.append({f"{grid.name}: {pair.teacher} -> {pair.student}, test top-1": {
+                "template": "linear", "x": "epoch", "x_label": "epoch", "y_label": "test top-1",
+                "y": {f"{folder}/curves/{pair.teacher}_{pair.student}.csv": columns}}})
+    return found
 
 
 def render(grid: Grid, grid_file: str) -> str:

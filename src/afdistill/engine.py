@@ -599,8 +599,11 @@ def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime:
         final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
                  else evaluate(student, data, runtime=runtime))
         record.update(test_top1=final["top1"], test_top5=final["top5"])
-        tracker.log_metrics({"final_test_top1": final["top1"], "final_test_top5": final["top5"]},
-                            step=spec.schedule.epochs)
+        finals = {"final_test_top1": final["top1"], "final_test_top5": final["top5"]}
+        if history:  # the best epoch's too: papers report either, the report prints both
+            best = max(range(len(history)), key=lambda index: history[index]["test_top1"])
+            finals.update(final_test_top1_best=history[best]["test_top1"], final_best_epoch=best + 1)
+        tracker.log_metrics(finals, step=spec.schedule.epochs)
     if teacher is not None:
         record["teacher_test_top1"] = (evaluate(teacher, data, runtime=runtime)["top1"]
                                        if num_classes_of(teacher) == data.num_classes else None)

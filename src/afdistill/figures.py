@@ -1,23 +1,32 @@
 """Figures: AFD link heatmaps, learning curves, and the AFD paper's Figures 3, 5 and 6.
 
-The paper-figure functions take plain data (names, numpy arrays, lists), never
-files of the pipeline, and write one PNG:
+Every function takes plain data (names, numpy arrays, lists, mappings), never
+files of the pipeline, and writes one PNG:
 
+- :func:`plot_links`: a link-finding run's attention at a few epochs, side by
+  side, on the same axes as Figures 3 and 6;
+- :func:`plot_curves`: test top-1 (%) per epoch for every method of a pair, the
+  mean over seeds as a line and the min-max over seeds as a band, the teacher
+  as a dashed grey line; each method has its own (colour, line style), see
+  :func:`line_styles`, and the legend sits right of the axes;
 - :func:`plot_attention_history` (Figure 3): the attention alpha of chosen
   training epochs beside the manual links, one row per teacher -> student pair;
 - :func:`plot_accuracy_against_beta` (Figure 5): accuracy against beta, log axis,
   mean +- std over seeds, the paper's values beside;
 - :func:`plot_manual_against_attention` (Figure 6): manual links against the
-  converged attention, for every pair.
+  converged attention, for every pair, in balanced rows with no empty panels.
 
-Link matrices are given as the method stores them, teacher x student (T x S);
-they are drawn as in the paper, rows student features and columns teacher
-features, labelled with feature names (``layer2.3``); lines (green, as in the
-paper) separate features of different stages (the ``layer<k>`` of the names,
-where size and channels change).
+Link matrices are given to the paper figures as the method stores them,
+teacher x student (T x S), to :func:`plot_links` already as S x T; all are
+drawn as in the paper, rows student features and columns teacher features,
+labelled with feature names (``layer2.3``); lines (green, as in the paper)
+separate features of different stages (the ``layer<k>`` of the names, where
+size and channels change).
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,46 +35,154 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.gridspec import GridSpec  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+LINK_COLOURS = "Blues"  # white (no link) to dark blue (alpha = 1); the green stage lines stay visible on it
+STAGE_LINE = "#2ca02c"
+TEACHER_LINE = {"color": "0.45", "linestyle": "--", "linewidth": 1.6}
+# Crossed with the colours (:func:`line_styles`): ten colours alone made methods 1 and 11 look the same.
+LINE_STYLES = ("-", "--", "-.", ":")
 
 
-def plot_links(panels: list[tuple[str, np.ndarray]], title: str, path: str | Path) -> None:
-    """Heatmaps of student x teacher link strength; rows are student features, columns teacher features."""
+def _palette(size: int) -> list:
+    """Qualitative colours without grey (grey is the teacher's line), enough for ``size`` (colour, style)
+    pairs: tab10's 9, tab20's 18, or, past 72 lines, evenly spaced colours of a continuous map."""
+    for name in ("tab10", "tab20"):
+        colours = [c for c in plt.get_cmap(name).colors if len(set(c)) > 1]  # drop the greys (r = g = b)
+        if size <= len(colours) * len(LINE_STYLES):
+            return colours
+    return [tuple(c) for c in plt.get_cmap("turbo")(np.linspace(0.0, 1.0, -(-size // len(LINE_STYLES))))]
+
+
+def line_styles(count: int) -> list[tuple[tuple[float, ...], str]]:
+    """``count`` distinct (colour, line style) pairs, in order: every colour solid first, then every colour
+    dashed, and so on, so that up to 9 lines are all solid and two lines never look the same."""
+    colours = _palette(count)
+    return [(tuple(colours[i % len(colours)]), LINE_STYLES[i // len(colours)]) for i in range(count)]
+
+
+def _link_ticks(axis, names: Sequence[str] | None, size: int, which: str) -> None:
+    """Name the features of an axis as Figures 3 and 6 do, with stage lines; without names, number them."""
+    if names is None:
+        names = [str(i) for i in range(size)]
+    else:
+        names = list(names)
+        lines = axis.axvline if which == "x" else axis.axhline
+        for bound in _stage_bounds(names):
+            lines(bound, color=STAGE_LINE, linewidth=1.0)
+    _tick_labels(axis, names, which)
+
+
+def plot_links(panels: list[tuple[str, np.ndarray]], title: str, path: str | Path,
+               teacher_names: Sequence[str] | None = None, student_names: Sequence[str] | None = None) -> None:
+    """Heatmaps of student x teacher link strength; rows are student features, columns teacher features.
+
+    With ``teacher_names`` / ``student_names`` (``layer2.3``) the axes are labelled and split by stage as in
+    Figures 3 and 6; without them, the features are numbered.
+    """
     count = len(panels)
-    figure, axes = plt.subplots(1, count, figsize=(3.0 * count + 1.0, 3.4), squeeze=False, sharey=True,
+    for name, matrix in panels:
+        rows, cols = np.shape(matrix)
+        if (student_names is not None and rows != len(student_names)) or \
+                (teacher_names is not None and cols != len(teacher_names)):
+            raise ValueError(f"{name}: a {(rows, cols)} link matrix for "
+                             f"{'?' if teacher_names is None else len(teacher_names)} teacher and "
+                             f"{'?' if student_names is None else len(student_names)} student features "
+                             "(expected student x teacher)")
+    figure, axes = plt.subplots(1, count, figsize=(3.0 * count + 1.0, 3.6), squeeze=False, sharey=True,
                                 constrained_layout=True)
-    vmax = max(float(np.max(matrix)) for _, matrix in panels)
+    # One scale for all panels, from 0 to the strongest link, so that the epochs compare and a softmax spread
+    # over many features is not washed out.
+    vmax = max(float(np.max(matrix)) for _, matrix in panels) or 1.0
     for index, (axis, (name, matrix)) in enumerate(zip(axes[0], panels)):
-        image = axis.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+        matrix = np.asarray(matrix, dtype=float)
+        image = axis.imshow(matrix, cmap=LINK_COLOURS, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
         axis.set_title(name, fontsize=9)
-        axis.set_xlabel("teacher feature")
-        if index == 0:
-            axis.set_ylabel("student feature")
-        rows, cols = matrix.shape
-        axis.set_xticks(range(0, cols, max(1, cols // 9)))
-        axis.set_yticks(range(0, rows, max(1, rows // 9)))
+        axis.set_xlabel("teacher feature", fontsize=7)
+        _link_ticks(axis, teacher_names, matrix.shape[1], "x")
+        if index == 0:  # the y axis is shared: label and tick it once
+            axis.set_ylabel("student feature", fontsize=7)
+            _link_ticks(axis, student_names, matrix.shape[0], "y")
+        elif student_names is not None:
+            for bound in _stage_bounds(list(student_names)):
+                axis.axhline(bound, color=STAGE_LINE, linewidth=1.0)
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="alpha")
     figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], title: str, ylabel: str, path: str | Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.8))
-    for name, points in curves.items():
-        if points:
-            steps, values = zip(*points)
-            axis.plot(steps, values, label=name, linewidth=1.2)
+def _curve_limits(lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                  teacher: float | None) -> tuple[float, float]:
+    """A y range (percent) for the curves: zoomed on the late epochs, where methods differ by a point or two,
+    so the first epochs' low accuracies do not flatten them; it still holds every line's last point and
+    the teacher."""
+    late = np.concatenate([low[len(low) // 2:] for _, _, low, _ in lines])
+    bottom = min(float(np.percentile(late, 5)), *(float(mean[-1]) for _, mean, _, _ in lines))
+    top = max(float(high.max()) for _, _, _, high in lines)
+    if teacher is not None:
+        bottom, top = min(bottom, teacher), max(top, teacher)
+    span = max(top - bottom, 1.0)
+    return max(0.0, bottom - 0.08 * span), top + 0.05 * span
+
+
+def plot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], title: str, path: str | Path,
+                teacher: float | None = None, ylabel: str = "test top-1 (%)") -> None:
+    """curves: row label -> epoch -> that epoch's test top-1 of each seed (fractions in [0, 1]).
+    Draws each label's mean over seeds as a line and, where it has more than one seed, a min–max band;
+    the teacher's final accuracy (fraction) as a dashed grey horizontal line labelled 'Teacher'.
+    Values are shown in percent."""
+    for label, by_epoch in curves.items():
+        if not isinstance(by_epoch, Mapping):
+            raise TypeError(f"plot_curves: {label!r} holds a {type(by_epoch).__name__}, not a mapping of "
+                            "epoch -> the test top-1 of each seed")
+    styles = line_styles(len(curves))
+    lines = []  # (epochs, mean, min, max) in percent, per drawn label
+    figure, axis = plt.subplots(figsize=(6.4, 3.8))
+    for (label, by_epoch), (colour, style) in zip(curves.items(), styles):
+        epochs = sorted(e for e, values in by_epoch.items() if len(values))
+        if not epochs:
+            continue  # its colour stays reserved, so the others keep theirs
+        values = [100 * np.asarray(by_epoch[e], dtype=float) for e in epochs]
+        mean = np.array([v.mean() for v in values])
+        low, high = np.array([v.min() for v in values]), np.array([v.max() for v in values])
+        # A single epoch is a point, which a bare line would not show: mark it, and its range as a segment.
+        single = len(epochs) == 1
+        axis.plot(epochs, mean, color=colour, linestyle=style, linewidth=1.3, label=label,
+                  marker="o" if single else None, markersize=4)
+        if max(len(v) for v in values) > 1:
+            if single:
+                axis.vlines(epochs, low, high, color=colour, alpha=0.4, linewidth=3)
+            else:
+                axis.fill_between(epochs, low, high, color=colour, alpha=0.12, linewidth=0)
+        lines.append((np.array(epochs), mean, low, high))
+    if teacher is not None:
+        teacher = 100 * float(teacher)
+        axis.axhline(teacher, label="Teacher", zorder=1, **TEACHER_LINE)
+    if lines:
+        axis.set_ylim(*_curve_limits(lines, teacher))
+    shown = sorted({int(e) for epochs, _, _, _ in lines for e in epochs})
+    if 0 < len(shown) <= 12:  # few epochs: tick each (a locator would put ticks between them)
+        axis.set_xticks(shown)
+        axis.set_xlim(shown[0] - 0.3, shown[-1] + 0.3)
+    else:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    # Right of the axes, so no line is hidden; the teacher first, where the eye starts. Long legends wrap
+    # into columns of at most 28 entries and the figure grows with them (savefig's tight box keeps it all).
+    handles, labels = axis.get_legend_handles_labels()
+    if teacher is not None:
+        handles, labels = handles[-1:] + handles[:-1], labels[-1:] + labels[:-1]
+    columns = max(1, math.ceil(len(handles) / 28))
+    figure.set_size_inches(6.4, max(3.8, 0.16 * math.ceil(len(handles) / columns) + 0.8))
+    axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7,
+                ncol=columns, frameon=False)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend right of the axes is kept whole
     plt.close(figure)
-
-
-LINK_COLOURS = "Blues"  # white (no link) to dark blue (alpha = 1); the green stage lines stay visible on it
-STAGE_LINE = "#2ca02c"
 
 
 @dataclass
@@ -221,25 +338,31 @@ def plot_accuracy_against_beta(series: list[BetaSeries], path: str | Path,
 
 def plot_manual_against_attention(comparisons: list[LinkComparison], path: str | Path, pairs_per_row: int = 2,
                                   title: str = "Manual and attention-based feature links") -> None:
-    """Figure 6: for every pair, its manual links beside the converged attention links."""
+    """Figure 6: for every pair, its manual links beside the converged attention links.
+
+    At most ``pairs_per_row`` pairs a row, the rows as even as they can be (5 pairs: 2, 2, 1) and a short last
+    row centred; the figure is sized to the pairs drawn and holds no empty panels.
+    """
     if not comparisons:
         raise ValueError("plot_manual_against_attention: no pairs to draw")
-    rows = -(-len(comparisons) // pairs_per_row)
-    figure, axes = plt.subplots(rows, 2 * pairs_per_row, figsize=(4.6 * pairs_per_row + 1.0, 3.0 * rows + 0.6),
-                                squeeze=False, constrained_layout=True)
-    image = None
+    rows = -(-len(comparisons) // max(1, pairs_per_row))
+    per_row = -(-len(comparisons) // rows)
+    figure = plt.figure(figsize=(4.6 * per_row + 1.0, 3.0 * rows + 0.6), constrained_layout=True)
+    # Each panel spans two grid columns, so a row one pair short is centred by shifting it one column.
+    grid = GridSpec(rows, 4 * per_row, figure=figure)
+    axes, image = [], None
     for index, pair in enumerate(comparisons):
-        row, column = divmod(index, pairs_per_row)
-        manual_axis, attention_axis = axes[row][2 * column], axes[row][2 * column + 1]
+        row, column = divmod(index, per_row)
+        in_row = min(per_row, len(comparisons) - row * per_row)
+        left = 4 * column + 2 * (per_row - in_row)
+        manual_axis = figure.add_subplot(grid[row, left:left + 2])
+        attention_axis = figure.add_subplot(grid[row, left + 2:left + 4])
         image = _draw_links(manual_axis, pair.manual, pair.teacher_names, pair.student_names,
                             f"{pair.title}: manual")
         _draw_links(attention_axis, pair.attention, pair.teacher_names, pair.student_names,
                     f"{pair.title}: attention", ylabel=False)
-    for index in range(len(comparisons), rows * pairs_per_row):
-        row, column = divmod(index, pairs_per_row)
-        axes[row][2 * column].axis("off")
-        axes[row][2 * column + 1].axis("off")
-    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="link strength (alpha)")
+        axes += [manual_axis, attention_axis]
+    figure.colorbar(image, ax=axes, shrink=0.6, label="link strength (alpha)")
     figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=130)
     plt.close(figure)

@@ -69,7 +69,10 @@ SCHEMA: dict[str, Any] = {
         "teachers": {"type": "object", "additionalProperties": False, "properties": {
             "seed": SEED, "train": SCHEDULE,
             "checkpoints": {"type": "object", "additionalProperties": {"type": "string"},
-                            "description": "architecture -> published weights to evaluate instead of training"},
+                            "description": "architecture -> published weights to evaluate instead of training: a "
+                                           "file, or torchvision's by name (torchvision:<Enum>.<member>)"},
+            "published": {"type": "string", "description": "a published teacher set (afdistill.published) that "
+                          "gives every other teacher's checkpoint, fetched once, checksummed"},
             "init": {"type": "object", "additionalProperties": {"type": "string"},
                      "description": "architecture -> weights of another task the teacher is fine-tuned from "
                                     "(its classifier new)"}}},
@@ -169,6 +172,16 @@ class Run:
     #: the schedule keys of the network this run pretrains on its teacher (``heads_train:``), over the grid's
     heads_train: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def variant(self) -> str:
+        """The swept values of this run (``beta=30``), empty for a run that is not part of a sweep."""
+        return ", ".join(f"{key}={value}" for key, value in self.sweep.items())
+
+    @property
+    def row(self) -> str:
+        """The run as the report's tables name it: its label, a swept run's values beside in brackets."""
+        return f"{self.label} [{self.variant}]" if self.sweep else self.label
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -186,12 +199,18 @@ def _weights(path: str, arch: str, where: str, num_classes: int | None, options:
     """Check a weights file the grid names before any job: it exists, it is a safe PyTorch file
     (``weights_only``), and its tensors fit ``arch`` (built on the meta device; the file's tensors stay on disk).
     Returns its classifier's classes. ``num_classes`` None: as many as the file has (a published teacher)."""
-    from . import weights
+    from . import published, weights
     from .files import FileProblem
 
+    try:
+        if published.is_named(path):
+            path = str(published.fetch(path, where))
+    except published.FetchError as problem:
+        raise GridError(str(problem)) from None
     if not Path(path).is_file():
-        raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root; "
-                        f"the grid file's header says where to get published weights)")
+        raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root); name "
+                        f"torchvision's weights instead (torchvision:<Enum>.<member>, fetched once), or see the "
+                        f"grid file's header for where to get published weights")
     try:
         state = weights.read(path, arch, mmap=True)
         classes = weights.classes_of(state, path, arch, options)
@@ -199,6 +218,16 @@ def _weights(path: str, arch: str, where: str, num_classes: int | None, options:
     except FileProblem as problem:
         raise GridError(f"{where}: {problem}") from None
     return classes
+
+
+def _local(reference: str, where: str) -> str:
+    """The file a weights reference stands for here (a named one's place under data/weights/)."""
+    from . import published
+
+    try:
+        return published.local_path(reference, where)
+    except published.FetchError as problem:
+        raise GridError(str(problem)) from None
 
 
 def _buildable(arch: str, options: dict, where: str) -> None:
@@ -348,8 +377,11 @@ class Grid:
         teachers = self._section(config, "teachers")
         self.teacher_seed = teachers.get("seed", 0)
         self.teacher_schedule = _schedule(self.schedule, teachers.get("train"), "teachers.train")
-        self.teacher_checkpoints = dict(teachers.get("checkpoints") or {})
-        self.teacher_init = dict(teachers.get("init") or {})
+        # Named weights (afdistill.published) are checked, and fetched where missing, by _weights below; the
+        # jobs read their files at the local paths.
+        self.teacher_checkpoint_names = dict(teachers.get("checkpoints") or {})
+        self.teacher_init_names = dict(teachers.get("init") or {})
+        self.published_teachers = teachers.get("published")
 
         links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)
@@ -361,17 +393,22 @@ class Grid:
 
         self.runs = self._parse_methods(config["methods"])
         self.pairs = self._parse_pairs(config["pairs"])
-        for arch, path in self.teacher_init.items():
+        if self.published_teachers is not None:
+            self._add_published_teachers(self.published_teachers, "teachers.published")
+        self.teacher_checkpoints = {arch: _local(ref, f"teachers.checkpoints.{arch}")
+                                    for arch, ref in self.teacher_checkpoint_names.items()}
+        self.teacher_init = {arch: _local(ref, f"teachers.init.{arch}") for arch, ref in self.teacher_init_names.items()}
+        for arch, path in self.teacher_init_names.items():
             where = f"teachers.init.{arch}"
             self._check_arch(arch, where)
-            if arch not in self.teachers() or arch in self.teacher_checkpoints:
+            if arch not in self.teachers() or arch in self.teacher_checkpoint_names:
                 raise GridError(f"{where}: {arch} is not a teacher of any pair, or is listed under "
                                 f"teachers.checkpoints too (evaluated as published, not fine-tuned); teachers: "
                                 f"{_allowed(self.teachers())}")
             _weights(path, arch, where, DATASETS[self.dataset].num_classes, self.architectures.get(arch, {}),
                      new_classifier=True)
         self.teacher_classes: dict[str, int] = {}
-        for arch, path in self.teacher_checkpoints.items():
+        for arch, path in self.teacher_checkpoint_names.items():
             where = f"teachers.checkpoints.{arch}"
             self._check_arch(arch, where)
             if arch not in self.teachers():
@@ -461,6 +498,23 @@ class Grid:
                 checked.add((run.init, pair.student))
                 _weights(run.init, pair.student, f"methods.{run.group}.init", classes,
                          self.architectures.get(pair.student, {}), new_classifier=True)
+
+    def _add_published_teachers(self, name: Any, where: str) -> None:
+        """``teachers.published: <set>``: every teacher not given otherwise, from the set, fetched once."""
+        from . import published
+
+        teachers = [arch for arch in self.teachers()
+                    if arch not in self.teacher_checkpoint_names and arch not in self.teacher_init_names]
+        try:
+            if not isinstance(name, str):
+                raise published.FetchError(f"{where}: expected the name of a published teacher set, got {name!r}; "
+                                           f"known: {', '.join(published.TEACHER_SETS)}")
+            paths = published.teacher_paths(name, teachers, where)
+            if teachers:
+                published.fetch_teacher_set(name, teachers, where)
+        except published.FetchError as problem:
+            raise GridError(str(problem)) from None
+        self.teacher_checkpoint_names.update(paths)
 
     def _check_cross_task_teachers(self) -> None:
         """A published teacher of another task (ImageNet's 1000 classes beside a transfer set) lends its features
@@ -626,8 +680,9 @@ class Grid:
             _schedule(self.schedule, heads_train, f"{where}.heads_train")
             init = entry.pop("init", None)
             if init is not None and not isinstance(init, str):
-                raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file (the "
-                                f"student's starting weights, e.g. torchvision's ImageNet ResNet18)")
+                raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file or "
+                                f"torchvision weights by name (the student's starting weights, e.g. "
+                                f"torchvision:ResNet18_Weights.IMAGENET1K_V1)")
             sweep = entry.pop("sweep", None) or {}
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             if not sweep:
@@ -806,7 +861,8 @@ class Grid:
         return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
                        run=run, seed=int(seed), schedule=schedule, method_params=params,
                        teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
-                       model_options=self.architectures.get(student, {}), checkpoint=spec.init,
+                       model_options=self.architectures.get(student, {}),
+                       checkpoint=_local(spec.init, f"methods.{spec.group}.init") if spec.init else None,
                        new_classifier=spec.init is not None,
                        teacher_options={} if teacher == NO_TEACHER else self.architectures.get(teacher, {}))
 

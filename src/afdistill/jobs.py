@@ -69,10 +69,11 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in [
                                               "methods"),
          "Train one student with one method and seed: a cell entry of the table."),
     Kind("report", "make_report", "report", "{reports}",
-         ("table.md", "table.csv", "ablations.csv", "table.html", "metrics.json", "figures"), False,
+         ("table.md", "table.csv", "ablations.csv", "table.html", "timings.md", "metrics", "curves", "figures"), False,
          ("grid", "dataset", "seeds", "pairs", "methods", "report"),
-         "The grid's tables (Markdown, CSV, HTML; the ablation tables' cells in ablations.csv), DVC metrics and "
-         "figures, from the jobs' metrics files."),
+         "The grid's tables (Markdown, CSV, HTML; the ablation tables' cells in ablations.csv), the measured "
+         "timings apart (timings.md), DVC metrics (a file per cell) and plots (curves/), and figures, from the "
+         "jobs' metrics files."),
 ]}
 
 

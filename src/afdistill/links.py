@@ -66,7 +66,9 @@ def write(result: Result, out_dir: str | Path) -> dict:
         picks = sorted({0, len(history) // 2, len(history) - 1})
         panels = [(f"epoch {i + 1} (train mean)", np.asarray(history[i]).T) for i in picks]
     panels.append(("converged (train set)", matrix.numpy().T))
-    plot_links(panels, f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})", out_dir / "links.png")
+    last = result.record["summaries"][-1] if result.record["summaries"] else {}
+    plot_links(panels, f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})", out_dir / "links.png",
+               teacher_names=last.get("teacher_names"), student_names=last.get("student_names"))
     return record
 
 

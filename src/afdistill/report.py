@@ -17,10 +17,17 @@ Outputs under ``reports/<grid>/``:
     table the other. A third gives each method's training time per epoch
     relative to KD on the same pair. The CSV names each value column's unit
     and which epoch ``mean`` is, and holds both (``last_*``, ``best_*``).
-``metrics.json``
-    The same numbers, flat, for ``dvc metrics show``.
+``timings.md``
+    Each method's training time per epoch relative to KD on the same pair: measured, so it differs from run
+    to run, and kept apart from the results, which an exact rerun reproduces byte for byte.
+``metrics/<teacher>_<student>/<run>.json``
+    One file per table cell (``last``, ``best``, their ``*_std``, ``seeds``), for ``dvc metrics show``
+    (a row per cell) and ``dvc metrics diff``; the ablation tables' cells under
+    ``metrics/<table>/<row>/<column>.json``.
+``curves/<teacher>_<student>.csv``
+    Test top-1 per epoch, a column per row and seed (:func:`curve_columns`): the grid's ``dvc plots``.
 ``figures/curves_<teacher>_<student>.png``, ``figures/links_<teacher>_<student>.png``
-    Test accuracy per epoch (mean over seeds) and the AFD link heatmaps.
+    Test accuracy per epoch (mean over seeds, min-max band, the teacher's line) and the AFD link heatmaps.
 The AFD paper's ablations (:mod:`afdistill.ablations`)
     ``report.paper_matrices`` tables shaped as the paper's (in ``table.md``,
     cells in ``ablations.csv``); ``figures/attention_epochs.png`` (Figure 3),
@@ -38,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from . import ablations
-from .figures import plot_curves
 from .files import load_json
 from .grid import Grid
 from .paper import PAPER_TABLES
@@ -147,7 +153,7 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
             records = cells[(teacher, student, run.name)]
             rows.append({"row": label, "run": run.name, "teacher": teacher, "student": student, "values": values,
                          "last": [score(r, "last") for r in records], "best": [score(r, "best") for r in records],
-                         "variant": ", ".join(f"{k}={v}" for k, v in run.sweep.items()),
+                         "variant": run.variant,
                          "epoch_seconds": statistics.fmean(seconds) if seconds else None,
                          "epochs": grid.run_schedule(grid.pair(teacher, student), run.name).epochs})
 
@@ -166,32 +172,31 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
     _write_matrix_csv(matrix_cells, out_dir / "ablations.csv", compared)
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     (out_dir / "table.html").write_text(_html(lines))
-    flat = {f"{r['teacher']}->{r['student']}/{r['run']}": {"mean": _mean_std(r["values"])[0],
-                                                            "std": _mean_std(r["values"])[1],
-                                                            "n": len(r["values"]), "epoch": compared,
-                                                            "last_mean": _mean_std(r["last"])[0],
-                                                            "best_mean": _mean_std(r["best"])[0]}
-            for r in rows if r["values"]}
-    flat.update({f"{c['table']}/{c['row']}/{c['column']}": {"mean": _mean_std(c["values"])[0],
-                                                           "std": _mean_std(c["values"])[1], "n": len(c["values"]),
-                                                           "epoch": compared, "run": c["run"]}
-                 for c in matrix_cells if c["values"]})
-    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    (out_dir / "timings.md").write_text("\n".join(_timings(grid, rows, columns)) + "\n")
+    flat = _write_metrics(rows, matrix_cells, out_dir / "metrics")
 
+    from .figures import plot_curves  # matplotlib, only where a figure is drawn
+
+    (out_dir / "curves").mkdir(exist_ok=True)
     for teacher, student in columns:
-        curves = {}
+        curves: dict[str, dict[int, list[float]]] = {}
+        by_column: dict[str, dict[int, float]] = {}
         for group in groups:
             name = chosen.get((group, teacher, student))
             if name is None:
                 continue
-            by_epoch: dict[int, list[float]] = defaultdict(list)
-            for record in cells[(teacher, student, name)]:
+            label = grid.runs[name].label
+            for record in sorted(cells[(teacher, student, name)], key=lambda r: r["spec"]["seed"]):
                 for step, epoch in enumerate(record["history"], start=1):
-                    by_epoch[step].append(epoch["test_top1"])
-            curves[grid.runs[name].label] = sorted((step, statistics.fmean(v)) for step, v in by_epoch.items())
+                    curves.setdefault(label, {}).setdefault(step, []).append(epoch["test_top1"])
+                    by_column.setdefault(_curve_column(label, record["spec"]["seed"]), {})[step] = epoch["test_top1"]
+        _write_curves(by_column, curve_columns(grid, grid.pair(teacher, student)),
+                      out_dir / "curves" / f"{teacher}_{student}.csv")
         if curves:
-            plot_curves(curves, f"{teacher} -> {student} ({grid.dataset}), mean over seeds", "test top-1",
-                        figures / f"curves_{teacher}_{student}.png")
+            record = teachers.get(teacher)
+            plot_curves(curves, f"{teacher} → {student} ({grid.dataset}): test top-1 per epoch, mean and range "
+                        "over seeds", figures / f"curves_{teacher}_{student}.png",
+                        teacher=record["test_top1"] if record else None)
     # The AFD paper's Figures 3, 5 and 6, wherever the grid's runs allow them
     ablations.link_figures(grid, cells, figures)
     ablations.beta_figures(grid, cells, score, compared, figures)
@@ -199,6 +204,63 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         record = load_json(path, "a link-finding run's links")
         shutil.copyfile(path.with_suffix(".png"), figures / f"links_{record['teacher']}_{record['student']}.png")
     return {"rows": rows, "metrics": flat}
+
+
+def _slug(text: str) -> str:
+    """A file name for a row or column label (``AFD (β=200)`` -> ``AFD_β=200``)."""
+    return "_".join("".join(c if c.isalnum() or c in "=.+-" else " " for c in text).split()) or "_"
+
+
+def _write_metrics(rows: list[dict], matrix_cells: list[dict], folder: Path) -> dict[str, dict]:
+    """One small JSON file per cell, all with the same keys, so that ``dvc metrics show`` prints a row per
+    cell and a column per key; returns them keyed by their path under ``folder``."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a cell the grid no longer has must not linger as a metric
+    written: dict[str, dict] = {}
+
+    def write(relative: str, last: list[float], best: list[float]) -> None:
+        values = {"last": _mean_std(last)[0], "last_std": _mean_std(last)[1], "best": _mean_std(best)[0],
+                  "best_std": _mean_std(best)[1], "seeds": len(last)}
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values, indent=2) + "\n")
+        written[relative] = values
+
+    for row in rows:
+        if row["last"]:
+            write(f"{row['teacher']}_{row['student']}/{row['run']}.json", row["last"], row["best"])
+    for cell in matrix_cells:
+        if cell["last"]:
+            write(f"{_slug(cell['table'])}/{_slug(cell['row'])}/{_slug(cell['column'])}.json", cell["last"],
+                  cell["best"])
+    return written
+
+
+def _curve_column(label: str, seed: int) -> str:
+    return f"{label.replace(',', ';')} seed{seed}"
+
+
+def curve_columns(grid: Grid, pair) -> list[str]:
+    """The columns of ``curves/<teacher>_<student>.csv`` after ``epoch``: a row label and seed each, in the
+    table's order (a swept row's chosen variant under the row's label). The grid's ``dvc.yaml`` plots name
+    them, so the two are derived here, once."""
+    columns = []
+    for group in dict.fromkeys(run.group for run in grid.runs.values()):
+        members = [run for run in grid.runs.values() if run.group == group and run.name in pair.runs]
+        if members:
+            columns += [_curve_column(members[0].label, seed) for seed in members[0].seeds]
+    return columns
+
+
+def _write_curves(by_column: dict[str, dict[int, float]], columns: list[str], path: Path) -> None:
+    """Test top-1 per epoch, a column per row label and seed; a job not run (yet) leaves its column empty."""
+    epochs = sorted({epoch for values in by_column.values() for epoch in values})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *columns])
+        for epoch in epochs:
+            writer.writerow([epoch, *(f"{by_column[c][epoch]:.6f}" if epoch in by_column.get(c, {}) else ""
+                                      for c in columns)])
 
 
 def _write_csv(rows: list[dict], path: Path, paper, compared: str) -> None:
@@ -209,7 +271,7 @@ def _write_csv(rows: list[dict], path: Path, paper, compared: str) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "run", "teacher", "student", "variant", "n", "n_expected", "epoch", "mean", "std",
-                         "unit", "paper", "paper_unit", "epoch_seconds", "values", "last_mean", "last_std",
+                         "unit", "paper", "paper_unit", "values", "last_mean", "last_std",
                          "best_mean", "best_std", "best_values"])
         for row in rows:
             mean, std = _mean_std(row["values"]) if row["values"] else (None, None)
@@ -218,7 +280,7 @@ def _write_csv(rows: list[dict], path: Path, paper, compared: str) -> None:
             writer.writerow([row["row"], row["run"], row["teacher"], row["student"], row["variant"],
                              len(row["values"]), row["expected"], compared, mean, std, "fraction correct (top-1)",
                              row["paper"], paper_unit if row["paper"] is not None else "",
-                             row["epoch_seconds"], " ".join(f"{v:.6f}" for v in row["values"]), *last, *best,
+                             " ".join(f"{v:.6f}" for v in row["values"]), *last, *best,
                              " ".join(f"{v:.6f}" for v in row["best"])])
 
 
@@ -276,8 +338,17 @@ def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], pape
 
     lines += _cells_table(labels, columns, other_cell, transpose)
 
-    lines += ["", "## Training cost per epoch, relative to KD on the same pair", "",
-              "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |", "|---|" + "---|" * len(columns)]
+    return lines
+
+
+def _timings(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]) -> list[str]:
+    """Each row's training time per epoch relative to KD on the same pair (``timings.md``)."""
+    by_cell = {(r["row"], r["teacher"], r["student"]): r for r in rows}
+    labels = list(dict.fromkeys(r["row"] for r in rows))
+    lines = [f"# Grid `{grid.name}`: training cost per epoch, relative to KD on the same pair", "",
+             "Measured on the machine that trained each job (mean of its epochs' wall time), so these figures "
+             "differ from run to run; the results are in table.md.", "",
+             "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |", "|---|" + "---|" * len(columns)]
     for label in labels[1:]:
         cells = []
         for teacher, student in columns:
@@ -318,6 +389,7 @@ def _html(markdown: list[str]) -> str:
     def inline(text: str) -> str:
         text = html.escape(text)
         text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+        text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
         return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
 
     body, table = [], []

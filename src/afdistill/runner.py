@@ -21,7 +21,8 @@ class StaleJob(ValueError):
     """The grid or the code changed between planning a job and running it."""
 
 
-def run(plan: Plan, folder: str, fingerprint: str | None = None, threads: int = 0, log=print) -> Job:
+def run(plan: Plan, folder: str, fingerprint: str | None = None, threads: int = 0, log=print,
+        log_file: str | None = None) -> Job:
     try:
         job = plan.find(folder)
     except KeyError:
@@ -31,13 +32,13 @@ def run(plan: Plan, folder: str, fingerprint: str | None = None, threads: int = 
     if fingerprint is not None and fingerprint != job.fingerprint:
         raise StaleJob(f"{folder}: the grid or the code changed since this job was planned (fingerprint "
                        f"{fingerprint}, now {job.fingerprint}); run snakemake again to plan it anew")
-    ACTIONS[job.kind.name](plan, job, threads, log)
+    ACTIONS[job.kind.name](plan, job, threads, log, log_file)
     if os.environ.get("RANK", "0") == "0":  # in a data-parallel job, rank 0 alone marks it done
         write_marker(job)
     return job
 
 
-def prepare_data(plan: Plan, job: Job, threads: int, log) -> None:
+def prepare_data(plan: Plan, job: Job, threads: int, log, log_file: str | None = None) -> None:
     from .data import prepare
 
     grid = plan.grid
@@ -54,14 +55,21 @@ def _artifact_path(job: Job) -> str | None:
     return None
 
 
-def train_job(plan: Plan, job: Job, threads: int, log) -> None:
+def train_job(plan: Plan, job: Job, threads: int, log, log_file: str | None = None) -> None:
     gpus = plan.grid.gpus_per_job
     if gpus > 1 and "WORLD_SIZE" not in os.environ and _on_cuda(job.spec.device):
         _launch_data_parallel(job, gpus, log)
         return
     teacher = job.inputs["teacher"].path("model.pt") if "teacher" in job.inputs else None
     execute_training(job.spec, job.inputs["data"].folder, job.folder, teacher, _artifact_path(job), threads, log,
-                     identity=job.fingerprint, jobs_per_gpu=plan.grid.jobs_per_gpu)
+                     identity=job.fingerprint, jobs_per_gpu=plan.grid.jobs_per_gpu, row=_row_label(plan, job),
+                     log_file=log_file)
+
+
+def _row_label(plan: Plan, job: Job) -> str | None:
+    """The table row a student fills, as the report prints it (a swept run's values beside its label)."""
+    run = plan.grid.runs.get(job.spec.run) if job.spec.kind == "student" else None
+    return run.row if run is not None else None
 
 
 def _on_cuda(device: str) -> bool:
@@ -87,7 +95,7 @@ def _launch_data_parallel(job: Job, gpus: int, log) -> None:
         raise RuntimeError(f"{job.folder}: the data-parallel job exited with status {code} (its log above)")
 
 
-def build_report(plan: Plan, job: Job, threads: int, log) -> None:
+def build_report(plan: Plan, job: Job, threads: int, log, log_file: str | None = None) -> None:
     from .report import build
 
     inputs = [upstream.path("metrics.json") for upstream in job.inputs.values()]
@@ -97,9 +105,7 @@ def build_report(plan: Plan, job: Job, threads: int, log) -> None:
     log(f"report for grid {plan.grid.name!r}: {len(result['metrics'])} cells -> {job.folder}/table.md")
     from . import tracking
 
-    folder = Path(job.folder)
-    files = [folder / name for name in ("table.md", "table.csv", "table.html", "metrics.json")]
-    tracking.log_grid_report(plan.grid.name, files + sorted((folder / "figures").glob("*.png")))
+    tracking.log_grid_report(plan.grid.name, job.folder)
 
 
 def _activation_figure(plan: Plan, figures: Path, log) -> None:
@@ -157,7 +163,8 @@ def _activation_figure(plan: Plan, figures: Path, log) -> None:
     log(f"activation maps -> {path}")
 
 
-ACTIONS: dict[str, Callable[[Plan, Job, int, Any], None]] = {
+#: kind -> action(plan, job, threads, log, log_file): the job's output goes to ``log`` and ends up in ``log_file``
+ACTIONS: dict[str, Callable[[Plan, Job, int, Any, str | None], None]] = {
     "data": prepare_data, "teacher": train_job, "links": train_job, "heads": train_job, "student": train_job,
     "report": build_report,
 }
@@ -181,7 +188,7 @@ def load_artifact(stage: str, path: str, spec: JobSpec):
 
 def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpoint: str | None,
                      artifact_path: str | None, threads: int = 0, log=print, identity: str | None = None,
-                     jobs_per_gpu: int | None = None) -> dict:
+                     jobs_per_gpu: int | None = None, row: str | None = None, log_file: str | None = None) -> dict:
     """Check the job's inputs, then train it under an MLflow run; returns its metrics record."""
     from .methods import check_method_params, method_class
 
@@ -211,7 +218,7 @@ def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpo
     from . import tracking
     from .engine import NullTracker, train
 
-    tracker = tracking.for_job(spec, job_id=identity) if rank == 0 else NullTracker()
+    tracker = tracking.for_job(spec, job_id=identity, row=row) if rank == 0 else NullTracker()
     try:
         result = train(spec, data_dir, out_dir, teacher_checkpoint=teacher_checkpoint, artifact=artifact,
                        tracker=tracker, log=log, identity=identity)
@@ -227,6 +234,10 @@ def execute_training(spec: JobSpec, data_dir: str, out_dir: str, teacher_checkpo
         elif result.record["summaries"] and "attention" in result.record["summaries"][-1]:
             _log_attention_heatmap(result, out, tracker)
         tracker.log_artifact(out / "metrics.json")
+        if spec.arch is None:  # a method's own networks (MHGD's heads): no images -> logits model to log
+            tracker.log_artifact(out / "model.pt")
+        if log_file and Path(log_file).is_file():  # the job's output so far: all of it but these last lines
+            tracker.log_artifact(log_file)
         tracker.finish("FINISHED")
     except KeyboardInterrupt:
         tracker.finish("KILLED")
@@ -248,5 +259,7 @@ def _log_attention_heatmap(result, out: Path, tracker) -> None:
     spec = result.record["spec"]
     matrix = np.asarray(result.record["summaries"][-1]["attention"]).T
     path = out / "attention.png"
-    plot_links([("last epoch (train mean)", matrix)], f"{spec['teacher']} -> {spec['arch']} {spec['run']}", path)
+    plot_links([("last epoch (train mean)", matrix)], f"{spec['teacher']} -> {spec['arch']} {spec['run']}", path,
+               teacher_names=result.record["summaries"][-1].get("teacher_names"),
+               student_names=result.record["summaries"][-1].get("student_names"))
     tracker.log_artifact(path)

@@ -29,6 +29,7 @@ import copy
 import datetime
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -64,6 +65,8 @@ TAG_HOST, TAG_PID, TAG_PID_STARTED = "afdistill.host", "afdistill.pid", "afdisti
 TAG_FAILURE = "afdistill.failure"
 TAG_SUPERSEDED_BY = "afdistill.superseded_by"
 TAG_GRID = "afdistill.grid"
+TAG_GIT_DIRTY = "afdistill.git_dirty"
+TAG_MODEL_FORMAT = "afdistill.model_format"
 TAG_PARENT = "mlflow.parentRunId"
 # Without it the UI guesses the experiment's kind and may open runs under its GenAI views.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -350,7 +353,8 @@ def context_tags(commit: str | None = None) -> dict[str, str]:
     tags = dict(resolve_tags())
     if commit != "unknown" and "mlflow.source.git.commit" not in tags:
         tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
-    tags["git_commit"] = commit
+    if commit.endswith("+dirty"):  # MLflow's own tag names the commit; this says the tree had changes beside it
+        tags[TAG_GIT_DIRTY] = "true"
     for variable, tag in ((DVC_EXPERIMENT_ENV, TAG_DVC_EXPERIMENT), (DVC_STAGE_ENV, TAG_DVC_STAGE),
                           (INVOCATION_ENV, TAG_INVOCATION)):
         if os.environ.get(variable):
@@ -369,7 +373,7 @@ def describe_runtime(resolved: Mapping[str, Any]) -> dict[str, str]:
         "runtime.interop_threads": str(torch.get_num_interop_threads()),
         "runtime.world_size": os.environ.get("WORLD_SIZE", "1"),
         "runtime.torch": torch.__version__,
-        "runtime.cuda": torch.version.cuda or "none",
+        "runtime.cuda": (torch.version.cuda or "none") if cuda else "none",
         "runtime.cudnn": str(torch.backends.cudnn.version()) if cuda else "none",
         "runtime.gpu": torch.cuda.get_device_name(torch.cuda.current_device()) if cuda else "none",
         "runtime.host": socket.gethostname(),
@@ -387,6 +391,15 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def _log_params(client, run_id: str, record: Mapping[str, Any]) -> None:
+    """``record`` flattened (``schedule.lr``), in batches of MLflow's 100 params, values cut at its 6000 chars."""
+    from mlflow.entities import Param
+
+    params = [Param(k, v[:6000]) for k, v in sorted(_flatten(record).items())]
+    for start in range(0, len(params), 100):
+        _retry(lambda chunk=params[start:start + 100]: client.log_batch(run_id, params=chunk))
 
 
 def _env_flag(name: str) -> bool:
@@ -420,6 +433,10 @@ class JobRun:
         self.experiment_id: str | None = None
         self._last_step: dict[str, int] = {}
         self._monitor = None
+        self.commit: str | None = None
+        self.model_name: str | None = None  # the logged model's name (for_job: the job's); else log_model's
+        self.registered_name: str | None = None  # a model registered under this name, if any
+        self._final: list = []  # final metrics, logged with the model they describe (or at finish)
 
     def start(self, resume_run_id: str | None = None) -> str:
         """Open the job's run: take over ``resume_run_id`` (the engine resumes a checkpoint), else a new run.
@@ -441,7 +458,7 @@ class JobRun:
                 self.run_id = resumed.info.run_id
                 _retry(lambda: self.client.update_run(self.run_id, status=RUNNING))
             else:
-                tags = {**context_tags(self.tags.get("git_commit")), **self.tags, TAG_JOB: self.job_id}
+                tags = {**context_tags(self.commit), **self.tags, TAG_JOB: self.job_id}
                 if self.parent_run_id:
                     tags[TAG_PARENT] = self.parent_run_id
                 run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=self.run_name, tags=tags))
@@ -481,11 +498,7 @@ class JobRun:
         _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def _log_params(self) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(k, v[:6000]) for k, v in sorted(_flatten(self.params).items())]
-        for start in range(0, len(params), 100):
-            _retry(lambda chunk=params[start:start + 100]: self.client.log_batch(self.run_id, params=chunk))
+        _log_params(self.client, self.run_id, self.params)
 
     def _logged_steps(self) -> dict[str, int]:
         run = self.client.get_run(self.run_id)
@@ -506,10 +519,19 @@ class JobRun:
             name = metric_name(key)
             if step <= self._last_step.get(name, -1):
                 continue
-            batch.append(Metric(name, float(value), now, step))
+            (self._final if name.startswith("final/") else batch).append(Metric(name, float(value), now, step))
             self._last_step[name] = step
         if batch:
             _retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def _log_final(self, model_id: str | None = None) -> None:
+        """The final metrics, linked to the logged model where there is one (MLflow's model view lists them)."""
+        from mlflow.entities import Metric
+
+        final = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in self._final]
+        self._final = []
+        if final:
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=final))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
@@ -522,15 +544,20 @@ class JobRun:
         _retry(lambda: self.client.log_batch(self.run_id, tags=tags))
 
     def log_model(self, model, example, name: str = "student") -> str:
-        """Log a network as an MLflow PyTorch model with its signature (images -> logits); returns its model URI.
+        """Log a network as an MLflow PyTorch model, named after its job, with its signature (images -> logits)
+        and the final metrics linked to it; a teacher is also registered. Returns its model URI.
 
-        The network is logged as a CPU fp32 copy, so it loads anywhere the
-        ``afdistill`` package is importable (its classes are pickled by name).
+        Saved as ``torch.export``'s program (``serialization_format="pt2"``, MLflow's recommendation): it loads
+        with torch alone, any batch size. A network ``torch.export`` cannot trace is pickled instead
+        (it then needs ``afdistill`` to load, which its requirements name); the tag ``afdistill.model_format``
+        says which.
         """
         import mlflow
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
+
+        from . import __version__
 
         network = copy.deepcopy(model).cpu().float().eval()
         example = example.detach().cpu().float()
@@ -538,11 +565,31 @@ class JobRun:
             logits = network(example)
         signature = infer_signature(example.numpy(), logits.numpy())
         mlflow.set_tracking_uri(self.uri)  # log_model writes through MLflow's process-wide URI: the job's own
-        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id)
-        info = mlflow.pytorch.log_model(network, name=name, signature=signature, model_id=logged.model_id,
-                                        run_id=self.run_id, input_example=example[:1].numpy(),
-                                        serialization_format="pickle",
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        name = self.model_name or name
+        torch_requirement = f"torch=={torch.__version__.split('+')[0]}"
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                                 tags={TAG_JOB: self.job_id, **self.tags})
+        common = dict(name=name, signature=signature, model_id=logged.model_id, run_id=self.run_id,
+                      input_example=example.numpy(), registered_model_name=self.registered_name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # export's notes on specialised dimensions
+                info = mlflow.pytorch.log_model(network, serialization_format="pt2",
+                                                pip_requirements=[torch_requirement], **common)
+            model_format = "pt2"
+        except Exception as error:  # torch.export could not trace this network
+            logging.getLogger(__name__).info("torch.export failed (%s); logging %s pickled", error, name)
+            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id,
+                                                     tags={TAG_JOB: self.job_id, **self.tags})
+            common["model_id"] = logged.model_id
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # MLflow's note recommending pt2: tried above
+                info = mlflow.pytorch.log_model(network, serialization_format="pickle",
+                                                pip_requirements=[torch_requirement, f"afdistill=={__version__}"],
+                                                **common)
+            model_format = "pickle"
+        self.client.set_tag(self.run_id, TAG_MODEL_FORMAT, model_format)
+        self._log_final(logged.model_id)
         return info.model_uri
 
     def log_input(self, name: str, source: str | Path, images, labels, context: str = "train") -> None:
@@ -560,14 +607,14 @@ class JobRun:
         _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entry]))
 
     def finish(self, status: str) -> None:
+        if self.run_id is not None:
+            self._log_final()
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
         if self.run_id is not None:
             _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
-
-MlflowRun = JobRun  # the name the CLI used before
 
 
 def run_name(spec) -> str:
@@ -580,25 +627,70 @@ def run_name(spec) -> str:
     return f"links {pair}" if spec.kind == "links" else f"{spec.run} s{spec.seed} {pair}"
 
 
-def for_job(spec, commit: str | None = None, job_id: str | None = None, **options) -> JobRun:
-    """The MLflow run of one job: tags name the table cell, params hold the whole spec.
+def effective_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a method runs with: its constructor's defaults under what the grid set, part by
+    part for a combination (so AT's KD weight and temperature show even where the grid left them alone)."""
+    from .methods import method_class, method_defaults
+
+    resolved = {**method_defaults(method), **params}
+    parts = resolved.get("parts")
+    if isinstance(parts, Mapping):
+        from .methods.combined import _part_method
+
+        resolved["parts"] = {}
+        for name, entry in parts.items():
+            part, own = _part_method(name, entry, f"parts.{name}")
+            resolved["parts"][name] = {"method": part, **effective_params(part, own)}
+    method_class(method)  # an unknown name fails here, naming the registered ones
+    return resolved
+
+
+def job_tags(spec, row: str | None = None) -> dict[str, str]:
+    """The tags a researcher filters and groups by: the table ``row`` (its label, the swept values beside) and
+    the ``pair`` (``teacher->student``; the student's architecture alone for a student trained without one)."""
+    tags = {"kind": spec.kind, "method": spec.method, "run": spec.run, "dataset": spec.dataset,
+            "seed": str(spec.seed)}
+    if spec.kind == "teacher":
+        tags.update(teacher=spec.arch, pair=spec.arch, row="Teacher")
+    else:
+        if spec.arch:
+            tags["student"] = spec.arch
+        if spec.teacher:
+            tags["teacher"] = spec.teacher
+        tags["pair"] = f"{spec.teacher}->{spec.arch}" if spec.teacher and spec.arch else (spec.arch or spec.teacher)
+        tags["row"] = row or spec.run
+    return tags
+
+
+def for_job(spec, commit: str | None = None, job_id: str | None = None, row: str | None = None,
+            **options) -> JobRun:
+    """The MLflow run of one job: tags name the table cell (:func:`job_tags`), params hold the spec with the
+    method's effective hyper-parameters (the requested runtime is left to the ``runtime.*`` tags, which say
+    what it resolved to).
 
     ``job_id`` defaults to the spec's hash (the same job, the same identity); ``options`` go to :class:`JobRun`.
     """
     digest = spec_hash(spec.to_json())
-    tags = {
-        "kind": spec.kind,
-        "method": spec.method,
-        "run": spec.run,
-        "student": (spec.arch or "") if spec.kind != "teacher" else "",
-        "teacher": spec.teacher if spec.kind != "teacher" else spec.arch,
-        "dataset": spec.dataset,
-        "seed": str(spec.seed),
-        "git_commit": commit or git_commit(),
-        TAG_SPEC_HASH: digest,
-        TAG_GRID: spec.grid,
-    }
-    return JobRun(spec.grid, run_name(spec), tags, spec.to_dict(), job_id or digest, **options)
+    tags = {**job_tags(spec, row), TAG_SPEC_HASH: digest, TAG_GRID: spec.grid}
+    params = {key: value for key, value in spec.to_dict().items() if key not in ("runtime", "method_params")}
+    params["method_params"] = effective_params(spec.method, spec.method_params)
+    job = JobRun(spec.grid, run_name(spec), tags, params, job_id or digest, **options)
+    job.commit = commit
+    job.model_name, job.registered_name = model_name(spec), registered_name(spec)
+    return job
+
+
+def model_name(spec) -> str:
+    """A logged model's name: its job's (``student-afd-s0-resnet56-resnet20``), so the models list reads
+    like the runs list."""
+    parts = [spec.kind] if spec.kind in ("teacher", "links") else [spec.kind, spec.run, f"s{spec.seed}"]
+    parts += [name for name in (spec.teacher, spec.arch) if name and name not in parts]
+    return "-".join(str(part).replace("/", "_") for part in parts)
+
+
+def registered_name(spec) -> str | None:
+    """Teachers are registered (``<grid>-teacher-<arch>``), what the grid's students read, by name."""
+    return f"{spec.grid}-teacher-{spec.arch}" if spec.kind == "teacher" else None
 
 
 # ---- the grid's run
@@ -626,14 +718,15 @@ def _dvc_invocation() -> str | None:
 
 
 def start_grid(grid: str, grid_file: str | Path | None = None, invocation: str | None = None,
-               uri: str | None = None) -> str:
+               uri: str | None = None, config: Mapping[str, Any] | None = None) -> str:
     """Open the parent run of one grid invocation and export it to the jobs this process starts.
 
     ``invocation`` defaults to ``$AFDISTILL_INVOCATION``, then
     ``$DVC_EXP_NAME``, then the ``dvc repro`` process running this stage,
     then a new timestamp; an invocation seen before reopens its run, so every
     stage of one ``dvc repro`` or ``dvc exp run`` lands under one parent. Sets ``$AFDISTILL_GRID_RUN_ID`` and
-    ``$AFDISTILL_INVOCATION`` in this process's environment.
+    ``$AFDISTILL_INVOCATION`` in this process's environment. ``config`` (the grid as run, overrides
+    included) becomes the run's params, so that two invocations compare in MLflow's compare view.
     """
     invocation = (invocation or os.environ.get(INVOCATION_ENV) or os.environ.get(DVC_EXPERIMENT_ENV)
                   or _dvc_invocation() or _new_invocation())
@@ -658,6 +751,8 @@ def start_grid(grid: str, grid_file: str | Path | None = None, invocation: str |
             if grid_file is not None:
                 tags[TAG_SPEC_HASH] = spec_hash(Path(grid_file).read_text())
             run_id = client.create_run(experiment_id, run_name=f"grid {grid} {invocation}", tags=tags).info.run_id
+            if config is not None:
+                _log_params(client, run_id, config)
     if grid_file is not None:
         client.log_artifact(run_id, str(grid_file), "grid")
     os.environ[GRID_RUN_ENV] = run_id
@@ -685,34 +780,49 @@ def grid_runs(grid: str, uri: str | None = None) -> list:
 _FIGURES = {".png", ".svg", ".pdf", ".jpg"}
 
 
-def log_grid_report(grid: str, files: Iterable[str | Path], parent_run_id: str | None = None,
-                    uri: str | None = None) -> str:
-    """Log the report (tables under ``report/``, figures under ``report/figures/``) to the grid run; finish it.
+def _metric_key(text: str) -> str:
+    """A name MLflow accepts (letters, digits, ``_-. :/``), the rest as ``_``."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-. :/") else "_" for c in text)
+
+
+def log_grid_report(grid: str, folder: str | Path, parent_run_id: str | None = None, uri: str | None = None) -> str:
+    """Log the report in ``folder`` to the grid run and finish it: every cell's mean over seeds as
+    ``<teacher>_<student>/<run>/last`` and ``.../best`` metrics (from ``metrics/``), the results table as an
+    MLflow table (``report/table.json``, the UI's table view), the tables as files under ``report/`` and the
+    figures under ``report/figures/``.
 
     The grid run is ``parent_run_id``, else ``$AFDISTILL_GRID_RUN_ID``, else
     the grid's newest one, else a new one (a report made outside a pipeline).
     """
+    import csv
+
+    from mlflow.entities import Metric
+
+    folder = Path(folder)
     client = open_store(uri)
     run_id = parent_run_id or os.environ.get(GRID_RUN_ENV)
     if not run_id:
         latest = grid_runs(grid, uri)
         run_id = latest[0].info.run_id if latest else start_grid(grid, uri=uri)
-    for path in map(Path, files):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: report file to log to MLflow run {run_id} does not exist")
-        client.log_artifact(run_id, str(path), "report/figures" if path.suffix in _FIGURES else "report")
+    now = int(time.time() * 1000)
+    metrics = []
+    for path in sorted((folder / "metrics").rglob("*.json")):
+        cell = _metric_key(str(path.relative_to(folder / "metrics").with_suffix("")))
+        values = json.loads(path.read_text())
+        metrics += [Metric(f"{cell}/{key}", float(values[key]), now, 0) for key in ("last", "best")]
+    for start in range(0, len(metrics), 1000):
+        _retry(lambda chunk=metrics[start:start + 1000]: client.log_batch(run_id, metrics=chunk))
+    with open(folder / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows:
+        with warnings.catch_warnings():  # pandas 3's note on MLflow's own dtype selection
+            warnings.simplefilter("ignore")
+            client.log_table(run_id, {key: [row[key] for row in rows] for key in rows[0]}, "report/table.json")
+    for path in sorted(folder.glob("*")):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), "report")
+    for path in sorted((folder / "figures").glob("*")):
+        if path.suffix in _FIGURES:
+            client.log_artifact(run_id, str(path), "report/figures")
     client.set_terminated(run_id, status=FINISHED)
     return run_id
-
-
-def load_runs(run_ids: list[str], uri: str | None = None) -> dict[str, Any]:
-    """Final and per-epoch metrics of the given runs, keyed by run id, under the engine's flat names."""
-    client = open_store(uri)
-    runs = {}
-    for run_id in run_ids:
-        run = client.get_run(run_id)
-        history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, metric_name(key))]
-                   for key in ("test_top1", "train_top1", "loss_total")}
-        metrics = {flat_name(key): value for key, value in run.data.metrics.items() if not key.startswith("system/")}
-        runs[run_id] = {"tags": run.data.tags, "metrics": metrics, "status": run.info.status, "history": history}
-    return runs

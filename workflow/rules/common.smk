@@ -105,7 +105,7 @@ if not workflow.remote_exec:
 onstart:
     # The MLflow store and the grid's experiment are created here, before concurrent jobs race to, and one
     # parent run holds this invocation's job runs (jobs inherit its id from the environment) and the report.
-    tracking.start_grid(GRID.name, grid_file=GRID_FILE)
+    tracking.start_grid(GRID.name, grid_file=GRID_FILE, config=_grid_config)
     # The grid's progress (jobs done, running, time left) on this terminal, beside Snakemake's job lines.
     WATCH.start()
 

@@ -4,14 +4,64 @@
 # parameters or code changed (so did its fingerprint), or its outputs were deleted. Keeping
 # the other files undeclared also means Snakemake never deletes a finished job's results
 # before a rerun, so a job that completed just before a kill is recognised, not retrained.
+import re
 
-# In `snakemake --report`: the table as HTML (shown inline) and as CSV (to download), and the figures.
-REPORT_FLAGS = {
-    "table.html": dict(caption="../report/table.rst", category="Tables"),
-    "table.csv": dict(caption="../report/table.rst", category="Tables"),
-    "ablations.csv": dict(caption="../report/table.rst", category="Tables"),
-    "figures": dict(caption="../report/figures.rst", category="Figures", patterns=["{name}.png"]),
+# In `snakemake --report`: the results table as HTML (shown inline) and as CSV (to download), the measured
+# timings, the AFD paper's ablation cells where the grid has its ablation tables, and the figures; each file
+# with its own caption and labels (the report lists a category's files as a table of their labels).
+FIGURE_PAIR_KINDS = {  # figures/<kind>_<teacher>_<student>.png -> its label in the report
+    "curves": "Learning curves",
+    "links": "AFD link strengths (link-finding run)",
+    "activation_maps": "Figure 4: activation maps",
 }
+FIGURE_GRID_KINDS = {  # figures/<kind>.png, one for the whole grid (a row, panel or line per pair)
+    "attention_epochs": "Figure 3: attention during training",
+    "beta_sensitivity": "Figure 5: accuracy against beta",
+    "manual_vs_attention": "Figure 6: manual vs attention links",
+}
+_KINDS_OF_PAIR, _KINDS_OF_GRID = "|".join(FIGURE_PAIR_KINDS), "|".join(FIGURE_GRID_KINDS)
+_TEACHERS = "|".join(dict.fromkeys(re.escape(pair.teacher) for pair in GRID.pairs))
+_STUDENTS = "|".join(dict.fromkeys(re.escape(pair.student) for pair in GRID.pairs))
+# report(directory(...), patterns=...): each pattern's wildcards name a figure (and its pair) for its caption
+# (figures.rst reads snakemake.wildcards), its labels and its subcategory.
+FIGURE_PATTERNS = [
+    f"{{figure,{_KINDS_OF_PAIR}}}_{{teacher,{_TEACHERS}}}_{{student,{_STUDENTS}}}.png",
+    f"{{figure,{_KINDS_OF_GRID}}}.png",
+    # any other figure the report job draws: listed under its file name, with a generic caption
+    f"{{name,(?!(?:{_KINDS_OF_PAIR})_(?:{_TEACHERS})_(?:{_STUDENTS})\\.png$|(?:{_KINDS_OF_GRID})\\.png$)[^/]+}}.png",
+]
+
+
+def _figure_group(wildcards):
+    """The report's subcategory of a figure: its pair, or the figures drawn across the grid's pairs."""
+    if getattr(wildcards, "teacher", None):
+        return f"{wildcards.teacher} → {wildcards.student}"
+    return "All pairs" if getattr(wildcards, "figure", None) else "Other figures"
+
+
+def _figure_labels(wildcards):
+    figure = getattr(wildcards, "figure", None)
+    if figure in FIGURE_PAIR_KINDS:
+        return {"figure": FIGURE_PAIR_KINDS[figure], "pair": f"{wildcards.teacher} → {wildcards.student}"}
+    if figure in FIGURE_GRID_KINDS:
+        return {"figure": FIGURE_GRID_KINDS[figure], "pair": "all pairs"}
+    return {"figure": f"{wildcards.name}.png", "pair": ""}
+
+
+# A file is shown where the report kind writes it (KINDS["report"].files), so timings.md appears once the
+# report job writes it; ablations.csv (only a header in a grid without report.paper_matrices) only where
+# the grid has the AFD paper's ablation tables.
+REPORT_FLAGS = {
+    "table.html": dict(caption="../report/table_html.rst", category="Tables", labels={"table": "Results (HTML)"}),
+    "table.csv": dict(caption="../report/table_csv.rst", category="Tables", labels={"table": "Results (CSV)"}),
+    "timings.md": dict(caption="../report/timings.rst", category="Timings",
+                       labels={"table": "Training time per epoch, relative to KD"}),
+    "figures": dict(caption="../report/figures.rst", category="Figures", subcategory=_figure_group,
+                    labels=_figure_labels, patterns=FIGURE_PATTERNS),
+}
+if GRID.paper_matrices:
+    REPORT_FLAGS["ablations.csv"] = dict(caption="../report/ablations_csv.rst", category="Tables",
+                                         labels={"table": "AFD paper's ablation tables, cells (CSV)"})
 
 
 def output_pattern(kind):
@@ -29,6 +79,27 @@ def output_pattern(kind):
     return folder, outputs
 
 
+def _builds_report_only(argv):
+    """Whether this Snakemake command only builds the HTML report (`--report`), running no job."""
+    asks = any(arg in ("--report", "--reporter") or arg.startswith(("--report=", "--reporter=")) for arg in argv)
+    return asks and "--report-after-run" not in argv
+
+
+# The report's rule graph draws one node per rule and level of the job graph, and a kind's jobs sit at
+# different levels where they read different kinds (the plain student reads the data alone, KD a teacher, MHGD
+# pretrained heads, AFD with pre-trained links a link-finding run): `distill` would be drawn three times.
+# When Snakemake only builds the report (no job runs, nothing is compared with the jobs' recorded inputs),
+# each job reads what any job of its kind reads, so every kind is one level and one node, with the edges of
+# `snakemake --rulegraph`.
+REPORT_ONLY = not workflow.remote_exec and _builds_report_only(sys.argv)
+
+
+def rule_inputs(kind):
+    if not REPORT_ONLY:
+        return upstream_markers(kind.name)
+    return sorted({upstream.marker for job in PLAN.of_kind(kind.name) for upstream in job.inputs.values()})
+
+
 for kind in KINDS.values():
     if not PLAN.of_kind(kind.name):
         continue  # this grid has no such job (no method reads links, say)
@@ -38,7 +109,7 @@ for kind in KINDS.values():
         name:
             kind.rule
         input:
-            upstream_markers(kind.name),
+            rule_inputs(kind),
         output:
             **outputs,
         log:
@@ -51,7 +122,7 @@ for kind in KINDS.values():
             gpu=GPUS_PER_JOB if kind.trains else 0,
         shell:
             f"afdistill run {GRID_ARGS} {{params.folder}} --fingerprint {{params.fingerprint}}"
-            " --threads {threads} > {log} 2>&1"
+            " --threads {threads} --log-file {log} > {log} 2>&1"
 
     rule:
         name:
