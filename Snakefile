@@ -1,6 +1,6 @@
 # Data preparation -> teacher pretraining -> AFD link extraction (and MHGD's attention-network
 # pretraining) -> student distillation -> report. The rules are derived from the job kinds
-# declared in src/afdistill/jobs.py; each calls `afdistill run <job folder>`.
+# declared in src/afdistill/kinds/ (a module each); each runs `afdistill run --job <the planned job>`.
 # The grid is params/default.yaml unless `--configfile params/<grid>.yaml` names another.
 
 

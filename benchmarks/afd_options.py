@@ -14,6 +14,7 @@ with their ratio to the default. Times are the process's CPU time
 wall time mostly measures the others; run it with ``--threads 1`` there, since
 idle OpenMP threads spinning at barriers count as CPU time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,20 @@ def main() -> None:
     images = torch.randn(args.batch_size, 3, 32, 32)
     labels = torch.randint(0, classes, (args.batch_size,))
     batch = Batch(images, labels, torch.arange(args.batch_size))
-    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), classes,
-                      torch.arange(1000) % classes, args.batch_size)
+    context = Context(
+        student,
+        teacher,
+        dry_run(student, images[:2]),
+        dry_run(teacher, images[:2]),
+        classes,
+        torch.arange(1000) % classes,
+        args.batch_size,
+    )
     methods = {name: build_method("afd", params, context) for name, params in VARIANTS.items()}
-    optimizers = {name: torch.optim.SGD(list(student.parameters()) + list(m.trainable_parameters()), lr=1e-3,
-                                        momentum=0.9) for name, m in methods.items()}
+    optimizers = {
+        name: torch.optim.SGD(list(student.parameters()) + list(m.trainable_parameters()), lr=1e-3, momentum=0.9)
+        for name, m in methods.items()
+    }
     with torch.inference_mode():
         fixed_teacher = teacher(images, with_features=True)
     fixed_student = dry_run(student, images)
@@ -78,7 +88,7 @@ def main() -> None:
     def loss_step(name: str) -> None:
         methods[name].distill(fixed_student, fixed_teacher, batch)["afd"].backward()
 
-    timings = {kind: {name: [] for name in VARIANTS} for kind in ("step", "loss")}
+    timings: dict[str, dict[str, list[float]]] = {kind: {name: [] for name in VARIANTS} for kind in ("step", "loss")}
     for name in VARIANTS:  # warm-up: allocator, first-call costs
         train_step(name)
         loss_step(name)
@@ -92,16 +102,20 @@ def main() -> None:
                     step(name)
                 timings[kind][name].append((time.process_time() - started) / args.steps)
 
-    print(f"AFD options, {args.teacher} -> {args.student}, batch {args.batch_size}, CPU, "
-          f"{torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds (medians)")
+    print(
+        f"AFD options, {args.teacher} -> {args.student}, batch {args.batch_size}, CPU, "
+        f"{torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} rounds (medians)"
+    )
     print(f"  {'variant':18s} {'CPU ms/step':>11s} {'vs default':>10s}   {'AFD term CPU ms':>15s} {'vs default':>10s}")
     default = next(iter(VARIANTS))
     step_base = statistics.median(timings["step"][default])
     loss_base = statistics.median(timings["loss"][default])
     for name in VARIANTS:
-        step, loss = statistics.median(timings["step"][name]), statistics.median(timings["loss"][name])
-        print(f"  {name:18s} {1000 * step:11.1f} {step / step_base:9.2f}x   {1000 * loss:15.2f} "
-              f"{loss / loss_base:9.2f}x")
+        step_time, loss_time = statistics.median(timings["step"][name]), statistics.median(timings["loss"][name])
+        print(
+            f"  {name:18s} {1000 * step_time:11.1f} {step_time / step_base:9.2f}x   "
+            f"{1000 * loss_time:15.2f} {loss_time / loss_base:9.2f}x"
+        )
 
 
 if __name__ == "__main__":

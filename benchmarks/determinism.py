@@ -11,12 +11,18 @@ every logged metric (loss terms, train/test accuracy) of every epoch. A
 second seed that gives the same numbers would mean the seed is not used; that
 is printed too. Timing metrics are left out of the comparison.
 """
+
 from __future__ import annotations
 
 import argparse
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from afdistill.kinds import heads as heads_kind
+from afdistill.kinds import links as links_kind
+from afdistill.kinds import student as student_kind
+from afdistill.kinds import teacher as teacher_kind
 
 TIMING = {"images_per_s", "epoch_seconds"}
 
@@ -40,56 +46,80 @@ def main() -> None:
     from afdistill.data import prepare
     from afdistill.engine import train
     from afdistill.grid import Grid
-    from afdistill.links import read as read_links, write as write_links
+    from afdistill.links import read as read_links
+    from afdistill.links import write as write_links
     from afdistill.spec import Runtime
 
     grid = Grid.from_file(args.grid)
     teacher, student = grid.pairs[0].teacher, grid.pairs[0].student
     runtime = Runtime(precision=args.precision, compile=args.compile, deterministic=True)
-    quiet = lambda *a: None
+
+    def quiet(*a):
+        return None
 
     def short(spec, epochs=args.epochs):
         schedule = replace(spec.schedule, epochs=epochs, lr_decay_epochs=())
         return replace(spec, schedule=schedule, device=args.device, runtime=runtime)
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = Path(temporary)
         data = scratch / "data"
         prepare(grid.dataset, data)
-        teacher_run = train(short(grid.teacher_spec(teacher), 2 * args.epochs), data, scratch / "teacher", log=quiet)
+        teacher_run = train(
+            short(teacher_kind.spec(grid, teacher), 2 * args.epochs), data, scratch / "teacher", log=quiet
+        )
         checkpoint = scratch / "teacher" / "model.pt"
         device = teacher_run.record["device"]
         name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-        print(f"{grid.name}: {teacher} -> {student}, {args.epochs} epochs per run, on {device} ({name}), "
-              f"torch {torch.__version__}, runtime {teacher_run.record['runtime']}")
+        print(
+            f"{grid.name}: {teacher} -> {student}, {args.epochs} epochs per run, on {device} ({name}), "
+            f"torch {torch.__version__}, runtime {teacher_run.record['runtime']}"
+        )
         artifacts = {}
-        if grid.link_pairs():
-            links = train(short(grid.links_spec(teacher, student)), data, scratch / "links", checkpoint, log=quiet)
+        if links_kind.pairs(grid):
+            links = train(
+                short(links_kind.spec(grid, teacher, student)), data, scratch / "links", checkpoint, log=quiet
+            )
             write_links(links, scratch / "links")
             artifacts["links"] = read_links(scratch / "links" / "links.json", teacher, student)
-        runs = args.methods or [run for (t, s, run, seed) in grid.student_jobs() if s == student and seed == grid.seeds[0]]
+        runs = args.methods or [
+            run for (t, s, run, seed) in student_kind.jobs(grid) if s == student and seed == grid.seeds[0]
+        ]
         failures = 0
         for run in dict.fromkeys(runs):
-            spec = short(grid.student_spec(grid.teacher_of(teacher, run), student, run, grid.seeds[0]))
+            spec = short(
+                student_kind.spec(grid, student_kind.teacher_of(grid, teacher, run), student, run, grid.seeds[0])
+            )
             artifact = None
             needs = grid.run_needs(run)
             if needs == "links":
                 artifact = artifacts["links"]
             elif needs == "heads":
-                heads = train(short(grid.heads_spec(teacher, run)), data, scratch / f"heads-{run}", checkpoint,
-                              log=quiet)
+                heads = train(
+                    short(heads_kind.spec(grid, teacher, run)), data, scratch / f"heads-{run}", checkpoint, log=quiet
+                )
                 artifact = heads.method.state_dict()
-            records = [train(spec, data, scratch / f"{run}-{i}", checkpoint, artifact=artifact, log=quiet).record
-                       for i in range(2)]
-            other = train(replace(spec, seed=spec.seed + 1), data, scratch / f"{run}-other", checkpoint,
-                          artifact=artifact, log=quiet).record
+            records = [
+                train(spec, data, scratch / f"{run}-{i}", checkpoint, artifact=artifact, log=quiet).record
+                for i in range(2)
+            ]
+            other = train(
+                replace(spec, seed=spec.seed + 1),
+                data,
+                scratch / f"{run}-other",
+                checkpoint,
+                artifact=artifact,
+                log=quiet,
+            ).record
             same = comparable(records[0]) == comparable(records[1])
             differs = comparable(records[0]) != comparable(other)
             failures += not (same and differs)
-            print(f"  {run:16s} same seed: {'identical' if same else 'DIFFERENT'} "
-                  f"(test top-1 {records[0]['test_top1']:.4f} / {records[1]['test_top1']:.4f}, "
-                  f"loss {records[0]['history'][-1]['loss_total']:.6f} / {records[1]['history'][-1]['loss_total']:.6f}); "
-                  f"another seed: {'differs' if differs else 'SAME (seed unused?)'}")
+            print(
+                f"  {run:16s} same seed: {'identical' if same else 'DIFFERENT'} "
+                f"(test top-1 {records[0]['test_top1']:.4f} / {records[1]['test_top1']:.4f}, "
+                f"loss {records[0]['history'][-1]['loss_total']:.6f} / {records[1]['history'][-1]['loss_total']:.6f}); "
+                f"another seed: {'differs' if differs else 'SAME (seed unused?)'}"
+            )
         print(f"{len(dict.fromkeys(runs)) - failures} of {len(dict.fromkeys(runs))} methods reproducible")
         raise SystemExit(1 if failures else 0)
 

@@ -7,6 +7,7 @@ augmentation, not a speed-up: both layouts use the same two cores.
 
     PYTHONPATH=src python benchmarks/distributed.py --repeats 2 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,19 @@ from afdistill.spec import JobSpec, Schedule
 
 def run(spec_file: Path, data: Path, out: Path, processes: int) -> float:
     threads = "2" if processes == 1 else "1"
-    command = ["-m", "afdistill", "train", "--spec", str(spec_file), "--data", str(data), "--out", str(out),
-               "--threads", threads]
+    command = [
+        "-m",
+        "afdistill",
+        "train",
+        "--spec",
+        str(spec_file),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        threads,
+    ]
     if processes > 1:
         command = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *command]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{out.parent / 'mlflow.db'}", OMP_NUM_THREADS=threads)
@@ -42,16 +54,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         prepare("digits", root / "digits")
-        spec = JobSpec(kind="student", grid="bench", dataset="digits", arch="resnet20", method="vanilla",
-                       run="vanilla", seed=0, device="cpu",
-                       schedule=Schedule(epochs=args.epochs, batch_size=64, lr_decay_epochs=(args.epochs,)))
+        spec = JobSpec(
+            kind="student",
+            grid="bench",
+            dataset="digits",
+            arch="resnet20",
+            method="vanilla",
+            run="vanilla",
+            seed=0,
+            device="cpu",
+            schedule=Schedule(epochs=args.epochs, batch_size=64, lr_decay_epochs=(args.epochs,)),
+        )
         spec_file = root / "spec.json"
         spec_file.write_text(spec.to_json())
         rates: dict[int, list[float]] = {1: [], 2: []}
         for repeat in range(args.repeats):
             for processes in (1, 2):
-                rates[processes].append(run(spec_file, root / "digits", root / f"job{processes}-{repeat}",
-                                            processes))
+                rates[processes].append(run(spec_file, root / "digits", root / f"job{processes}-{repeat}", processes))
         for processes, values in rates.items():
             print(f"{processes} process(es): {', '.join(f'{v:.0f}' for v in values)} images/s")
         ratios = [two / one for one, two in zip(rates[1], rates[2])]

@@ -20,6 +20,7 @@ logged twice. It prints the rounds, the kills by kind and every mismatch.
 
     python benchmarks/faults.py --rounds 8 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ["Snakefile", "workflow", "profiles", "params", "src"]
-GRID = {
-    "grid": "faults", "dataset": "digits", "device": "cpu", "seeds": [0],
+GRID: dict[str, Any] = {
+    "grid": "faults",
+    "dataset": "digits",
+    "device": "cpu",
+    "seeds": [0],
     "train": {"epochs": 4, "batch_size": 64, "lr": 0.05, "lr_decay_epochs": [3]},
     "teachers": {"seed": 0, "train": {"epochs": 3}},
     "links": {"seed": 0, "train": {"epochs": 2, "lr_decay_epochs": []}},
@@ -68,9 +73,14 @@ def environment(path: Path) -> dict:
 
 
 def snakemake(path: Path, threads: int) -> subprocess.Popen:
-    return subprocess.Popen(["snakemake", "--cores", str(threads), "--configfile", "params/faults.yaml"], cwd=path,
-                            env=environment(path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["snakemake", "--cores", str(threads), "--configfile", "params/faults.yaml"],
+        cwd=path,
+        env=environment(path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def markers(path: Path) -> set[Path]:
@@ -89,8 +99,9 @@ def wait_for(path: Path, mode: str, process: subprocess.Popen, rng: random.Rando
             return True
         if mode == "before-checkpoint" and (path / "logs").exists():
             for log in set((path / "logs").rglob("*.log")) - logs:
-                if not (path / Path(*log.relative_to(path / "logs").parts).with_suffix("").with_suffix("")
-                        / "checkpoint.pt").exists():
+                if not (
+                    path / Path(*log.relative_to(path / "logs").parts).with_suffix("").with_suffix("") / "checkpoint.pt"
+                ).exists():
                     return True
         if mode == "around-completion" and markers(path) - before:
             return True
@@ -112,10 +123,12 @@ def mlflow_problems(path: Path) -> list[str]:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(GRID["grid"]) or next(
-        (e for e in client.search_experiments() if e.name.endswith(GRID["grid"])), None)
+        (e for e in client.search_experiments() if e.name.endswith(GRID["grid"])), None
+    )
     if experiment is None:
         return ["no MLflow experiment for the grid"]
-    problems, by_job = [], {}
+    problems: list[str] = []
+    by_job: dict[str, list[str]] = {}
     for run in client.search_runs([experiment.experiment_id], max_results=10_000):
         if run.info.status == "RUNNING":
             problems.append(f"run {run.info.run_id} ({run.info.run_name}) left RUNNING")
@@ -164,8 +177,12 @@ def main() -> None:
             break
         rounds += 1
         # A killed Snakemake leaves its directory lock behind; it says to run --unlock, as a person would.
-        subprocess.run(["snakemake", "--unlock", "--configfile", "params/faults.yaml"], cwd=faulty,
-                       env=environment(faulty), capture_output=True)
+        subprocess.run(
+            ["snakemake", "--unlock", "--configfile", "params/faults.yaml"],
+            cwd=faulty,
+            env=environment(faulty),
+            capture_output=True,
+        )
         print(f"round {rounds}: snakemake exited {code} (the killed run's lock); unlocked and rerunning")
         if rounds > 2 * args.rounds + 5:
             raise SystemExit(f"the grid did not complete after {rounds} rounds; see {faulty}/logs")
@@ -176,8 +193,10 @@ def main() -> None:
     missing = sorted(relative(reference) - relative(faulty))
     problems = mlflow_problems(faulty)
     print(f"rounds: {rounds}; kills: " + ", ".join(f"{mode} {count}" for mode, count in kills.items()))
-    print(f"jobs: {len(markers(faulty))} of {len(markers(reference))} finished" +
-          (f"; missing: {', '.join(map(str, missing))}" if missing else ""))
+    print(
+        f"jobs: {len(markers(faulty))} of {len(markers(reference))} finished"
+        + (f"; missing: {', '.join(map(str, missing))}" if missing else "")
+    )
     print(f"final metrics equal to the uninterrupted run: {len(expected) - len(mismatches)} of {len(expected)}")
     for job in mismatches:
         print(f"  mismatch: {job}")

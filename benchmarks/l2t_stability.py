@@ -9,6 +9,7 @@ prints the scale of the teacher's stage maps, the L2T term of the first steps, a
 
     PYTHONPATH=src python benchmarks/l2t_stability.py --teacher-epochs 12 --teacher-decay 8 11 --snapshots 1 4 8 12
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,8 @@ def cifar_shaped_digits(out: Path) -> Path:
         with np.load(source / f"{split}.npz") as arrays:
             images = torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).float()
             large = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
-            large = large.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-            np.savez(target / f"{split}.npz", images=large, labels=arrays["labels"])
+            pixels = large.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            np.savez(target / f"{split}.npz", images=pixels, labels=arrays["labels"])
     meta = json.loads((source / "meta.json").read_text())
     meta.update(image_size=32, pad=4, source=meta["source"] + ", upsampled to 32x32")
     (target / "meta.json").write_text(json.dumps(meta))
@@ -47,9 +48,17 @@ def cifar_shaped_digits(out: Path) -> Path:
 
 def train_teacher(data: Path, out: Path, epochs: int, snapshots: list[int], decay: list[int]) -> dict[int, Path]:
     """The engine's teacher job (Table 1's schedule, shortened), with its weights kept after the listed epochs."""
-    spec = JobSpec(kind="teacher", grid="l2t-stability", dataset="digits", arch="resnet56", method="vanilla",
-                   run="teacher", seed=0, device="cpu",
-                   schedule=Schedule(epochs=epochs, batch_size=64, lr=0.05, lr_decay_epochs=tuple(decay)))
+    spec = JobSpec(
+        kind="teacher",
+        grid="l2t-stability",
+        dataset="digits",
+        arch="resnet56",
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        device="cpu",
+        schedule=Schedule(epochs=epochs, batch_size=64, lr=0.05, lr_decay_epochs=tuple(decay)),
+    )
     folder = out / "teacher"
     kept: dict[int, Path] = {}
 
@@ -81,26 +90,48 @@ def stage_scale(teacher_path: Path, data: Path) -> float:
 
 def first_non_finite(student: torch.nn.Module):
     """Forward hooks that raise at the first module whose output is not finite, naming it."""
+
     def hook(module, inputs, output, name=""):
-        tensors = [output] if torch.is_tensor(output) else [o for o in output if torch.is_tensor(o)] \
-            if isinstance(output, (tuple, list)) else []
+        tensors = (
+            [output]
+            if torch.is_tensor(output)
+            else [o for o in output if torch.is_tensor(o)]
+            if isinstance(output, (tuple, list))
+            else []
+        )
         if any(not torch.isfinite(t).all() for t in tensors):
             finite_in = all(torch.isfinite(t).all() for t in inputs if torch.is_tensor(t))
-            raise FloatingPointError(f"first non-finite output: {name} ({type(module).__name__}), inputs "
-                                     f"{'finite' if finite_in else 'not finite'}")
-    return [m.register_forward_hook(lambda m, i, o, n=name: hook(m, i, o, n)) for name, m in student.named_modules()
-            if not list(m.children())]
+            raise FloatingPointError(
+                f"first non-finite output: {name} ({type(module).__name__}), inputs "
+                f"{'finite' if finite_in else 'not finite'}"
+            )
+
+    return [
+        m.register_forward_hook(lambda m, i, o, n=name: hook(m, i, o, n))
+        for name, m in student.named_modules()
+        if not list(m.children())
+    ]
 
 
 def l2t_student(data: Path, out: Path, teacher_path: Path, steps: int, trace: bool) -> str:
     """Table 1's L2T job through the engine for ``steps`` steps (a 1-epoch schedule cut short); returns a verdict."""
     from afdistill.methods import l2t
 
-    spec = JobSpec(kind="student", grid="l2t-stability", dataset="digits", arch="resnet20", method="l2t", run="l2t",
-                   seed=0, device="cpu", teacher="resnet56",
-                   schedule=Schedule(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=()),
-                   method_params={"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4})
-    terms, weights = [], []
+    spec = JobSpec(
+        kind="student",
+        grid="l2t-stability",
+        dataset="digits",
+        arch="resnet20",
+        method="l2t",
+        run="l2t",
+        seed=0,
+        device="cpu",
+        teacher="resnet56",
+        schedule=Schedule(epochs=1, batch_size=64, lr=0.05, lr_decay_epochs=()),
+        method_params={"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4},
+    )
+    terms: list[float] = []
+    weights: list[float] = []
     original = l2t.L2T.after_step
 
     def after_step(self, batch, student, teacher, optimizer):
@@ -114,9 +145,11 @@ def l2t_student(data: Path, out: Path, teacher_path: Path, steps: int, trace: bo
                 handle.remove()
         weights.append(max(float(p.detach().abs().max()) for p in student.parameters()))
         with torch.no_grad():
-            terms.append(float(self.matching(student(batch.images, with_features=True).stages, teacher.stages)) * self.beta)
+            terms.append(
+                float(self.matching(student(batch.images, with_features=True).stages, teacher.stages)) * self.beta
+            )
 
-    l2t.L2T.after_step = after_step
+    l2t.L2T.after_step = after_step  # type: ignore[method-assign]  # patched to watch each step; restored below
     folder = out / f"student_{teacher_path.stem}"
     shutil.rmtree(folder, ignore_errors=True)
     try:
@@ -129,18 +162,25 @@ def l2t_student(data: Path, out: Path, teacher_path: Path, steps: int, trace: bo
     except FloatingPointError as error:
         verdict = str(error)
     finally:
-        l2t.L2T.after_step = original
+        l2t.L2T.after_step = original  # type: ignore[method-assign]  # the patch undone
     finite = all(np.isfinite(terms)) and all(np.isfinite(weights))
-    return (f"{verdict if finite or verdict != 'finite' else 'not finite'}; L2T term per step "
-            f"{', '.join(f'{t:.3g}' for t in terms)}; largest student weight {max(weights, default=float('nan')):.3g}")
+    return (
+        f"{verdict if finite or verdict != 'finite' else 'not finite'}; L2T term per step "
+        f"{', '.join(f'{t:.3g}' for t in terms)}; largest student weight {max(weights, default=float('nan')):.3g}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--snapshots", type=int, nargs="+", default=[1, 3, 12])
-    parser.add_argument("--teacher-decay", type=int, nargs="*", default=[8, 11],
-                        help="the teacher's lr decay epochs (x0.1), as Table 1's 150/180/210 of 240, shortened")
+    parser.add_argument(
+        "--teacher-decay",
+        type=int,
+        nargs="*",
+        default=[8, 11],
+        help="the teacher's lr decay epochs (x0.1), as Table 1's 150/180/210 of 240, shortened",
+    )
     parser.add_argument("--steps", type=int, default=8, help="L2T steps per teacher")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trace", action="store_true", help="name the first non-finite operation")
@@ -153,14 +193,20 @@ def main() -> None:
         untrained = out / "teacher_untrained.pt"
         torch.manual_seed(0)
         torch.save(create_model("resnet56", 10).state_dict(), untrained)
-        rows = [("untrained (BN running stats at init)", untrained)] + \
-               [(f"pipeline teacher, epoch {e}", p) for e, p in sorted(teachers.items())]
-        print(f"L2T resnet56 -> resnet20, batch 64, 32x32 digits, beta 0.5, 2 virtual steps, lr 0.05, {args.steps} "
-              f"steps per teacher")
+        rows = [("untrained (BN running stats at init)", untrained)] + [
+            (f"pipeline teacher, epoch {e}", p) for e, p in sorted(teachers.items())
+        ]
+        print(
+            f"L2T resnet56 -> resnet20, batch 64, 32x32 digits, beta 0.5, 2 virtual steps, lr 0.05, {args.steps} "
+            f"steps per teacher"
+        )
         for label, path in rows:
             scale = stage_scale(path, data)
-            print(f"{label}: teacher stage maps up to {scale:.3g}; {l2t_student(data, out, path, args.steps, args.trace)}",
-                  flush=True)
+            print(
+                f"{label}: teacher stage maps up to {scale:.3g}; "
+                f"{l2t_student(data, out, path, args.steps, args.trace)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ seconds per epoch of ``--epoch-images`` images, and the ratio to KD; with
 ``--repeats`` it runs that many rounds over all methods and reports medians
 (CPU timings on a shared machine drift by 10-20% over minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ["vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd", "afd", "afd_pretrained",
-           "dkd", "dist", "mlkd", "reviewkd"]
+METHODS = [
+    "vanilla",
+    "kd",
+    "fitnet",
+    "at",
+    "at_grad",
+    "rkd",
+    "crd",
+    "l2t",
+    "mhgd",
+    "afd",
+    "afd_pretrained",
+    "dkd",
+    "dist",
+    "mlkd",
+    "reviewkd",
+]
 
 
 def main() -> None:
@@ -42,29 +58,36 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from throughput import synthetic_dataset
+
     from afdistill.data import DeviceData
     from afdistill.engine import train
     from afdistill.methods import Context, build_method, dry_run
     from afdistill.models import create_model
     from afdistill.spec import JobSpec, Runtime, Schedule
-    from throughput import synthetic_dataset
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = Path(temporary)
         data = args.data or str(synthetic_dataset(scratch / "data", n_train=args.batch_size * args.steps, n_test=64))
         classes = DeviceData(data).num_classes
         teacher, student = create_model(args.teacher, classes).eval(), create_model(args.student, classes)
         checkpoint = scratch / "teacher.pt"
         torch.save({"model": teacher.state_dict()}, checkpoint)
-        sample = torch.randn(2, 3, 32, 32) if args.data is None else DeviceData(data).normalize(
-            DeviceData(data).train.images[:2])
+        sample = (
+            torch.randn(2, 3, 32, 32)
+            if args.data is None
+            else DeviceData(data).normalize(DeviceData(data).train.images[:2])
+        )
         context = Context(None, teacher, None, dry_run(teacher, sample), classes, torch.zeros(4, dtype=torch.long), 2)
         heads = build_method("mhan", {}, context).state_dict()
-        t_count, s_count = len(teacher.afd_candidates), len(student.afd_candidates)
+        # ignore: afd_candidates, a list every network sets, is a dynamic nn.Module attribute (Tensor | Module)
+        t_count, s_count = len(teacher.afd_candidates), len(student.afd_candidates)  # type: ignore[arg-type]
         links = {"teacher": args.teacher, "student": args.student, "alpha": [[1 / s_count] * s_count] * t_count}
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        print(f"{args.teacher} -> {args.student}, batch {args.batch_size}, {args.steps} timed steps per method, "
-              f"{device}, precision {args.precision}" + ("" if args.data else ", synthetic CIFAR-shaped data"))
+        print(
+            f"{args.teacher} -> {args.student}, batch {args.batch_size}, {args.steps} timed steps per method, "
+            f"{device}, precision {args.precision}" + ("" if args.data else ", synthetic CIFAR-shaped data")
+        )
         rounds: list[dict[str, float]] = []
         skipped: dict[str, str] = {}
         for round_index in range(args.repeats):  # every method once per round: slow drifts hit all alike
@@ -72,15 +95,30 @@ def main() -> None:
             for method in args.methods:
                 if method in skipped:
                     continue
-                spec = JobSpec(kind="student", grid="cost", dataset="synthetic", arch=args.student,
-                               teacher=args.teacher, method=method, run=method, seed=0, device=device,
-                               method_params={"nce_k": args.batch_size} if method == "crd" else {},
-                               schedule=Schedule(epochs=2, batch_size=args.batch_size, lr_decay_epochs=()),
-                               runtime=Runtime(precision=args.precision))
+                spec = JobSpec(
+                    kind="student",
+                    grid="cost",
+                    dataset="synthetic",
+                    arch=args.student,
+                    teacher=args.teacher,
+                    method=method,
+                    run=method,
+                    seed=0,
+                    device=device,
+                    method_params={"nce_k": args.batch_size} if method == "crd" else {},
+                    schedule=Schedule(epochs=2, batch_size=args.batch_size, lr_decay_epochs=()),
+                    runtime=Runtime(precision=args.precision),
+                )
                 artifact = {"mhgd": heads, "afd_pretrained": links}.get(method)
                 try:
-                    result = train(spec, data, scratch / f"{method}-{round_index}", checkpoint, artifact=artifact,
-                                   log=lambda *a: None)
+                    result = train(
+                        spec,
+                        data,
+                        scratch / f"{method}-{round_index}",
+                        checkpoint,
+                        artifact=artifact,
+                        log=lambda *a: None,
+                    )
                 except ValueError as error:  # e.g. MHGD on a pair whose stage widths differ
                     skipped[method] = str(error)
                     continue
@@ -88,13 +126,17 @@ def main() -> None:
             rounds.append(rates)
         for method, reason in skipped.items():
             print(f"  {method:15s} skipped: {reason}")
-        print(f"  {'method':15s} {'images/s':>9s} {'s/epoch':>9s} {'vs KD':>7s}"
-              + (f"   (medians over {args.repeats} rounds)" if args.repeats > 1 else ""))
+        print(
+            f"  {'method':15s} {'images/s':>9s} {'s/epoch':>9s} {'vs KD':>7s}"
+            + (f"   (medians over {args.repeats} rounds)" if args.repeats > 1 else "")
+        )
         for method in rounds[0]:
             rate = statistics.median(r[method] for r in rounds)
-            ratio = (f"{statistics.median(r['kd'] / r[method] for r in rounds):6.2f}x" if "kd" in rounds[0]
-                     else "      -")
+            ratio = (
+                f"{statistics.median(r['kd'] / r[method] for r in rounds):6.2f}x" if "kd" in rounds[0] else "      -"
+            )
             print(f"  {method:15s} {rate:9.1f} {args.epoch_images / rate:9.1f} {ratio}")
+
 
 if __name__ == "__main__":
     main()

@@ -13,11 +13,13 @@ computed as the official code computes it (every key mapped to one key per
 teacher candidate, then contracted with the queries), so only the loop
 structure differs from the engine.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ class PreparedImages(Dataset):
 class LoopAFDDistance(nn.Module):
     """The official code's distance: one teacher candidate at a time, student maps pooled per teacher size."""
 
-    def __init__(self, teacher_sizes: list[tuple[int, int]]):
+    def __init__(self, teacher_sizes: list[tuple[int, ...]]):
         super().__init__()
         self.unique = list(dict.fromkeys(teacher_sizes))
         self.index = [self.unique.index(size) for size in teacher_sizes]
@@ -68,31 +70,51 @@ class LoopAFDDistance(nn.Module):
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
         batch = student[0].shape[0]
-        values_s = [F.normalize(torch.stack([sampler(f.pow(2).mean(1, keepdim=True)).view(batch, -1)
-                                             for f in student], dim=1), dim=2) for sampler in self.samplers]
+        values_s = [
+            F.normalize(
+                torch.stack([sampler(f.pow(2).mean(1, keepdim=True)).view(batch, -1) for f in student], dim=1), dim=2
+            )
+            for sampler in self.samplers
+        ]
         values_t = [F.normalize(f.pow(2).mean(1).view(batch, -1), dim=1) for f in teacher]
         losses = []
         for t, value_t in enumerate(values_t):
             diff = (values_s[self.index[t]] - value_t.unsqueeze(1)).pow(2).mean(2)
             losses.append((diff * alpha[:, t]).sum(1).mean())
-        return sum(losses)
+        return cast(torch.Tensor, sum(losses))  # a tensor: there is at least one teacher candidate
 
 
 def official_attention(attention, student_means: list[torch.Tensor], teacher_means: list[torch.Tensor]) -> torch.Tensor:
     """alpha, B x T x S, from the package's ``AFDAttention`` parameters, with the B x S x T x d mapped keys."""
-    batch, n_student, n_teacher, dim = student_means[0].shape[0], attention.n_student, attention.n_teacher, attention.qk_dim
+    batch, n_student, n_teacher, dim = (
+        student_means[0].shape[0],
+        attention.n_student,
+        attention.n_teacher,
+        attention.qk_dim,
+    )
     query = torch.stack([layer(mean) for layer, mean in zip(attention.query, teacher_means)], dim=1)
     key = torch.stack([F.relu(layer(mean)) for layer, mean in zip(attention.key, student_means)], dim=1)
     mapped = attention.bilinear(key.reshape(batch * n_student, dim)).view(batch, n_student, n_teacher, dim)
     logits = torch.einsum("bstd,btd->bts", mapped, query) + attention.p_t @ attention.p_s.t()
-    return F.softmax(logits / dim ** 0.5, dim=2)
+    return F.softmax(logits / dim**0.5, dim=2)
 
 
 class ReferenceTrainer:
     """Teacher, student, method and SGD, trained the way the reference code trains them."""
 
-    def __init__(self, data_dir, teacher_checkpoint, teacher: str, student: str, method: str, params: dict,
-                 batch_size: int, lr: float, device: torch.device, seed: int):
+    def __init__(
+        self,
+        data_dir,
+        teacher_checkpoint,
+        teacher: str,
+        student: str,
+        method: str,
+        params: dict,
+        batch_size: int,
+        lr: float,
+        device: torch.device,
+        seed: int,
+    ):
         torch.manual_seed(seed)
         self.device = device
         if device.type == "cuda":
@@ -112,15 +134,30 @@ class ReferenceTrainer:
         self.teacher.to(device).eval()
         self.student = create_model(student, classes).to(device)
         sample = torch.stack([self.train_set[i][0] for i in range(2)]).to(device)
-        context = Context(self.student, self.teacher, dry_run(self.student, sample), dry_run(self.teacher, sample),
-                          classes, torch.as_tensor(self.train_set.labels, device=device), batch_size, seed=seed)
+        context = Context(
+            self.student,
+            self.teacher,
+            dry_run(self.student, sample),
+            dry_run(self.teacher, sample),
+            classes,
+            torch.as_tensor(self.train_set.labels, device=device),
+            batch_size,
+            seed=seed,
+        )
         self.method = build_method(method, params, context).to(device)
         self.loop_distance = None
         if method == "afd":
-            sizes = [tuple(f.shape[2:]) for f in select(context.teacher_sample.blocks, self.teacher.afd_candidates)]
+            assert context.teacher_sample is not None  # the teacher's, taken above
+            # ignore: afd_candidates, a list every network sets, is a dynamic nn.Module attribute (Tensor | Module)
+            candidates = select(context.teacher_sample.blocks, self.teacher.afd_candidates)  # type: ignore[arg-type]
+            sizes = [tuple(f.shape[2:]) for f in candidates]
             self.loop_distance = LoopAFDDistance(sizes).to(device)
-        self.optimizer = torch.optim.SGD(list(self.student.parameters()) + list(self.method.trainable_parameters()),
-                                         lr=lr, momentum=0.9, weight_decay=5e-4)
+        self.optimizer = torch.optim.SGD(
+            list(self.student.parameters()) + list(self.method.trainable_parameters()),
+            lr=lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+        )
 
     def loss(self, images, labels, indices):
         with torch.no_grad():
@@ -132,8 +169,11 @@ class ReferenceTrainer:
         s = select(student.blocks, method.student_candidates)
         t = [f.detach() for f in select(teacher.blocks, method.teacher_candidates)]
         alpha = official_attention(method.attention, [f.mean((2, 3)) for f in s], [f.mean((2, 3)) for f in t])
-        return (F.cross_entropy(student.logits, labels) + method.alpha * kd_loss(student.logits, teacher.logits,
-                method.temperature) + method.beta * self.loop_distance(s, t, alpha))
+        return (
+            F.cross_entropy(student.logits, labels)
+            + method.kd.alpha * kd_loss(student.logits, teacher.logits, method.kd.temperature)
+            + method.beta * self.loop_distance(s, t, alpha)
+        )
 
     def train_epoch(self, epoch: int, lr: float, max_steps: int | None = None) -> tuple[int, float]:
         """Returns (images, seconds) of the epoch (or of its first ``max_steps`` steps)."""

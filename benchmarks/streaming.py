@@ -23,6 +23,7 @@ The ``stream`` rows include what the engine receives: batches moved to
 ``--device`` and normalised to float there (on a CPU that work shares the
 cores with the workers); the torchvision row stops at uint8 tensors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def synthetic_imagenet(root: Path, n_images: int, classes: int = 10) -> Path:
         for i in range(count):
             width, height = (500, 375) if i % 3 else (375, 500)
             coarse = rng.integers(0, 256, (height // 25 + 1, width // 25 + 1, 3), dtype=np.uint8)
-            smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+            smooth = np.asarray(
+                Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16
+            )
             grain = rng.integers(-20, 21, (height, width, 3), dtype=np.int16)
             pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
             path = root / split / f"n{i % classes:08d}" / f"{split}_{i:06d}.JPEG"
@@ -101,8 +104,11 @@ def main(argv=None) -> None:
     paths = [data.root / p.decode() for p in data.train.dataset.paths]
     n = len(paths)
     sizes = [p.stat().st_size for p in paths]
-    print(f"{n} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB; {args.workers} workers; batch {args.batch_size}; "
-          f"device {args.device}; torch {torch.__version__}; median of {args.repeats}", flush=True)
+    print(
+        f"{n} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB; {args.workers} workers; batch {args.batch_size}; "
+        f"device {args.device}; torch {torch.__version__}; median of {args.repeats}",
+        flush=True,
+    )
 
     def drain(batches):
         for batch in batches:
@@ -111,7 +117,8 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
 
     decode_loader = lambda workers: torch.utils.data.DataLoader(  # noqa: E731
-        _DecodeOnly(paths), batch_size=args.batch_size, num_workers=workers, collate_fn=list)
+        _DecodeOnly(paths), batch_size=args.batch_size, num_workers=workers, collate_fn=list
+    )
     results = {
         "decode, 1 process": _rate(lambda: drain(decode_loader(0)), n, args.repeats),
         f"decode, {args.workers} workers": _rate(lambda: drain(decode_loader(args.workers)), n, args.repeats),
@@ -126,16 +133,29 @@ def main(argv=None) -> None:
         prepare("imagenet", copy_dir, root=root, stored_shorter_side=args.stored_shorter_side)
         stored = StreamingData(copy_dir, args.device, workers=args.workers)
         results[f"stream train, stored copy ({args.stored_shorter_side})"] = _rate(
-            lambda: drain(stored.train_batches(args.batch_size, generator)), n, args.repeats)
+            lambda: drain(stored.train_batches(args.batch_size, generator)), n, args.repeats
+        )
         results[f"stream eval, stored copy ({args.stored_shorter_side})"] = _rate(
-            lambda: drain(stored.eval_batches(batch_size=args.batch_size)), n_test, args.repeats)
+            lambda: drain(stored.eval_batches(batch_size=args.batch_size)), n_test, args.repeats
+        )
 
     from torchvision import datasets, transforms
 
-    folder = datasets.ImageFolder(str(root / "train"), transforms.Compose([
-        transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]))
-    loader = lambda: torch.utils.data.DataLoader(folder, batch_size=args.batch_size, shuffle=True,  # noqa: E731
-                                                 num_workers=args.workers)
+    folder = datasets.ImageFolder(
+        str(root / "train"),
+        transforms.Compose(
+            [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
+        ),
+    )
+
+    def loader():
+        return torch.utils.data.DataLoader(
+            folder,
+            batch_size=args.batch_size,
+            shuffle=True,  # noqa: E731
+            num_workers=args.workers,
+        )
+
     results["torchvision ImageFolder train"] = _rate(lambda: drain(loader()), n, args.repeats)
 
     limit = results[f"decode, {args.workers} workers"]

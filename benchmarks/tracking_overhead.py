@@ -8,6 +8,7 @@ on a shared machine where wall times are noisy) of each and the difference.
 
     PYTHONPATH=src python benchmarks/tracking_overhead.py --repeats 5 --interval 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def epoch(steps: int) -> None:
 
 
 def timed_epoch(uri: str, system_metrics: bool, interval: float, steps: int, job: str) -> tuple[float, float]:
-    run = tracking.JobRun("overhead", job, {}, {}, job_id=job, uri=uri, system_metrics=system_metrics,
-                          system_metrics_interval=interval)
+    run = tracking.JobRun(
+        "overhead", job, {}, {}, job_id=job, uri=uri, system_metrics=system_metrics, system_metrics_interval=interval
+    )
     run.start(None)
     started, cpu_started = time.perf_counter(), time.process_time()
     epoch(steps)
@@ -49,18 +51,22 @@ def main() -> None:
     uri = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
     tracking.init("overhead", uri)
     epoch(args.steps // 10)  # warm-up
-    times = {False: [], True: []}
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for repeat in range(args.repeats):
         for system_metrics in (False, True):
-            times[system_metrics].append(timed_epoch(uri, system_metrics, args.interval, args.steps,
-                                                     f"{repeat}-{system_metrics}"))
+            times[system_metrics].append(
+                timed_epoch(uri, system_metrics, args.interval, args.steps, f"{repeat}-{system_metrics}")
+            )
     print(f"epoch of {args.steps} steps, {args.repeats} repeats, sampling every {args.interval:g} s, 1 torch thread")
     for index, what in ((0, "wall"), (1, "CPU")):
         off = statistics.median(t[index] for t in times[False])
         on = statistics.median(t[index] for t in times[True])
-        print(f"{what:4s} s: off median {off:.3f} {[round(t[index], 3) for t in times[False]]}; "
-              f"on median {on:.3f} {[round(t[index], 3) for t in times[True]]}; "
-              f"overhead {on - off:+.3f} s per epoch ({100 * (on - off) / off:+.1f}%)")
+        print(
+            f"{what:4s} s: off median {off:.3f} {[round(t[index], 3) for t in times[False]]}; "
+            f"on median {on:.3f} {[round(t[index], 3) for t in times[True]]}; "
+            f"overhead {on - off:+.3f} s per epoch ({100 * (on - off) / off:+.1f}%)"
+        )
+
 
 if __name__ == "__main__":
     main()

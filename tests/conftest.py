@@ -24,7 +24,9 @@ def tool_env(tmp_path: Path | None = None) -> dict:
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 900):
     result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -34,16 +36,33 @@ TINY_GRID = {
     "data": {"root": "data/raw", "download": False, "verify_checksums": True},
     "device": "cpu",
     "seeds": [0, 1],
-    "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005,
-              "lr_decay_epochs": [1], "lr_decay_rate": 0.1},
+    "train": {
+        "epochs": 1,
+        "batch_size": 64,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "lr_decay_epochs": [1],
+        "lr_decay_rate": 0.1,
+    },
     "teachers": {"seed": 0, "train": {"epochs": 2}},
     "runtime": {"precision": "auto", "channels_last": "auto", "compile": "auto"},
     "links": {"seed": 0},
     "heads": {"seed": 0, "train": {"epochs": 1}},
     "pairs": [{"teacher": "resnet8", "student": "resnet8"}],
-    "methods": {"vanilla": {}, "kd": {"alpha": 0.9, "temperature": 4}, "fitnet": {}, "at": {}, "at_grad": {},
-                "rkd": {}, "crd": {"nce_k": 16}, "l2t": {}, "mhgd": {"num_heads": 2},
-                "afd": {"beta": 200, "qk_dim": 16}, "afd_pretrained": {"beta": 200}},
+    "methods": {
+        "vanilla": {},
+        "kd": {"alpha": 0.9, "temperature": 4},
+        "fitnet": {},
+        "at": {},
+        "at_grad": {},
+        "rkd": {},
+        "crd": {"nce_k": 16},
+        "l2t": {},
+        "mhgd": {"num_heads": 2},
+        "afd": {"beta": 200, "qk_dim": 16},
+        "afd_pretrained": {"beta": 200},
+    },
     "report": {"metric": "accuracy"},
 }
 

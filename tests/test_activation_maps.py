@@ -1,6 +1,6 @@
 """The paper's Figure 4: AT maps of stage outputs and the links each method draws, against plain computations."""
+
 import numpy as np
-import pytest
 import torch
 
 from afdistill import activation_maps
@@ -27,8 +27,11 @@ def test_links_att_in_order_l2t_by_largest_gate_afd_by_attention_summed_per_stag
     gates = [[0.1, 0.9, 0.0], [0.5, 0.05, 0.2], [0.2, 0.3, 0.7]]  # teacher stage x student stage
     assert activation_maps.links("l2t", {"gates": gates}, 3, 3) == [1, 0, 2]
     # Teacher blocks 0-1 in stage 0, 2-3 in stage 1; student blocks 0 and 1 in stages 0 and 1.
-    summary = {"teacher_candidates": [0, 1, 2, 3], "student_candidates": [0, 1],
-               "attention": [[0.3, 0.0], [0.3, 0.1], [0.4, 0.5], [0.0, 0.4]]}
+    summary = {
+        "teacher_candidates": [0, 1, 2, 3],
+        "student_candidates": [0, 1],
+        "attention": [[0.3, 0.0], [0.3, 0.1], [0.4, 0.5], [0.0, 0.4]],
+    }
     # student stage 0: teacher stage 0 holds 0.6 against 0.4; student stage 1: 0.1 against 0.9
     assert activation_maps.links("afd", summary, 2, 2, [0, 0, 1, 1], [0, 1]) == [0, 1]
     assert activation_maps.links("l2t", {}, 3, 3) is None  # a run that recorded no gates draws no links
@@ -38,8 +41,16 @@ def test_l2t_records_each_pairs_mean_gate_over_the_epoch():
     torch.manual_seed(0)
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     images, labels = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
-    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
-                      torch.arange(40) % 10, 6, seed=0)
+    context = Context(
+        student,
+        teacher,
+        dry_run(student, images[:2]),
+        dry_run(teacher, images[:2]),
+        10,
+        torch.arange(40) % 10,
+        6,
+        seed=0,
+    )
     method = build_method("l2t", {"alpha": 0.0}, context)
     for layer in method.matching.gates:
         torch.nn.init.normal_(layer.weight, std=0.5)

@@ -1,4 +1,5 @@
 """The archive preparers on tiny archives built in each official format, and the streaming loader."""
+
 import json
 import math
 import shutil
@@ -13,7 +14,7 @@ from scipy.stats import ks_2samp
 from afdistill import cli
 from afdistill.archives import ArchiveError, carve_validation, read_tsv
 from afdistill.data import DeviceData, prepare
-from afdistill.streaming import StreamingData, open_prepared, random_resized_crop_box, eval_transform, train_transform
+from afdistill.streaming import StreamingData, eval_transform, open_prepared, random_resized_crop_box, train_transform
 
 GRAY_VALUE = 77
 
@@ -102,7 +103,8 @@ def _stanford40(root):
     actions = ["riding_a_bike", "applauding"]  # actions.txt's own order, not sorted
     (root / "ImageSplits").mkdir(parents=True)
     (root / "ImageSplits" / "actions.txt").write_text(
-        "action_name\tnumber_of_images\n" + "".join(f"{a}\t6\n" for a in actions))
+        "action_name\tnumber_of_images\n" + "".join(f"{a}\t6\n" for a in actions)
+    )
     for c, action in enumerate(actions):
         names = [f"{action}_{i:03d}.jpg" for i in range(1, 7)]
         for i, name in enumerate(names):
@@ -126,8 +128,10 @@ def _stanford_dogs(root):
         cells = np.empty((len(files), 1), dtype=object)
         for i, f in enumerate(files):
             cells[i, 0] = np.array([f])
-        savemat(root / f"{split}_list.mat", {"file_list": cells, "annotation_list": cells,
-                                             "labels": np.array(labels, dtype=np.uint8).reshape(-1, 1)})
+        savemat(
+            root / f"{split}_list.mat",
+            {"file_list": cells, "annotation_list": cells, "labels": np.array(labels, dtype=np.uint8).reshape(-1, 1)},
+        )
     return root
 
 
@@ -178,7 +182,7 @@ def test_imagenet_lists_sorted_wnid_folders_and_streams_rgb_224(tmp_path):
     assert [p.split("/")[1] for p in paths] == ["n01"] * 3 + ["n02"] * 3 and labels.tolist() == [0] * 3 + [1] * 3
     data = open_prepared(tmp_path / "prepared", workers=0)
     assert isinstance(data, StreamingData) and data.num_train_batches(4) == 2
-    (images, labels), = list(data.eval_batches(batch_size=10))
+    ((images, labels),) = list(data.eval_batches(batch_size=10))
     assert images.shape == (4, 3, 224, 224) and labels.tolist() == [0, 0, 1, 1]
     raw = data.train.images[3:6]  # n02's grayscale, CMYK and PNG files, test-transformed, uint8
     assert raw.shape == (3, 3, 224, 224) and raw.dtype == torch.uint8
@@ -217,16 +221,19 @@ def test_a_stored_copy_is_rgb_jpeg_resized_as_torchvision_resize_and_streams_ali
         prepare("imagenet", tmp_path / "bad", root=root, stored_shorter_side=200)
 
 
-@pytest.mark.parametrize("name, classes", [
-    ("cub200", ["001.Albatross", "002.Auklet", "003.Blackbird"]),
-    ("mit67", ["airport_inside", "bar", "kitchen"]),
-    ("stanford40", ["riding_a_bike", "applauding"]),
-    ("stanford_dogs", ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]),
-])
+@pytest.mark.parametrize(
+    "name, classes",
+    [
+        ("cub200", ["001.Albatross", "002.Auklet", "003.Blackbird"]),
+        ("mit67", ["airport_inside", "bar", "kitchen"]),
+        ("stanford40", ["riding_a_bike", "applauding"]),
+        ("stanford_dogs", ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog"]),
+    ],
+)
 def test_transfer_sets_prepare_with_a_reproducible_validation_split(tmp_path, name, classes):
     root = BUILDERS[name](tmp_path / "raw")
     first = prepare(name, tmp_path / "a", root=root)
-    second = prepare(name, tmp_path / "b", root=root)
+    prepare(name, tmp_path / "b", root=root)
     n_classes = len(classes)
     assert (first["n_train"], first["n_test"], first["num_classes"]) == (4 * n_classes, 2 * n_classes, n_classes)
     assert first["classes"] == classes and first["format"] == "stream"
@@ -252,13 +259,16 @@ def test_validation_split_is_per_class_seeded_and_leaves_every_class_in_training
     assert carve_validation(samples, 4, seed=1)[0] != val
 
 
-@pytest.mark.parametrize("name, remove, expected", [
-    ("mit67", "TrainImages.txt", "web.mit.edu/torralba/www/indoor.html"),
-    ("mit67", "Images/bar/bar_0001.jpg", "listed in the train split"),
-    ("cub200", "CUB_200_2011/train_test_split.txt", "CUB_200_2011.tgz"),
-    ("stanford40", "ImageSplits/applauding_test.txt", "40actions.html"),
-    ("stanford_dogs", "test_list.mat", "lists.tar"),
-])
+@pytest.mark.parametrize(
+    "name, remove, expected",
+    [
+        ("mit67", "TrainImages.txt", "web.mit.edu/torralba/www/indoor.html"),
+        ("mit67", "Images/bar/bar_0001.jpg", "listed in the train split"),
+        ("cub200", "CUB_200_2011/train_test_split.txt", "CUB_200_2011.tgz"),
+        ("stanford40", "ImageSplits/applauding_test.txt", "40actions.html"),
+        ("stanford_dogs", "test_list.mat", "lists.tar"),
+    ],
+)
 def test_a_missing_file_is_named_with_its_archive_and_where_it_is_published(tmp_path, name, remove, expected):
     root = BUILDERS[name](tmp_path / "raw")
     target = root / remove
@@ -289,10 +299,15 @@ def test_random_resized_crop_boxes_follow_torchvisions_distribution():
         ours = np.array([random_resized_crop_box(width, height, rng) for _ in range(3000)], dtype=float)
         torch.manual_seed(0)
         image = torch.empty(1, height, width)
-        theirs = np.array([RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(3000)],
-                          dtype=float)
-        for statistic in (lambda b: b[:, 2] * b[:, 3] / (width * height), lambda b: np.log(b[:, 3] / b[:, 2]),
-                          lambda b: (b[:, 1] + b[:, 3] / 2) / width, lambda b: (b[:, 0] + b[:, 2] / 2) / height):
+        theirs = np.array(
+            [RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(3000)], dtype=float
+        )
+        for statistic in (
+            lambda b: b[:, 2] * b[:, 3] / (width * height),
+            lambda b: np.log(b[:, 3] / b[:, 2]),
+            lambda b: (b[:, 1] + b[:, 3] / 2) / width,
+            lambda b: (b[:, 0] + b[:, 2] / 2) / height,
+        ):
             assert ks_2samp(statistic(ours), statistic(theirs)).pvalue > 1e-3
         assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= height).all()
         assert (ours[:, 1] + ours[:, 3] <= width).all()

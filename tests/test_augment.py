@@ -1,4 +1,5 @@
 """MLKD's strong augmentation against PIL itself, the way the official code applies it per image."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from afdistill.augment import CUTOUT_FILL, NAMES, OPERATIONS, apply_operations, 
 
 def pil_operation(image: Image.Image, name: str, v: float) -> Image.Image:
     """The official code's operations (mdistiller/dataset/cifar100.py), written out with PIL."""
-    affine = lambda coefficients: image.transform(image.size, Image.AFFINE, coefficients)  # noqa: E731
+    affine = lambda coefficients: image.transform(image.size, Image.Transform.AFFINE, coefficients)  # noqa: E731
     return {
         "auto_contrast": lambda: ImageOps.autocontrast(image),
         "brightness": lambda: ImageEnhance.Brightness(image).enhance(v),
@@ -23,7 +24,7 @@ def pil_operation(image: Image.Image, name: str, v: float) -> Image.Image:
         "sharpness": lambda: ImageEnhance.Sharpness(image).enhance(v),
         "shear_x": lambda: affine((1, v, 0, 0, 1, 0)),
         "shear_y": lambda: affine((1, 0, 0, v, 1, 0)),
-        "solarize": lambda: ImageOps.solarize(image, v),
+        "solarize": lambda: ImageOps.solarize(image, v),  # type: ignore[arg-type]  # a float, as the official code
         "translate_x": lambda: affine((1, 0, v * image.size[0], 0, 1, 0)),
         "translate_y": lambda: affine((1, 0, 0, 0, 1, v * image.size[1])),
     }[name]()
@@ -48,8 +49,12 @@ def test_each_operation_is_pils_pixel_for_pixel(k):
     batch = images(seed=k)
     magnitudes = low + (high - low) * np.random.default_rng(100 + k).random(len(batch))
     ours = apply_operations(torch.from_numpy(batch), torch.full((len(batch),), k), torch.from_numpy(magnitudes))
-    expected = np.stack([np.asarray(pil_operation(to_pil(image), name, float(v))).transpose(2, 0, 1)
-                         for image, v in zip(batch, magnitudes)])
+    expected = np.stack(
+        [
+            np.asarray(pil_operation(to_pil(image), name, float(v))).transpose(2, 0, 1)
+            for image, v in zip(batch, magnitudes)
+        ]
+    )
     assert ours.dtype == torch.uint8
     np.testing.assert_array_equal(ours.numpy(), expected)
 
@@ -57,8 +62,9 @@ def test_each_operation_is_pils_pixel_for_pixel(k):
 def test_each_image_gets_its_own_operation_in_one_call():
     batch = images(n=len(OPERATIONS), seed=3)
     choice = torch.randperm(len(OPERATIONS), generator=torch.Generator().manual_seed(1))
-    magnitudes = torch.tensor([OPERATIONS[c][1] + 0.3 * (OPERATIONS[c][2] - OPERATIONS[c][1]) for c in choice.tolist()],
-                              dtype=torch.float64)
+    magnitudes = torch.tensor(
+        [OPERATIONS[c][1] + 0.3 * (OPERATIONS[c][2] - OPERATIONS[c][1]) for c in choice.tolist()], dtype=torch.float64
+    )
     ours = apply_operations(torch.from_numpy(batch), choice, magnitudes).numpy()
     for i, c in enumerate(choice.tolist()):
         expected = np.asarray(pil_operation(to_pil(batch[i]), NAMES[c], float(magnitudes[i]))).transpose(2, 0, 1)
@@ -81,8 +87,11 @@ def test_cutout_is_the_official_filled_rectangle():
     y = torch.tensor([4.0, 9.9, 0.0, 8.0, 15.0, 2.25], dtype=torch.float64)
     ours = cutout(torch.from_numpy(batch), side, x, y).numpy()
     for i in range(len(batch)):
-        expected = batch[i] if side[i] == 0 else np.asarray(
-            pil_cutout(to_pil(batch[i]), float(side[i]), float(x[i]), float(y[i]))).transpose(2, 0, 1)
+        expected = (
+            batch[i]
+            if side[i] == 0
+            else np.asarray(pil_cutout(to_pil(batch[i]), float(side[i]), float(x[i]), float(y[i]))).transpose(2, 0, 1)
+        )
         np.testing.assert_array_equal(ours[i], expected)
 
 
@@ -99,8 +108,11 @@ def test_a_seed_fixes_the_strong_view_and_another_seed_changes_it():
 def test_two_operations_are_drawn_with_replacement_uniformly(monkeypatch):
     seen = []
     real = augment.apply_operations
-    monkeypatch.setattr(augment, "apply_operations",
-                        lambda im, choice, magnitude: (seen.append((choice, magnitude)), real(im, choice, magnitude))[1])
+    monkeypatch.setattr(
+        augment,
+        "apply_operations",
+        lambda im, choice, magnitude: (seen.append((choice, magnitude)), real(im, choice, magnitude))[1],
+    )
     strong_augment(torch.from_numpy(images(n=4000, height=4, width=4)), torch.Generator().manual_seed(0))
     assert len(seen) == 2
     counts = torch.bincount(seen[0][0], minlength=len(OPERATIONS)).double()

@@ -1,4 +1,5 @@
 """The command line: an interrupted job resumes into the same MLflow run; bad input is named before work starts."""
+
 import json
 import signal
 import subprocess
@@ -7,7 +8,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import TINY_GRID, run, tool_env
 
 from afdistill.spec import JobSpec, Schedule
@@ -18,12 +18,34 @@ def afdistill(*args, cwd, check=True):
 
 
 def test_ctrl_c_then_rerun_resumes_the_same_job_and_mlflow_run(small_data, tmp_path):
-    spec = JobSpec(kind="teacher", grid="resume", dataset="digits", arch="resnet8", method="vanilla", run="teacher",
-                   seed=0, device="cpu", schedule=Schedule(epochs=5, batch_size=16, lr_decay_epochs=(4,)))
-    command = [sys.executable, "-m", "afdistill.cli", "train", "--spec", spec.to_json(), "--data", str(small_data),
-               "--out", str(tmp_path / "job"), "--threads", "1"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    spec = JobSpec(
+        kind="teacher",
+        grid="resume",
+        dataset="digits",
+        arch="resnet8",
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        device="cpu",
+        schedule=Schedule(epochs=5, batch_size=16, lr_decay_epochs=(4,)),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "afdistill.cli",
+        "train",
+        "--spec",
+        spec.to_json(),
+        "--data",
+        str(small_data),
+        "--out",
+        str(tmp_path / "job"),
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     checkpoint = tmp_path / "job" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -54,21 +76,45 @@ def test_a_bad_grid_is_named_with_its_allowed_values(tmp_path):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     result = afdistill("check", "--grid", "grid.yaml", cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "grid.yaml: pairs[0].student: unknown architecture 'resnet9'; allowed: mobilenetv1, mobilenetv2, nin_thin" in result.stderr
+    assert (
+        "grid.yaml: pairs[0].student: unknown architecture 'resnet9'; allowed: mobilenetv1, mobilenetv2, nin_thin"
+        in result.stderr
+    )
 
 
 def test_missing_cifar_stops_the_prepare_stage_with_directions(tmp_path):
-    result = afdistill("prepare", "--dataset", "cifar100", "--out", "data/cifar100", "--root", "data/raw",
-                       cwd=tmp_path, check=False)
+    result = afdistill(
+        "prepare", "--dataset", "cifar100", "--out", "data/cifar100", "--root", "data/raw", cwd=tmp_path, check=False
+    )
     assert result.returncode == 2
     assert "data/raw/cifar-100-python lacks train, test, meta" in result.stderr
     assert "--download" in result.stderr and not (tmp_path / "data" / "cifar100").exists()
 
 
 def test_a_student_job_without_its_inputs_is_refused_before_training(small_data, tmp_path):
-    spec = JobSpec(kind="student", grid="x", dataset="digits", arch="resnet8", teacher="resnet8",
-                   method="afd_pretrained", run="afd_pretrained", seed=0, device="cpu")
-    result = afdistill("train", "--spec", spec.to_json(), "--data", str(small_data), "--out", "job",
-                       "--teacher-checkpoint", "missing.pt", cwd=tmp_path, check=False)
+    spec = JobSpec(
+        kind="student",
+        grid="x",
+        dataset="digits",
+        arch="resnet8",
+        teacher="resnet8",
+        method="afd_pretrained",
+        run="afd_pretrained",
+        seed=0,
+        device="cpu",
+    )
+    result = afdistill(
+        "train",
+        "--spec",
+        spec.to_json(),
+        "--data",
+        str(small_data),
+        "--out",
+        "job",
+        "--teacher-checkpoint",
+        "missing.pt",
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode != 0 and "needs --artifact (the links stage's links.json)" in result.stderr
     assert not Path(tmp_path / "job").exists() and not (tmp_path / "mlflow.db").exists()

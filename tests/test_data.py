@@ -1,4 +1,5 @@
 """Data: digits preparation, CIFAR through torchvision on real-format files, batch augmentation."""
+
 import json
 import pickle
 
@@ -35,14 +36,21 @@ def _write_cifar100(root, n_train=20, n_test=10, seed=0):
     for name, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = rng.integers(0, 100, n).tolist()
-        entry = {"filenames": [f"img{i}.png" for i in range(n)], "batch_label": f"{name} batch",
-                 "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": data}
+        entry = {
+            "filenames": [f"img{i}.png" for i in range(n)],
+            "batch_label": f"{name} batch",
+            "fine_labels": fine,
+            "coarse_labels": [f // 5 for f in fine],
+            "data": data,
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(entry, handle)
         splits[name] = (data, fine)
     with open(folder / "meta", "wb") as handle:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)],
-                     "coarse_label_names": [f"s{i}" for i in range(20)]}, handle)
+        pickle.dump(
+            {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]},
+            handle,
+        )
     return splits
 
 
@@ -51,9 +59,12 @@ def _write_cifar10(root, per_batch=4):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {"batch_label": name, "labels": rng.integers(0, 10, per_batch).tolist(),
-                 "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 "filenames": [f"{name}_{i}.png" for i in range(per_batch)]}
+        entry = {
+            "batch_label": name,
+            "labels": rng.integers(0, 10, per_batch).tolist(),
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(entry, handle)
     with open(folder / "batches.meta", "wb") as handle:
@@ -105,9 +116,17 @@ def test_batch_augmentation_is_torchvisions_crop_and_flip(tmp_path):
     for image, i in zip(images, index):
         source = TF.to_tensor(TF.to_pil_image(data.train.images[i]))  # ToTensor of the stored uint8 image
         padded = TF.pad(source, [4])
-        matches = [(top, left, flip) for top in range(9) for left in range(9) for flip in (False, True)
-                   if torch.allclose(normalize(TF.hflip(TF.crop(padded, top, left, 32, 32)) if flip
-                                               else TF.crop(padded, top, left, 32, 32)), image, atol=1e-6)]
+        matches = [
+            (top, left, flip)
+            for top in range(9)
+            for left in range(9)
+            for flip in (False, True)
+            if torch.allclose(
+                normalize(TF.hflip(TF.crop(padded, top, left, 32, 32)) if flip else TF.crop(padded, top, left, 32, 32)),
+                image,
+                atol=1e-6,
+            )
+        ]
         assert matches, f"image {int(i)} is no crop/flip of its source"
         flips += matches[0][2]
     assert 10 < flips < 54  # about half are mirrored
@@ -116,7 +135,10 @@ def test_batch_augmentation_is_torchvisions_crop_and_flip(tmp_path):
 
 def test_an_epoch_visits_every_training_image_once_in_seeded_order(small_data):
     data = DeviceData(small_data)
-    order = lambda seed: torch.cat([i for _, _, i in data.train_batches(64, torch.Generator().manual_seed(seed))])
+
+    def order(seed):
+        return torch.cat([i for _, _, i in data.train_batches(64, torch.Generator().manual_seed(seed))])
+
     assert sorted(order(0).tolist()) == list(range(400))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     assert data.num_train_batches(64) == 7

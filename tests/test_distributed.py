@@ -1,4 +1,5 @@
 """Data-parallel jobs under torchrun, with the gloo backend on this CPU: two processes against one."""
+
 import json
 import os
 import signal
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tool_env
+
 from afdistill import distributed
 from afdistill.spec import JobSpec, Schedule
 
@@ -24,8 +25,7 @@ def test_the_shards_of_a_batch_are_its_slices_in_rank_order():
 
 
 def _rank_gradients(rank: int, world_size: int, init_file: str, out_file: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world_size)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     group = distributed.Group(rank, world_size)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
@@ -40,8 +40,9 @@ def _rank_gradients(rank: int, world_size: int, init_file: str, out_file: str) -
 
 def test_averaged_gradients_of_two_processes_are_the_global_batchs_gradient(tmp_path):
     """Two gloo processes, each with half of a batch of 10: their averaged gradient is the whole batch's."""
-    torch.multiprocessing.spawn(_rank_gradients, args=(2, str(tmp_path / "init"), str(tmp_path / "grads.pt")),
-                                nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _rank_gradients, args=(2, str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2, join=True
+    )
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
     inputs, targets = torch.randn(10, 6), torch.randint(0, 3, (10,))
@@ -57,8 +58,16 @@ def _command(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) ->
     if processes == 1:
         command = [sys.executable, "-m", "afdistill", *command]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "afdistill", *command]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "afdistill",
+            *command,
+        ]
     env = tool_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
     return command, env
@@ -73,9 +82,18 @@ def train(spec: JobSpec, data: Path, out: Path, processes: int, cwd: Path) -> su
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_batch(small_data, tmp_path):
-    spec = JobSpec(kind="student", grid="ddp", dataset="digits", arch="resnet8", method="vanilla", run="vanilla",
-                   seed=0, device="cpu", schedule=Schedule(epochs=2, batch_size=32, lr_decay_epochs=(2,)))
-    one = train(spec, small_data, tmp_path / "one", 1, tmp_path)
+    spec = JobSpec(
+        kind="student",
+        grid="ddp",
+        dataset="digits",
+        arch="resnet8",
+        method="vanilla",
+        run="vanilla",
+        seed=0,
+        device="cpu",
+        schedule=Schedule(epochs=2, batch_size=32, lr_decay_epochs=(2,)),
+    )
+    train(spec, small_data, tmp_path / "one", 1, tmp_path)
     two = train(spec, small_data, tmp_path / "two", 2, tmp_path)
     single = json.loads((tmp_path / "one/metrics.json").read_text())
     double = json.loads((tmp_path / "two/metrics.json").read_text())
@@ -102,7 +120,6 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     assert single["history"][-1]["loss_total"] < single["history"][0]["loss_total"]
     assert double["history"][-1]["loss_total"] < double["history"][0]["loss_total"]
 
-
     # One rank killed after the first epoch's checkpoint: torchrun stops the job; the same command resumes it
     # from rank 0's checkpoint and finishes with exactly the uninterrupted job's numbers.
     command, env = _command(spec, small_data, tmp_path / "killed", 2, tmp_path)
@@ -111,8 +128,9 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    ranks = subprocess.run(["pgrep", "-f", "-P", str(launcher.pid), "afdistill"], capture_output=True,
-                           text=True).stdout.split()
+    ranks = subprocess.run(
+        ["pgrep", "-f", "-P", str(launcher.pid), "afdistill"], capture_output=True, text=True
+    ).stdout.split()
     assert len(ranks) == 2, ranks
     os.kill(int(max(ranks, key=int)), signal.SIGKILL)
     assert launcher.wait(timeout=120) != 0

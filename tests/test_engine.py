@@ -1,4 +1,5 @@
 """The engine: training lowers the loss, a seed fixes the result, an interrupted job resumes exactly."""
+
 import json
 import re
 
@@ -12,15 +13,35 @@ SCHEDULE = Schedule(epochs=3, batch_size=16, lr=0.05, lr_decay_epochs=(3,))
 
 
 def teacher_spec(**changes):
-    fields = dict(kind="teacher", grid="test", dataset="digits", arch="resnet8", method="vanilla", run="teacher",
-                  seed=0, schedule=SCHEDULE, device="cpu")
+    fields = dict(
+        kind="teacher",
+        grid="test",
+        dataset="digits",
+        arch="resnet8",
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        schedule=SCHEDULE,
+        device="cpu",
+    )
     fields.update(changes)
     return JobSpec(**fields)
 
 
 def student_spec(method, **changes):
-    fields = dict(kind="student", grid="test", dataset="digits", arch="resnet8", teacher="resnet8", method=method,
-                  run=method, seed=0, schedule=SCHEDULE, device="cpu", method_params={})
+    fields = dict(
+        kind="student",
+        grid="test",
+        dataset="digits",
+        arch="resnet8",
+        teacher="resnet8",
+        method=method,
+        run=method,
+        seed=0,
+        schedule=SCHEDULE,
+        device="cpu",
+        method_params={},
+    )
     fields.update(changes)
     return JobSpec(**fields)
 
@@ -38,17 +59,31 @@ def test_training_lowers_the_loss_and_writes_its_outputs(small_data, tmp_path):
     assert result.record["history"][-1]["lr"] == pytest.approx(0.005)  # decayed at the start of epoch 3
     metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
     assert metrics["test_top1"] == result.record["test_top1"] > 0.3
-    assert set(metrics["history"][0]) >= {"loss_total", "loss_ce", "train_top1", "train_top5", "test_top1",
-                                          "test_top5", "lr", "images_per_s"}
+    assert set(metrics["history"][0]) >= {
+        "loss_total",
+        "loss_ce",
+        "train_top1",
+        "train_top5",
+        "test_top1",
+        "test_top5",
+        "lr",
+        "images_per_s",
+    }
     assert (tmp_path / "job" / "model.pt").exists()
     assert torch.load(tmp_path / "job" / CHECKPOINT, weights_only=False)["complete"]  # kept: the job is recognised
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_data, teacher_checkpoint, tmp_path):
-    runs = [train(student_spec("afd", seed=seed), small_data, tmp_path / f"run{i}", teacher_checkpoint,
-                  log=lambda *a: None).record["history"] for i, seed in enumerate((0, 0, 1))]
-    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
-                             for e in history]
+    runs = [
+        train(
+            student_spec("afd", seed=seed), small_data, tmp_path / f"run{i}", teacher_checkpoint, log=lambda *a: None
+        ).record["history"]
+        for i, seed in enumerate((0, 0, 1))
+    ]
+
+    def strip(history):
+        return [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")} for e in history]
+
     assert strip(runs[0]) == strip(runs[1])
     assert strip(runs[0]) != strip(runs[2])
 
@@ -76,8 +111,10 @@ def test_an_interrupted_job_resumes_from_its_last_checkpoint(small_data, teacher
     resumed = train(spec, small_data, tmp_path / "resumed", teacher_checkpoint, log=messages.append)
     assert "resuming after epoch 1" in messages[0]
     assert sum("epoch" in m and "/3" in m for m in messages) == 2  # epochs 2 and 3 only
-    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
-                             for e in history]
+
+    def strip(history):
+        return [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")} for e in history]
+
     assert strip(resumed.record["history"]) == strip(reference.record["history"])
     for a, b in zip(resumed.model.state_dict().values(), reference.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -105,8 +142,12 @@ def test_a_completed_job_is_recognised_not_retrained(small_data, tmp_path):
 
 
 def test_a_published_teacher_checkpoint_is_evaluated_not_retrained(small_data, teacher_checkpoint, tmp_path):
-    imported = train(teacher_spec(checkpoint=str(teacher_checkpoint), schedule=Schedule(epochs=0)), small_data,
-                     tmp_path / "imported", log=lambda *a: None)
+    imported = train(
+        teacher_spec(checkpoint=str(teacher_checkpoint), schedule=Schedule(epochs=0)),
+        small_data,
+        tmp_path / "imported",
+        log=lambda *a: None,
+    )
     original = json.loads((teacher_checkpoint.parent / "metrics.json").read_text())
     assert imported.record["history"] == []
     assert imported.record["test_top1"] == pytest.approx(original["test_top1"])
@@ -131,25 +172,38 @@ def test_each_epoch_prints_one_progress_line_with_lr_accuracy_speed_elapsed_and_
     train(teacher_spec(), small_data, tmp_path / "job", log=lines.append)
     epochs = [line for line in lines if " epoch " in line]
     assert len(epochs) == 3
-    pattern = (r"^\[teacher resnet8\] epoch 2/3 lr 0\.05 loss \d+\.\d{4} train 0\.\d{4} test 0\.\d{4} "
-               r"\| \d+ img/s \| 0:\d\d:\d\d elapsed, ETA 0:\d\d:\d\d$")
+    pattern = (
+        r"^\[teacher resnet8\] epoch 2/3 lr 0\.05 loss \d+\.\d{4} train 0\.\d{4} test 0\.\d{4} "
+        r"\| \d+ img/s \| 0:\d\d:\d\d elapsed, ETA 0:\d\d:\d\d$"
+    )
     assert re.match(pattern, epochs[1]), epochs[1]
     assert epochs[2].endswith("ETA 0:00:00")
 
 
-def test_mlkd_trains_on_a_second_strong_view_that_the_seed_fixes(small_data, teacher_checkpoint, tmp_path,
-                                                                monkeypatch):
+def test_mlkd_trains_on_a_second_strong_view_that_the_seed_fixes(small_data, teacher_checkpoint, tmp_path, monkeypatch):
     from afdistill.data import DeviceData
 
     views = []
     real = DeviceData.strong_batch
-    monkeypatch.setattr(DeviceData, "strong_batch",
-                        lambda self, indices, generator: views.append(indices) or real(self, indices, generator))
-    histories = [train(student_spec("mlkd", seed=0, method_params=params), small_data, tmp_path / name,
-                       teacher_checkpoint, log=lambda *a: None).record["history"]
-                 for name, params in (("a", {}), ("b", {}), ("weak", {"strong_view": False}))]
-    strip = lambda history: [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")}
-                             for e in history]
+    monkeypatch.setattr(
+        DeviceData,
+        "strong_batch",
+        lambda self, indices, generator: views.append(indices) or real(self, indices, generator),
+    )
+    histories = [
+        train(
+            student_spec("mlkd", seed=0, method_params=params),
+            small_data,
+            tmp_path / name,
+            teacher_checkpoint,
+            log=lambda *a: None,
+        ).record["history"]
+        for name, params in (("a", {}), ("b", {}), ("weak", {"strong_view": False}))
+    ]
+
+    def strip(history):
+        return [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")} for e in history]
+
     assert strip(histories[0]) == strip(histories[1])
     assert strip(histories[0]) != strip(histories[2])
     assert {"loss_mlkd_ce_strong", "loss_mlkd_instance_strong"} <= set(histories[0][0])

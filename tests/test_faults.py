@@ -1,4 +1,5 @@
 """Faults: corrupt and missing files are named with what to do; a diverging loss stops the job; nothing is lost."""
+
 import json
 import subprocess
 from pathlib import Path
@@ -17,8 +18,17 @@ quiet = lambda *args: None  # noqa: E731
 
 
 def spec(**changes):
-    fields = dict(kind="teacher", grid="test", dataset="digits", arch="resnet8", method="vanilla", run="teacher",
-                  seed=0, schedule=SCHEDULE, device="cpu")
+    fields = dict(
+        kind="teacher",
+        grid="test",
+        dataset="digits",
+        arch="resnet8",
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        schedule=SCHEDULE,
+        device="cpu",
+    )
     fields.update(changes)
     return JobSpec(**fields)
 
@@ -80,8 +90,13 @@ def test_truncated_json_names_the_file(tmp_path, name, what):
 
 def test_a_diverging_loss_stops_the_job_without_a_result(small_data, tmp_path):
     # Valid hyper-parameters, but a learning rate no network survives.
-    diverging = spec(kind="student", method="kd", run="kd", teacher="resnet8",
-                     schedule=Schedule(epochs=2, batch_size=16, lr=1e12, lr_decay_epochs=()))
+    diverging = spec(
+        kind="student",
+        method="kd",
+        run="kd",
+        teacher="resnet8",
+        schedule=Schedule(epochs=2, batch_size=16, lr=1e12, lr_decay_epochs=()),
+    )
     teacher = tmp_path / "teacher"
     train(spec(), small_data, teacher, log=quiet)
     with pytest.raises(TrainingDiverged, match=r"method 'kd' diverged in epoch 1: loss_"):
@@ -94,8 +109,10 @@ def small_disk(tmp_path):
     """A real filesystem that fills up: a 256 KiB tmpfs (needs root, as CI and these machines have)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (not root)")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)

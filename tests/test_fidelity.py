@@ -1,4 +1,5 @@
 """Fidelity to the official codes as they ran: L2T-ww's virtual steps, MHGD's TF code, AFD's WideResNets."""
+
 import copy
 
 import pytest
@@ -16,8 +17,9 @@ def _l2t_setup():
     images, labels = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
     context = Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), 10, torch.arange(40) % 10, 4, seed=0)
     method = build_method("l2t", {"alpha": 0.0, "inner_steps": 1}, context)
-    optimizer = torch.optim.SGD(list(s.parameters()) + list(method.trainable_parameters()), lr=0.1,
-                                momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        list(s.parameters()) + list(method.trainable_parameters()), lr=0.1, momentum=0.9, weight_decay=5e-4
+    )
     s.train()
     with torch.no_grad():
         ft = t(images, with_features=True)
@@ -133,8 +135,17 @@ def test_mhgd_loss_matches_a_numpy_computation_of_the_tf_formulas():
             with torch.no_grad():
                 module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.3, 0.3)
                 module.running_mean.uniform_(-0.2, 0.2), module.running_var.uniform_(0.5, 2.0)
-    context = Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), 10, torch.arange(40) % 10, 6, seed=0,
-                      artifact=pretrain.state_dict())
+    context = Context(
+        s,
+        t,
+        dry_run(s, images[:2]),
+        dry_run(t, images[:2]),
+        10,
+        torch.arange(40) % 10,
+        6,
+        seed=0,
+        artifact=pretrain.state_dict(),
+    )
     method = build_method("mhgd", {"num_heads": 2, "beta": 1.0}, context)
     method.train()
     with torch.no_grad():
@@ -149,8 +160,9 @@ def test_mhgd_loss_matches_a_numpy_computation_of_the_tf_formulas():
     def fc_bn(x, seq):  # fully_connected (no bias) then batch_norm with moving statistics
         w, bn = seq[0].weight.double().numpy(), seq[1]
         y = x @ w.T
-        return ((y - bn.running_mean.double().numpy()) / np.sqrt(bn.running_var.double().numpy() + 1e-5)
-                * bn.weight.double().numpy() + bn.bias.double().numpy())
+        return (y - bn.running_mean.double().numpy()) / np.sqrt(
+            bn.running_var.double().numpy() + 1e-5
+        ) * bn.weight.double().numpy() + bn.bias.double().numpy()
 
     def attention(head, k, q, heads):  # Attention_head: [B, D*h] -> [h, B, B]
         b = k.shape[0]

@@ -1,5 +1,6 @@
 """The report's figures stay readable: distinct curve styles, legend off the data, the teacher line, percent,
 named link axes, and Figure 6 without empty panels. Figures are caught as they are saved and inspected."""
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -7,8 +8,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from afdistill.figures import (LinkComparison, line_styles, links_matrix, plot_curves, plot_links,
-                               plot_manual_against_attention)
+from afdistill.figures import (
+    LinkComparison,
+    line_styles,
+    links_matrix,
+    plot_curves,
+    plot_links,
+    plot_manual_against_attention,
+)
 
 TEACHER = ["layer1.0", "layer1.1", "layer1.2", "layer2.0", "layer2.1", "layer2.2", "layer3.0", "layer3.1", "layer3.2"]
 STUDENT = ["layer1.0", "layer2.0", "layer3.0"]
@@ -30,8 +37,10 @@ def saved(monkeypatch):
 
 def curves(labels: int, seeds: int, epochs: int = 6) -> dict:
     rng = np.random.default_rng(0)
-    return {f"method {i}": {e: list(0.9 - 0.5 / e - 0.002 * i + 0.01 * rng.random(seeds)) for e in range(1, epochs + 1)}
-            for i in range(labels)}
+    return {
+        f"method {i}": {e: list(0.9 - 0.5 / e - 0.002 * i + 0.01 * rng.random(seeds)) for e in range(1, epochs + 1)}
+        for i in range(labels)
+    }
 
 
 @pytest.mark.parametrize("count", [1, 9, 10, 20, 36, 37, 72, 100])

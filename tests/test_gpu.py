@@ -1,4 +1,5 @@
 """Concurrent jobs on one machine each get a different GPU (lock files; the GPU ids are given, not probed)."""
+
 import subprocess
 import sys
 
@@ -17,8 +18,9 @@ time.sleep(float(sys.argv[2]))
 
 
 def _start(env, wait, hold, count=1):
-    return subprocess.Popen([sys.executable, "-c", CLAIM, str(wait), str(hold), str(count)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(wait), str(hold), str(count)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_each_concurrent_job_locks_its_own_gpu(tmp_path):

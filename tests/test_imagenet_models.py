@@ -1,4 +1,5 @@
 """ImageNet ResNets: torchvision's weights load with strict=True and give torchvision's logits."""
+
 import pytest
 import torch
 import torchvision
@@ -37,9 +38,15 @@ def test_torchvision_state_dict_loads_strictly_and_gives_the_same_logits(depth):
     torch.testing.assert_close(features.pooled, last.mean((2, 3)), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, n_blocks, stem_size", [
-    ("resnet34_imagenet", 16, 32), ("resnet18_imagenet", 8, 32), ("resnet34_tiny", 16, 64), ("resnet18_tiny", 8, 64),
-])
+@pytest.mark.parametrize(
+    "name, n_blocks, stem_size",
+    [
+        ("resnet34_imagenet", 16, 32),
+        ("resnet18_imagenet", 8, 32),
+        ("resnet34_tiny", 16, 64),
+        ("resnet18_tiny", 8, 64),
+    ],
+)
 def test_feature_candidates_are_every_block_as_the_official_layer_table(name, n_blocks, stem_size):
     model = create_model(name, 200).eval()
     with torch.no_grad():

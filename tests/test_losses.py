@@ -1,13 +1,13 @@
 """Loss values against independent computations written here from the papers' formulas."""
+
 import copy
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from afdistill.methods import Batch, Context, build_method, dry_run, kd_loss, method_defaults
+from afdistill.methods import Batch, Context, build_method, check_method_params, dry_run, kd_loss, method_defaults
 from afdistill.methods.maps import energy_and_mean
 from afdistill.models import Features, create_model
 
@@ -28,9 +28,15 @@ def _features(maps):
 def _synthetic_context(student_maps, teacher_maps):
     student = SimpleNamespace(afd_candidates=list(range(len(student_maps))))
     teacher = SimpleNamespace(afd_candidates=list(range(len(teacher_maps))))
-    return Context(student=student, teacher=teacher, student_sample=_features(student_maps),
-                   teacher_sample=_features(teacher_maps), num_classes=3, train_labels=torch.arange(100) % 3,
-                   batch_size=4)
+    return Context(
+        student=student,
+        teacher=teacher,
+        student_sample=_features(student_maps),
+        teacher_sample=_features(teacher_maps),
+        num_classes=3,
+        train_labels=torch.arange(100) % 3,
+        batch_size=4,
+    )
 
 
 def _bn_train(x, bn):
@@ -39,7 +45,7 @@ def _bn_train(x, bn):
 
 
 def _value(map_, size):
-    energy = (map_ ** 2).mean(0)  # C x H x W -> H x W
+    energy = (map_**2).mean(0)  # C x H x W -> H x W
     h, w = energy.shape
     th, tw = size
     pooled = torch.empty(th, tw)
@@ -121,8 +127,9 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
-                      torch.arange(100) % 10, 8)
+    context = Context(
+        student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10, torch.arange(100) % 10, 8
+    )
     method = build_method(name, {}, context)
     with torch.inference_mode():
         teacher_out = teacher(images, with_features=True)
@@ -138,18 +145,31 @@ def test_gradients_reach_student_and_method_but_not_the_teacher(name):
 
 
 def test_method_hyper_parameters_are_checked_by_name():
-    assert method_defaults("afd") == {"alpha": 0.9, "gamma": 1.0, "temperature": 4.0, "beta": 200.0, "qk_dim": 128,
-                                      "linking": "afd", "distance": "l2", "pooling": "a2", "teacher_candidates": 0,
-                                      "student_candidates": 0, "teacher_selection": "interval",
-                                      "student_selection": "interval"}
+    assert method_defaults("afd") == {
+        "alpha": 0.9,
+        "gamma": 1.0,
+        "temperature": 4.0,
+        "beta": 200.0,
+        "qk_dim": 128,
+        "linking": "afd",
+        "distance": "l2",
+        "pooling": "a2",
+        "teacher_candidates": 0,
+        "student_candidates": 0,
+        "teacher_selection": "interval",
+        "student_selection": "interval",
+    }
     assert method_defaults("vanilla") == {}
-    context = _synthetic_context([torch.rand(2, 3, 4, 4)], [torch.rand(2, 3, 4, 4)])
-    with pytest.raises(ValueError, match="methods.afd.delta: .*allowed: alpha, beta, distance, gamma, linking, pooling, "
-                                         "qk_dim, student_candidates, student_selection, teacher_candidates, "
-                                         "teacher_selection, temperature"):
-        build_method("afd", {"delta": 1}, context)
+    # checked where a grid (or `afdistill train`'s spec) comes in, before any job builds the method
+    with pytest.raises(
+        ValueError,
+        match="methods.afd.delta: .*allowed: alpha, beta, distance, gamma, linking, pooling, "
+        "qk_dim, student_candidates, student_selection, teacher_candidates, "
+        "teacher_selection, temperature",
+    ):
+        check_method_params("afd", {"delta": 1}, "methods.afd")
     with pytest.raises(ValueError, match="methods.afd.qk_dim: 'big' is not allowed; expected an integer"):
-        build_method("afd", {"qk_dim": "big"}, context)
+        check_method_params("afd", {"qk_dim": "big"}, "methods.afd")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -176,8 +196,9 @@ def test_fused_energy_and_mean_has_autograds_values_and_gradients(dtype, outputs
     torch.testing.assert_close(energy, expected_energy)
     torch.testing.assert_close(mean, expected_mean)
     assert fused.grad.dtype == dtype
-    torch.testing.assert_close(fused.grad.float(), plain.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        fused.grad.float(), plain.grad.float(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("training", [True, False])

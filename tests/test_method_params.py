@@ -1,14 +1,25 @@
 """Hyper-parameters: every method declares each one's range, bad values are refused before any job, by name."""
+
 import time
 from typing import Annotated, Any
 
 import pytest
 import torch
 
-from afdistill.methods import Context, build_method, dry_run, list_methods, method_class, method_defaults
-from afdistill.methods.base import (_METHODS, Choice, Method, Range, _declared_parameter, _network_sample,
-                                    check_method_fit, check_method_params, describe_method, method_parameters,
-                                    register_method)
+from afdistill.methods import Context, KDOnTop, build_method, dry_run, list_methods, method_class, method_defaults
+from afdistill.methods.base import (
+    _METHODS,
+    Choice,
+    Method,
+    Range,
+    _declared_parameter,
+    _network_sample,
+    check_method_fit,
+    check_method_params,
+    describe_method,
+    method_parameters,
+    register_method,
+)
 from afdistill.methods.crd import MEMORY_LIMIT, memory_bytes
 from afdistill.models import Features, create_model
 
@@ -29,40 +40,58 @@ def refused(name: str, params: dict, **fit) -> str:
 # ---------------------------------------------------------------- keys, types and ranges
 
 
-@pytest.mark.parametrize("name,params,message", [
-    ("kd", {"temperature": 0}, "methods.kd.temperature: 0 is not allowed; expected a number > 0"),
-    ("kd", {"alpha": -3}, "methods.kd.alpha: -3 is not allowed; expected a number >= 0"),
-    ("kd", {"gamma": -0.1}, "methods.kd.gamma: -0.1 is not allowed; expected a number >= 0"),
-    ("at", {"mapping": "avg"}, "methods.at.mapping: 'avg' is not allowed; expected one of 'sum', 'max'"),
-    ("at", {"p": 0}, "methods.at.p: 0 is not allowed; expected a number > 0"),
-    ("mhgd", {"num_heads": 0}, "methods.mhgd.num_heads: 0 is not allowed; expected an integer >= 1"),
-    ("mhan", {"num_heads": -2}, "methods.mhan.num_heads: -2 is not allowed; expected an integer >= 1"),
-    ("fitnet", {"beta": -5}, "methods.fitnet.beta: -5 is not allowed; expected a number >= 0"),
-    ("fitnet", {"hint_layer": -1}, "methods.fitnet.hint_layer: -1 is not allowed; expected an integer >= 0"),
-    ("crd", {"nce_k": 0}, "methods.crd.nce_k: 0 is not allowed; expected an integer >= 1"),
-    ("crd", {"nce_m": 1}, "methods.crd.nce_m: 1 is not allowed; expected a number >= 0 and < 1"),
-    ("crd", {"nce_t": 0.0}, "methods.crd.nce_t: 0.0 is not allowed; expected a number > 0"),
-    ("l2t", {"inner_steps": 0}, "methods.l2t.inner_steps: 0 is not allowed; expected an integer >= 1"),
-    ("l2t", {"meta_lr": 0}, "methods.l2t.meta_lr: 0 is not allowed; expected a number > 0"),
-    ("rkd", {"angle_weight": -1}, "methods.rkd.angle_weight: -1 is not allowed; expected a number >= 0"),
-    ("at_grad", {"beta": -1}, "methods.at_grad.beta: -1 is not allowed; expected a number >= 0"),
-    # types: booleans are not numbers, floats are not integers, nan and inf are not allowed anywhere
-    ("kd", {"alpha": True},
-     "methods.kd.alpha: True is not allowed; expected a number >= 0 (True/False is not a number)"),
-    ("kd", {"alpha": "high"}, "methods.kd.alpha: 'high' is not allowed; expected a number >= 0"),
-    ("crd", {"nce_k": 64.0}, "methods.crd.nce_k: 64.0 is not allowed; expected an integer >= 1"),
-    ("crd", {"nce_k": False},
-     "methods.crd.nce_k: False is not allowed; expected an integer >= 1 (True/False is not a number)"),
-    ("kd", {"temperature": float("nan")}, "methods.kd.temperature: nan is not allowed; expected a number > 0"),
-    ("kd", {"temperature": float("inf")}, "methods.kd.temperature: inf is not allowed; expected a number > 0"),
-    ("kd", {"temperature": None}, "methods.kd.temperature: None is not allowed; expected a number > 0"),
-    ("at", {"mapping": 1}, "methods.at.mapping: 1 is not allowed; expected one of 'sum', 'max'"),
-    # keys
-    ("kd", {"temprature": 4},
-     "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, gamma, logit_standardization, temperature"),
-    ("vanilla", {"alpha": 0.9},
-     "methods.vanilla.alpha: method 'vanilla' has no parameter 'alpha'; allowed: none (it takes no hyper-parameters)"),
-])
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("kd", {"temperature": 0}, "methods.kd.temperature: 0 is not allowed; expected a number > 0"),
+        ("kd", {"alpha": -3}, "methods.kd.alpha: -3 is not allowed; expected a number >= 0"),
+        ("kd", {"gamma": -0.1}, "methods.kd.gamma: -0.1 is not allowed; expected a number >= 0"),
+        ("at", {"mapping": "avg"}, "methods.at.mapping: 'avg' is not allowed; expected one of 'sum', 'max'"),
+        ("at", {"p": 0}, "methods.at.p: 0 is not allowed; expected a number > 0"),
+        ("mhgd", {"num_heads": 0}, "methods.mhgd.num_heads: 0 is not allowed; expected an integer >= 1"),
+        ("mhan", {"num_heads": -2}, "methods.mhan.num_heads: -2 is not allowed; expected an integer >= 1"),
+        ("fitnet", {"beta": -5}, "methods.fitnet.beta: -5 is not allowed; expected a number >= 0"),
+        ("fitnet", {"hint_layer": -1}, "methods.fitnet.hint_layer: -1 is not allowed; expected an integer >= 0"),
+        ("crd", {"nce_k": 0}, "methods.crd.nce_k: 0 is not allowed; expected an integer >= 1"),
+        ("crd", {"nce_m": 1}, "methods.crd.nce_m: 1 is not allowed; expected a number >= 0 and < 1"),
+        ("crd", {"nce_t": 0.0}, "methods.crd.nce_t: 0.0 is not allowed; expected a number > 0"),
+        ("l2t", {"inner_steps": 0}, "methods.l2t.inner_steps: 0 is not allowed; expected an integer >= 1"),
+        ("l2t", {"meta_lr": 0}, "methods.l2t.meta_lr: 0 is not allowed; expected a number > 0"),
+        ("rkd", {"angle_weight": -1}, "methods.rkd.angle_weight: -1 is not allowed; expected a number >= 0"),
+        ("at_grad", {"beta": -1}, "methods.at_grad.beta: -1 is not allowed; expected a number >= 0"),
+        # types: booleans are not numbers, floats are not integers, nan and inf are not allowed anywhere
+        (
+            "kd",
+            {"alpha": True},
+            "methods.kd.alpha: True is not allowed; expected a number >= 0 (True/False is not a number)",
+        ),
+        ("kd", {"alpha": "high"}, "methods.kd.alpha: 'high' is not allowed; expected a number >= 0"),
+        ("crd", {"nce_k": 64.0}, "methods.crd.nce_k: 64.0 is not allowed; expected an integer >= 1"),
+        (
+            "crd",
+            {"nce_k": False},
+            "methods.crd.nce_k: False is not allowed; expected an integer >= 1 (True/False is not a number)",
+        ),
+        ("kd", {"temperature": float("nan")}, "methods.kd.temperature: nan is not allowed; expected a number > 0"),
+        ("kd", {"temperature": float("inf")}, "methods.kd.temperature: inf is not allowed; expected a number > 0"),
+        ("kd", {"temperature": None}, "methods.kd.temperature: None is not allowed; expected a number > 0"),
+        ("at", {"mapping": 1}, "methods.at.mapping: 1 is not allowed; expected one of 'sum', 'max'"),
+        # keys
+        (
+            "kd",
+            {"temprature": 4},
+            "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, "
+            "ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, "
+            "gamma, logit_standardization, temperature",
+        ),
+        (
+            "vanilla",
+            {"alpha": 0.9},
+            "methods.vanilla.alpha: method 'vanilla' has no parameter 'alpha'; "
+            "allowed: none (it takes no hyper-parameters)",
+        ),
+    ],
+)
 def test_a_bad_value_is_refused_naming_the_key_the_value_and_what_is_allowed(name, params, message):
     assert refused(name, params) == message
 
@@ -74,13 +103,19 @@ def test_the_grid_key_is_named_as_given():
         check_method_params("kd", 4, "methods.kd")
 
 
-@pytest.mark.parametrize("name,params", [
-    ("kd", {"temperature": 1, "alpha": 0, "gamma": 0.1}),  # integers stand for floats; zero weights switch a term off
-    ("at", {"mapping": "max", "p": 4}),
-    ("crd", {"nce_k": 64, "nce_m": 0, "feat_dim": 1}),
-    ("l2t", {"inner_steps": 1}),
-    ("fitnet", {}),
-])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        (
+            "kd",
+            {"temperature": 1, "alpha": 0, "gamma": 0.1},
+        ),  # integers stand for floats; zero weights switch a term off
+        ("at", {"mapping": "max", "p": 4}),
+        ("crd", {"nce_k": 64, "nce_m": 0, "feat_dim": 1}),
+        ("l2t", {"inner_steps": 1}),
+        ("fitnet", {}),
+    ],
+)
 def test_values_inside_the_declared_ranges_pass(name, params):
     check_method_params(name, params, f"methods.{name}")
 
@@ -91,24 +126,38 @@ def test_every_methods_defaults_pass_its_own_declaration(name):
 
 
 def test_every_registered_hyper_parameter_declares_its_range_or_choices():
-    undeclared = [f"{name}.{key}" for name in list_methods()
-                  for key, parameter in method_parameters(method_class(name)).items()
-                  if parameter.rule is None and parameter.kind is not dict]
+    undeclared = [
+        f"{name}.{key}"
+        for name in list_methods()
+        for key, parameter in method_parameters(method_class(name)).items()
+        if parameter.rule is None and parameter.kind is not dict
+    ]
     assert undeclared == []
 
 
 def test_method_defaults_still_read_the_constructor_and_its_bases():
-    assert method_defaults("kd") == {"gamma": 1.0, "alpha": 0.9, "temperature": 4.0, "logit_standardization": False,
-                                     "ctkd": False, "ctkd_t_start": 1.0, "ctkd_t_range": 20.0,
-                                     "ctkd_lambda_start": 0.0, "ctkd_lambda_end": -1.0, "ctkd_curriculum_epochs": 10}
-    assert method_defaults("fitnet") == {"beta": 100.0, "hint_layer": 2, "alpha": 0.9, "gamma": 1.0,
-                                         "temperature": 4.0}
+    assert method_defaults("kd") == {
+        "gamma": 1.0,
+        "alpha": 0.9,
+        "temperature": 4.0,
+        "logit_standardization": False,
+        "ctkd": False,
+        "ctkd_t_start": 1.0,
+        "ctkd_t_range": 20.0,
+        "ctkd_lambda_start": 0.0,
+        "ctkd_lambda_end": -1.0,
+        "ctkd_curriculum_epochs": 10,
+    }
+    assert method_defaults("fitnet") == {"beta": 100.0, "hint_layer": 2, "alpha": 0.9, "gamma": 1.0, "temperature": 4.0}
     assert method_defaults("vanilla") == {}
 
 
 def test_describe_method_lists_each_parameter_with_its_default_and_range():
-    assert describe_method("kd")[:3] == [("gamma", 1.0, "a number >= 0"), ("alpha", 0.9, "a number >= 0"),
-                                         ("temperature", 4.0, "a number > 0")]
+    assert describe_method("kd")[:3] == [
+        ("gamma", 1.0, "a number >= 0"),
+        ("alpha", 0.9, "a number >= 0"),
+        ("temperature", 4.0, "a number > 0"),
+    ]
     assert ("logit_standardization", False, "one of True, False") in describe_method("kd")
     rows = {param: (default, allowed) for param, default, allowed in describe_method("at")}
     assert rows["mapping"] == ("sum", "one of 'sum', 'max'")
@@ -152,9 +201,16 @@ def composite():
     class Nested(Method):
         calls = []
 
-        def __init__(self, context: Context, parts: dict | None = None,
-                     alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
-            super().__init__(context, alpha=alpha, **base)
+        def __init__(
+            self,
+            context: Context,
+            parts: dict | None = None,
+            alpha: Annotated[float, Range(ge=0)] = 0.9,
+            temperature: Annotated[float, Range(gt=0)] = 4.0,
+            **base,
+        ):
+            super().__init__(context, **base)
+            self.kd = KDOnTop(alpha, temperature)
 
         @classmethod
         def check_params(cls, params, where):
@@ -171,10 +227,13 @@ def composite():
 def test_check_method_params_dispatches_to_a_methods_own_check(composite):
     check_method_params("test_nested", {"alpha": 0.5, "parts": {"kd": {"temperature": 2}}}, "methods.both")
     assert composite.calls == ["methods.both"]
-    assert refused("test_nested", {"parts": {"kd": {"temperature": 0}}}) == \
-        "methods.test_nested.parts.kd.temperature: 0 is not allowed; expected a number > 0"
-    assert refused("test_nested", {"alpha": -1}) == \
-        "methods.test_nested.alpha: -1 is not allowed; expected a number >= 0"
+    assert (
+        refused("test_nested", {"parts": {"kd": {"temperature": 0}}})
+        == "methods.test_nested.parts.kd.temperature: 0 is not allowed; expected a number > 0"
+    )
+    assert (
+        refused("test_nested", {"alpha": -1}) == "methods.test_nested.alpha: -1 is not allowed; expected a number >= 0"
+    )
     assert method_defaults("test_nested") == {"parts": None, "alpha": 0.9, "gamma": 1.0, "temperature": 4.0}
 
 
@@ -183,15 +242,16 @@ def test_check_method_params_dispatches_to_a_methods_own_check(composite):
 
 def test_fitnet_hint_layer_beyond_the_feature_maps_is_refused_saying_how_many_there_are():
     message = refused("fitnet", {"hint_layer": 10}, student="resnet8", teacher="resnet20", **DIGITS)
-    assert message == ("methods.fitnet.hint_layer: 10 is not allowed; expected an integer from 0 to 3: the index "
-                       "counts the feature maps [stem, stage 1, ...], of which resnet8 has 4 and resnet20 4")
+    assert message == (
+        "methods.fitnet.hint_layer: 10 is not allowed; expected an integer from 0 to 3: the index "
+        "counts the feature maps [stem, stage 1, ...], of which resnet8 has 4 and resnet20 4"
+    )
     # a teacher with four stages does not lift the student's limit
     message = refused("fitnet", {"hint_layer": 4}, student="resnet8", teacher="resnet34", **DIGITS)
     assert "expected an integer from 0 to 3" in message and "resnet8 has 4 and resnet34 5" in message
 
 
-@pytest.mark.parametrize("student,teacher", [("resnet8", "resnet20"), ("mobilenetv2", "resnet20"),
-                                             ("resnet8", "vgg8")])
+@pytest.mark.parametrize("student,teacher", [("resnet8", "resnet20"), ("mobilenetv2", "resnet20"), ("resnet8", "vgg8")])
 def test_fitnet_fit_check_agrees_with_building_the_method(student, teacher):
     """For every hint layer, the grid-time check refuses exactly what the constructor refuses on real networks."""
     torch.manual_seed(0)
@@ -205,8 +265,9 @@ def test_fitnet_fit_check_agrees_with_building_the_method(student, teacher):
         except ValueError:
             built = False
         try:
-            check_method_fit("fitnet", {"hint_layer": hint_layer}, "methods.fitnet", student=student,
-                             teacher=teacher, **DIGITS)
+            check_method_fit(
+                "fitnet", {"hint_layer": hint_layer}, "methods.fitnet", student=student, teacher=teacher, **DIGITS
+            )
             checked = True
         except ValueError:
             checked = False
@@ -223,15 +284,20 @@ def test_fitnet_refuses_a_hint_no_regressor_can_map():
     student, teacher = _features([(16, 4, 4), (32, 2, 2)]), _features([(16, 16, 16), (32, 8, 8)])
     context = Context(torch.nn.Identity(), torch.nn.Identity(), student, teacher, 10, None, 64)
     FitNet = method_class("fitnet")
-    with pytest.raises(ValueError, match=r"^methods\.fitnet\.hint_layer: 1 is not allowed for Identity -> Identity: "
-                                         r"FitNet: no regressor maps a 4x4 student map to a 16x16 teacher map"):
+    with pytest.raises(
+        ValueError,
+        match=r"^methods\.fitnet\.hint_layer: 1 is not allowed for Identity -> Identity: "
+        r"FitNet: no regressor maps a 4x4 student map to a 16x16 teacher map",
+    ):
         FitNet.check_fit({**method_defaults("fitnet"), "hint_layer": 1}, context, "methods.fitnet", 100)
 
 
 def test_crd_needs_fewer_negatives_than_training_images():
     message = refused("crd", {"nce_k": 1_000_000}, student="resnet8", teacher="resnet20", **DIGITS)
-    assert message == ("methods.crd.nce_k: 1000000 is not allowed; expected an integer from 1 to 1436: the negatives "
-                       "are drawn from the 1437 training images")
+    assert message == (
+        "methods.crd.nce_k: 1000000 is not allowed; expected an integer from 1 to 1436: the negatives "
+        "are drawn from the 1437 training images"
+    )
     assert "from 1 to 1436" in refused("crd", {"nce_k": 1437}, student="resnet8", teacher="resnet20", **DIGITS)
     check_method_fit("crd", {"nce_k": 1436}, "methods.crd", student="resnet8", teacher="resnet20", **DIGITS)
 
@@ -241,14 +307,17 @@ def test_crd_refuses_memory_no_accelerator_holds():
     assert memory_bytes(50_000, 128, 16_384, 64) == 4 * (2 * 50_000 * 128 + 2 * 64 * 16_385 * 128 + 64 * 50_000)
     assert memory_bytes(50_000, 128, 16_384, None) == 4 * 2 * 50_000 * 128
     cifar = {"num_classes": 100, "image_size": 32, "n_train": 50_000}
-    check_method_fit("crd", {"nce_k": 16_384}, "methods.crd", student="resnet8", teacher="resnet20", batch_size=64,
-                     **cifar)  # RepDistiller's default: about 1 GiB
+    check_method_fit(
+        "crd", {"nce_k": 16_384}, "methods.crd", student="resnet8", teacher="resnet20", batch_size=64, **cifar
+    )  # RepDistiller's default: about 1 GiB
     message = refused("crd", {"feat_dim": 100_000}, student="resnet8", teacher="resnet20", batch_size=64, **cifar)
     gib = memory_bytes(50_000, 100_000, 16_384, 64) / 2**30
     assert gib > MEMORY_LIMIT / 2**30
-    assert message == (f"methods.crd.feat_dim: 100000 is not allowed with nce_k 16384: CRD would hold {gib:.0f} GiB "
-                       f"(vectors of 100000 floats: 2 x 50000 in the memory banks, 2 x 64 x 16385 per step); "
-                       f"expected at most 32 GiB")
+    assert message == (
+        f"methods.crd.feat_dim: 100000 is not allowed with nce_k 16384: CRD would hold {gib:.0f} GiB "
+        f"(vectors of 100000 floats: 2 x 50000 in the memory banks, 2 x 64 x 16385 per step); "
+        f"expected at most 32 GiB"
+    )
 
 
 def test_mhgd_needs_equal_stage_widths_and_mhan_two_stages():
@@ -260,14 +329,18 @@ def test_mhgd_needs_equal_stage_widths_and_mhan_two_stages():
 
 
 def test_a_distillation_method_without_a_teacher_is_refused():
-    assert refused("kd", {}, student="resnet8", teacher=None, **DIGITS) == \
-        "methods.kd: method 'kd' distils from a teacher, and this run has none"
+    assert (
+        refused("kd", {}, student="resnet8", teacher=None, **DIGITS)
+        == "methods.kd: method 'kd' distils from a teacher, and this run has none"
+    )
     check_method_fit("vanilla", {}, "methods.vanilla", student="resnet8", teacher=None, **DIGITS)
 
 
 def test_the_fit_check_checks_the_ranges_first():
-    assert refused("fitnet", {"hint_layer": "2"}, student="resnet8", teacher="resnet20", **DIGITS) == \
-        "methods.fitnet.hint_layer: '2' is not allowed; expected an integer >= 0"
+    assert (
+        refused("fitnet", {"hint_layer": "2"}, student="resnet8", teacher="resnet20", **DIGITS)
+        == "methods.fitnet.hint_layer: '2' is not allowed; expected an integer >= 0"
+    )
 
 
 def test_the_fit_check_leaves_the_callers_random_stream_alone():
@@ -279,8 +352,15 @@ def test_the_fit_check_leaves_the_callers_random_stream_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-PAPER_PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet20"), ("resnet110", "resnet56"),
-               ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_2"), ("wrn_40_2", "resnet56"), ("resnet34", "wrn_28_2")]
+PAPER_PAIRS = [
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet20"),
+    ("resnet110", "resnet56"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_2"),
+    ("wrn_40_2", "resnet56"),
+    ("resnet34", "wrn_28_2"),
+]
 
 
 COMPARED = ("vanilla", "kd", "fitnet", "at", "at_grad", "rkd", "crd", "l2t", "mhgd")  # the AFD paper's baselines
@@ -297,15 +377,23 @@ def test_every_method_with_its_defaults_fits_the_default_and_paper_grids_pairs()
         for name in COMPARED:
             params = {"nce_k": 64} if name == "crd" else {}  # as the paper sets it
             try:
-                check_method_fit(name, params, f"methods.{name}", student=student,
-                                 teacher=None if name == "vanilla" else teacher, **cifar)
+                check_method_fit(
+                    name,
+                    params,
+                    f"methods.{name}",
+                    student=student,
+                    teacher=None if name == "vanilla" else teacher,
+                    **cifar,
+                )
             except ValueError as error:
                 refusals.append((teacher, student, name, str(error).split(":")[0]))
         check_method_fit("mhan", {}, "heads", student=None, teacher=teacher, **cifar)
     elapsed = time.perf_counter() - start
     print(f"\nfit check of {len(PAPER_PAIRS)} pairs x {len(COMPARED)} methods: {elapsed:.2f} s")
-    assert refusals == [("wrn_40_2", "resnet56", "mhgd", "methods.mhgd"),
-                        ("resnet34", "wrn_28_2", "mhgd", "methods.mhgd")]
+    assert refusals == [
+        ("wrn_40_2", "resnet56", "mhgd", "methods.mhgd"),
+        ("resnet34", "wrn_28_2", "mhgd", "methods.mhgd"),
+    ]
 
 
 def test_the_fit_checks_networks_hold_shapes_only():

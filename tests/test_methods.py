@@ -1,6 +1,6 @@
 """FitNet, AT, RKD, CRD, L2T and MHGD: values against independent computations, gradients where they belong."""
+
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -23,8 +23,17 @@ def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8
 
 
 def context(t, s, images, labels, artifact=None, n_train=40, classes=10):
-    return Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), classes,
-                   torch.arange(n_train) % classes, len(images), seed=0, artifact=artifact)
+    return Context(
+        s,
+        t,
+        dry_run(s, images[:2]),
+        dry_run(t, images[:2]),
+        classes,
+        torch.arange(n_train) % classes,
+        len(images),
+        seed=0,
+        artifact=artifact,
+    )
 
 
 def batch(images, labels):
@@ -48,7 +57,9 @@ def test_fitnet_is_mse_between_the_regressed_hint_and_the_guide():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["fitnet"]
         conv = method.regressor.conv
-        hint = F.relu(bn_train(F.conv2d(fs.stages[1], conv.weight, conv.bias, padding=conv.padding), method.regressor.bn))
+        hint = F.relu(
+            bn_train(F.conv2d(fs.stages[1], conv.weight, conv.bias, padding=conv.padding), method.regressor.bn)
+        )
         expected = 100.0 * ((hint - ft.stages[1]) ** 2).mean()
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -81,8 +92,9 @@ def numpy_pool(a, size):
 @pytest.mark.parametrize("p,mapping", [(2.0, "sum"), (1.0, "sum"), (4.0, "sum"), (1.0, "max")])
 def test_attention_transfer_matches_the_papers_mapping_functions(p, mapping):
     t, s, images, labels = networks("wrn_16_2", "wrn_16_1")
-    method = build_method("at", {"alpha": 0.0, "beta": 1000.0, "p": p, "mapping": mapping},
-                          context(t, s, images, labels))
+    method = build_method(
+        "at", {"alpha": 0.0, "beta": 1000.0, "p": p, "mapping": mapping}, context(t, s, images, labels)
+    )
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["at"].item()
@@ -121,11 +133,11 @@ def test_gradient_attention_transfer_compares_input_gradients_and_trains_through
     # independent: per-image input gradients of each network's own loss
     reference = 0.0
     for i in range(8):
-        xi = images[i:i + 1].clone().requires_grad_(True)
+        xi = images[i : i + 1].clone().requires_grad_(True)
         s_copy = copy.deepcopy(s)
-        logits = s_copy(torch.cat([images[:i], xi, images[i + 1:]]))
+        logits = s_copy(torch.cat([images[:i], xi, images[i + 1 :]]))
         g_s = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), xi)[0]
-        g_t = torch.autograd.grad(F.cross_entropy(t(xi), labels[i:i + 1], reduction="sum"), xi)[0]
+        g_t = torch.autograd.grad(F.cross_entropy(t(xi), labels[i : i + 1], reduction="sum"), xi)[0]
         reference += (g_s - g_t).norm().item() / 8
     assert terms["at_grad"].item() == pytest.approx(2.0 / 2 * reference, rel=1e-4)
     sum(terms.values()).backward()
@@ -138,7 +150,7 @@ def test_gradient_attention_transfer_compares_input_gradients_and_trains_through
 
 def huber(a, b):
     d = np.abs(a - b)
-    return np.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
 
 
 def test_rkd_matches_distance_and_angle_potentials():
@@ -193,8 +205,9 @@ def test_crd_samples_other_classes_and_computes_the_nce_loss_of_eq_18():
 
     def nce(x):
         m, pn = x.shape[1] - 1, 1 / 40
-        return -(np.log(x[:, 0] / (x[:, 0] + m * pn + 1e-7)).sum()
-                 + np.log(m * pn / (x[:, 1:] + m * pn + 1e-7)).sum()) / len(x)
+        return -(
+            np.log(x[:, 0] / (x[:, 0] + m * pn + 1e-7)).sum() + np.log(m * pn / (x[:, 1:] + m * pn + 1e-7)).sum()
+        ) / len(x)
 
     assert got == pytest.approx(nce(scores_s) + nce(scores_t), rel=1e-4)
     updated = 0.5 * memory_s[:6] + 0.5 * v_s
@@ -234,8 +247,9 @@ def test_l2t_meta_gradient_matches_finite_differences_and_rolls_the_student_back
     try:
         t, s, images, labels = networks("resnet8", "resnet8", size=8, batch=4, seed=3)
         method = build_method("l2t", {"alpha": 0.0, "inner_steps": 2}, context(t, s, images, labels))
-        optimizer = torch.optim.SGD(list(s.parameters()) + list(method.trainable_parameters()), lr=0.05,
-                                    momentum=0.9, weight_decay=5e-4)
+        optimizer = torch.optim.SGD(
+            list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9, weight_decay=5e-4
+        )
         s.train()
         with torch.no_grad():
             ft = t(images, with_features=True)
@@ -244,8 +258,11 @@ def test_l2t_meta_gradient_matches_finite_differences_and_rolls_the_student_back
             optimizer.zero_grad()
             method.backward(method(s(images, with_features=True), ft, b))
             optimizer.step()
-        start = (copy.deepcopy(s.state_dict()), copy.deepcopy(method.matching.regressors.state_dict()),
-                 copy.deepcopy(optimizer.state_dict()))
+        start = (
+            copy.deepcopy(s.state_dict()),
+            copy.deepcopy(method.matching.regressors.state_dict()),
+            copy.deepcopy(optimizer.state_dict()),
+        )
         metas = method.matching.meta_parameters()
         method.meta_optimizer = torch.optim.SGD(metas, lr=0.0)  # keep the meta-networks fixed; read their .grad
         method.after_step(b, s, ft, optimizer)
@@ -314,16 +331,18 @@ def test_singular_vector_backward_is_the_reference_formula():
 
 def mhgd_setup(beta=1.0):
     t, s, images, labels = networks("resnet14", "resnet8", batch=8)
-    pretrain = build_method("mhan", {"num_heads": 2}, Context(None, t, None, dry_run(t, images[:2]), 10,
-                                                             torch.arange(40) % 10, 8, seed=0))
+    pretrain = build_method(
+        "mhan", {"num_heads": 2}, Context(None, t, None, dry_run(t, images[:2]), 10, torch.arange(40) % 10, 8, seed=0)
+    )
     pretrain.begin_epoch(1)
     with torch.no_grad():
         ft = t(images, with_features=True)
     terms = pretrain(None, ft, batch(images, labels))
     terms["mhan"].backward()
     assert all(p.grad is not None for p in pretrain.parameters())
-    method = build_method("mhgd", {"num_heads": 2, "beta": beta},
-                          context(t, s, images, labels, artifact=pretrain.state_dict()))
+    method = build_method(
+        "mhgd", {"num_heads": 2, "beta": beta}, context(t, s, images, labels, artifact=pretrain.state_dict())
+    )
     return t, s, images, labels, method, ft
 
 
@@ -343,6 +362,7 @@ def test_mhgd_transfers_the_kl_of_the_teachers_attention_graphs():
     def graph(head, back, front):
         def branch(seq, x):
             return bn_eval(x @ seq[0].weight.t(), seq[1]).view(len(x), head.hidden, head.heads)
+
         return torch.tanh(torch.einsum("bdh,cdh->hbc", branch(head.sender, back), branch(head.receiver, front)))
 
     def bn_eval(x, bn):
@@ -430,10 +450,14 @@ def _l2t_table1_step(calibrate: bool):
             for _ in range(2):
                 t(torch.randn(64, 3, 32, 32))
         t.eval()
-    method = build_method("l2t", {"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4},
-                          context(t, s, images, labels, classes=100))
-    optimizer = torch.optim.SGD(list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9,
-                                weight_decay=5e-4)
+    method = build_method(
+        "l2t",
+        {"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4},
+        context(t, s, images, labels, classes=100),
+    )
+    optimizer = torch.optim.SGD(
+        list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9, weight_decay=5e-4
+    )
     with torch.no_grad():
         ft = t(images, with_features=True)
     b = batch(images, labels)
@@ -457,6 +481,9 @@ def test_l2t_stops_naming_the_teacher_when_its_virtual_steps_overflow():
     """A teacher whose eval-mode BatchNorm does not normalise (untrained) gives maps in the thousands: the
     first virtual step moves the student by lr x their square and the second overflows. The job stops there,
     saying so, instead of letting Adam take a NaN step into the meta-networks (L2T-ww has no check)."""
-    with pytest.raises(FloatingPointError, match=r"l2t: the meta-gradient is not finite: the virtual steps "
-                                                 r"overflowed \(the teacher's stage maps reach [0-9.e+]+"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"l2t: the meta-gradient is not finite: the virtual steps "
+        r"overflowed \(the teacher's stage maps reach [0-9.e+]+",
+    ):
         _l2t_table1_step(calibrate=False)

@@ -1,12 +1,21 @@
 """FT and DML: values against line-by-line re-implementations of the reference formulas, gradients where they
 belong, the heads stage feeding FT its paraphraser, and tiny real networks trained by the engine."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afdistill.methods import (Batch, Context, build_method, check_method_fit, check_method_params, dry_run,
-                               method_class, method_defaults)
+from afdistill.methods import (
+    Batch,
+    Context,
+    build_method,
+    check_method_fit,
+    check_method_params,
+    dry_run,
+    method_class,
+    method_defaults,
+)
 from afdistill.models import create_model
 
 DIGITS = {"num_classes": 10, "image_size": 16, "n_train": 1437}
@@ -21,8 +30,17 @@ def networks(teacher="resnet20", student="resnet8", classes=10, size=16, batch=8
 
 
 def context(t, s, images, artifact=None, classes=10):
-    return Context(s, t, None if s is None else dry_run(s, images[:2]), None if t is None else dry_run(t, images[:2]),
-                   classes, torch.arange(40) % classes, len(images), seed=0, artifact=artifact)
+    return Context(
+        s,
+        t,
+        None if s is None else dry_run(s, images[:2]),
+        None if t is None else dry_run(t, images[:2]),
+        classes,
+        torch.arange(40) % classes,
+        len(images),
+        seed=0,
+        artifact=artifact,
+    )
 
 
 def teacher_features(t, images):
@@ -94,7 +112,10 @@ def test_paraphraser_and_translator_have_repdistillers_layers():
     from afdistill.methods.ft import Paraphraser, Translator
 
     paraphraser, translator = Paraphraser(64, 0.5), Translator(16, 64, 0.5)
-    shapes = lambda module, kind: [tuple(m.weight.shape) for m in module.modules() if isinstance(m, kind)]
+
+    def shapes(module, kind):
+        return [tuple(m.weight.shape) for m in module.modules() if isinstance(m, kind)]
+
     assert shapes(paraphraser.encoder, nn.Conv2d) == [(64, 64, 3, 3), (32, 64, 3, 3), (32, 32, 3, 3)]
     assert shapes(paraphraser.decoder, nn.ConvTranspose2d) == [(32, 32, 3, 3), (32, 64, 3, 3), (64, 64, 3, 3)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in paraphraser.modules())  # use_bn=False
@@ -119,7 +140,7 @@ def test_ft_paraphraser_trains_only_the_paraphraser():
     t, _, images, labels = networks("resnet20")
     method = build_method("ft_paraphraser", {}, context(t, None, images))
     assert [id(p) for p in method.trainable_parameters()] == [id(p) for p in method.paraphraser.parameters()]
-    assert method.pre_stage({}) is None and method_class("ft_paraphraser").needs_teacher
+    assert method.caps.pre_stage is None and method_class("ft_paraphraser").capabilities({}).needs_teacher
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9)
     ft = teacher_features(t, images)
     before = [p.clone() for p in method.paraphraser.parameters()]
@@ -159,9 +180,10 @@ def test_ft_reads_the_heads_stage_and_matches_repdistillers_factor_transfer():
     state = heads_state(t, images)
     method = build_method("ft", {"beta": 200.0}, context(t, s, images, artifact=state))
     cls = method_class("ft")
-    assert (cls.needs_artifact, cls.heads_method, cls.pre_stage({})) == ("heads", "ft_paraphraser", "heads")
-    assert set(cls.heads_params) <= set(method_defaults("ft_paraphraser"))  # the heads job accepts them
-    assert (cls.label, method.alpha, method.gamma) == ("FT", 0.0, 1.0)  # RepDistiller: -a 0 -b 200
+    caps = cls.capabilities({})
+    assert (caps.pre_stage, caps.heads.method, method.caps.pre_stage) == ("heads", "ft_paraphraser", "heads")
+    assert set(caps.heads.shared_params) <= set(method_defaults("ft_paraphraser"))  # the heads job accepts them
+    assert (cls.label, method.kd.alpha, method.gamma) == ("FT", 0.0, 1.0)  # RepDistiller: -a 0 -b 200
     for key, value in method.paraphraser.state_dict().items():
         assert torch.equal(value, state[f"paraphraser.{key}"])
     trainable = {id(p) for p in method.trainable_parameters()}
@@ -191,8 +213,9 @@ def test_ft_fit_checks_refuse_a_rate_that_leaves_no_factor_channel():
     check_method_fit("ft_paraphraser", {"k": 0.5}, "heads", student=None, teacher="resnet20", **DIGITS)
     message = refused("ft", {"k": 0.01}, student="resnet8", teacher="resnet20", **DIGITS)
     assert message.startswith("methods.ft.k: 0.01 is not allowed for resnet20")
-    assert refused("ft_paraphraser", {"k": 0.01}, teacher="resnet20", student=None,
-                   **DIGITS).startswith("methods.ft_paraphraser.k: 0.01 is not allowed")
+    assert refused("ft_paraphraser", {"k": 0.01}, teacher="resnet20", student=None, **DIGITS).startswith(
+        "methods.ft_paraphraser.k: 0.01 is not allowed"
+    )
     with pytest.raises(ValueError, match="methods.ft.k: 0 is not allowed; expected a number > 0"):
         check_method_params("ft", {"k": 0}, "methods.ft")
 
@@ -209,7 +232,7 @@ def dml_setup(peer=None, seed=0):
 def test_dml_needs_no_teacher_and_owns_an_independently_initialised_peer():
     s, method, images, labels = dml_setup()
     cls = method_class("dml")
-    assert not cls.needs_teacher and cls.pre_stage({}) is None and cls.label == "DML"
+    assert not cls.capabilities({}).needs_teacher and cls.capabilities({}).pre_stage is None and cls.label == "DML"
     assert method.peer.arch == "resnet8" and method.peer is not s
     assert any(not torch.equal(a, b) for a, b in zip(s.parameters(), method.peer.parameters()))
     assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in method.peer.parameters()}
@@ -229,7 +252,10 @@ def test_dml_loss_is_both_cross_entropies_and_both_kl_directions():
     with torch.no_grad():
         peer_logits = method.peer(images)  # BN in training mode: the same batch statistics
         p_s, p_p = F.softmax(fs.logits, 1), F.softmax(peer_logits, 1)
-        kl = lambda q, p: (q * (q.log() - p.log())).sum(1).mean()  # KL(q || p), the paper's eq. 3 per image
+
+        def kl(q, p):
+            return (q * (q.log() - p.log())).sum(1).mean()  # KL(q || p), the paper's eq. 3 per image
+
         ce_s, ce_p = F.cross_entropy(fs.logits, labels), F.cross_entropy(peer_logits, labels)
     assert terms["ce"].item() == pytest.approx(ce_s.item(), rel=1e-5)
     assert terms["peer_ce"].item() == pytest.approx(ce_p.item(), rel=1e-5)
@@ -258,8 +284,9 @@ def test_dml_each_network_gets_only_its_own_objectives_gradient():
     for got, want in zip(got_s + got_p, list(want_s) + list(want_p)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     # without the stop-gradients the student would also follow the peer's mimicry term: a different gradient
-    undetached = torch.autograd.grad(F.cross_entropy(s_logits, labels) + kl(p_logits, s_logits)
-                                     + kl(s_logits, p_logits), student_params)
+    undetached = torch.autograd.grad(
+        F.cross_entropy(s_logits, labels) + kl(p_logits, s_logits) + kl(s_logits, p_logits), student_params
+    )
     assert any(not torch.allclose(g, u, rtol=1e-3, atol=1e-6) for g, u in zip(got_s, undetached))
 
 
@@ -308,24 +335,36 @@ def test_dml_refuses_an_unknown_peer_architecture_naming_the_key():
 def test_the_heads_stage_pretrains_fts_paraphraser_and_dml_trains_both_networks(small_data, tmp_path):
     """Teacher, heads (ft_paraphraser), FT student reading the heads job's model.pt, and DML, one epoch each."""
     from afdistill.engine import CHECKPOINT, train
-    from afdistill.runner import load_artifact
+    from afdistill.kinds.heads import read as read_heads
     from afdistill.spec import JobSpec, Schedule
 
     quiet = lambda *a: None  # noqa: E731
     schedule = Schedule(epochs=1, batch_size=50, lr=0.05, lr_decay_epochs=())
     common = dict(grid="test", dataset="digits", seed=0, schedule=schedule, device="cpu")
-    train(JobSpec(kind="teacher", arch="resnet8", method="vanilla", run="teacher", **common), small_data,
-          tmp_path / "teacher", log=quiet)
+    train(
+        JobSpec(kind="teacher", arch="resnet8", method="vanilla", run="teacher", **common),
+        small_data,
+        tmp_path / "teacher",
+        log=quiet,
+    )
     teacher = tmp_path / "teacher" / "model.pt"
 
-    heads_spec = JobSpec(kind="heads", arch=None, teacher="resnet8", method="ft_paraphraser", run="ft",
-                         method_params={"k": 0.5}, **common)
+    heads_spec = JobSpec(
+        kind="heads",
+        arch=None,
+        teacher="resnet8",
+        method="ft_paraphraser",
+        run="ft",
+        method_params={"k": 0.5},
+        **common,
+    )
     heads = train(heads_spec, small_data, tmp_path / "heads", teacher, log=quiet)
     assert "loss_ft_paraphraser" in heads.record["history"][0] and "train_top1" not in heads.record["history"][0]
 
-    ft_spec = JobSpec(kind="student", arch="resnet8", teacher="resnet8", method="ft", run="ft",
-                      method_params={"k": 0.5}, **common)
-    artifact = load_artifact("heads", str(tmp_path / "heads" / "model.pt"), ft_spec)
+    ft_spec = JobSpec(
+        kind="student", arch="resnet8", teacher="resnet8", method="ft", run="ft", method_params={"k": 0.5}, **common
+    )
+    artifact = read_heads(str(tmp_path / "heads" / "model.pt"), ft_spec)
     student = train(ft_spec, small_data, tmp_path / "ft", teacher, artifact=artifact, log=quiet)
     for key, value in student.method.paraphraser.state_dict().items():  # frozen through training
         assert torch.equal(value, artifact[f"paraphraser.{key}"].to(value.device))

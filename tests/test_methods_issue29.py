@@ -1,5 +1,6 @@
 """FSP, AB, KD-SVD, F-ActT, min-l2 and the symmetry norm: values against independent computations of the official
 formulas, gradients where they belong, tiny real network pairs, and the fit checks that refuse what cannot work."""
+
 import copy
 import types
 from dataclasses import replace
@@ -26,8 +27,16 @@ def networks(teacher="resnet20", student="resnet8", classes=10, size=16, batch=8
 
 
 def context(t, s, images, classes=10):
-    return Context(s, t, dry_run(s, images[:2]), None if t is None else dry_run(t, images[:2]), classes,
-                   torch.arange(40) % classes, len(images), seed=0)
+    return Context(
+        s,
+        t,
+        dry_run(s, images[:2]),
+        None if t is None else dry_run(t, images[:2]),
+        classes,
+        torch.arange(40) % classes,
+        len(images),
+        seed=0,
+    )
 
 
 def batch(images, labels):
@@ -47,8 +56,9 @@ def refused(name, params, **fit):
 
 def test_labels_are_the_papers_column_names():
     assert [method_class(n).label for n in NEW] == ["FSP", "AB", "KD-SVD", "F-ActT", "min-l2", "Symmetry norm"]
-    assert not method_class("min_l2").needs_teacher and not method_class("symmetry_norm").needs_teacher
-    assert method_class("min_l2").needs_input_grad and method_class("symmetry_norm").needs_input_grad
+    for name in ("min_l2", "symmetry_norm"):
+        caps = method_class(name).capabilities({})
+        assert not caps.needs_teacher and caps.needs_input_grad and not caps.cuda_graphs
 
 
 # ---------------------------------------------------------------- FSP (RepDistiller)
@@ -56,6 +66,7 @@ def test_labels_are_the_papers_column_names():
 
 def repdistiller_fsp_loss(feat_s, feat_t):
     """RepDistiller's FSP.forward, step by step: one matrix per consecutive pair of ``feat[:-1]``, mean squares."""
+
     def compute_fsp(g):
         matrices = []
         for i in range(len(g) - 1):
@@ -99,9 +110,11 @@ def test_fsp_trains_the_students_features_only():
 
 def test_fsp_refuses_pairs_whose_channels_differ():
     message = refused("fsp", {}, student="wrn_16_1", teacher="wrn_16_2", **DIGITS)
-    assert message == ("methods.fsp: wrn_16_2 -> wrn_16_1: FSP compares C x C matrices between consecutive feature "
-                       "maps [stem, stage 1, ...], so teacher and student need the same channels at each; got "
-                       "teacher [16, 32, 64, 128], student [16, 16, 32, 64]")
+    assert message == (
+        "methods.fsp: wrn_16_2 -> wrn_16_1: FSP compares C x C matrices between consecutive feature "
+        "maps [stem, stage 1, ...], so teacher and student need the same channels at each; got "
+        "teacher [16, 32, 64, 128], student [16, 16, 32, 64]"
+    )
     check_method_fit("fsp", {}, "methods.fsp", student="resnet8", teacher="resnet20", **DIGITS)
     check_method_fit("fsp", {}, "methods.fsp", student="wrn_16_2", teacher="wrn_40_2", **DIGITS)
 
@@ -116,8 +129,9 @@ def repdistiller_ab_loss(g_s, g_t, margin=1.0):
     bsz = g_s[0].shape[0]
     losses = []
     for source, target in zip(g_s, g_t):
-        loss = ((source + margin) ** 2 * ((source > -margin) & (target <= 0)).float()
-                + (source - margin) ** 2 * ((source <= margin) & (target > 0)).float())
+        loss = (source + margin) ** 2 * ((source > -margin) & (target <= 0)).float() + (source - margin) ** 2 * (
+            (source <= margin) & (target > 0)
+        ).float()
         losses.append(torch.abs(loss).sum())
     losses = [w * loss for w, loss in zip(weights, losses)]
     losses = [loss / bsz for loss in losses]
@@ -164,13 +178,18 @@ def _features(stage_shapes):
 
 
 def test_ab_refuses_stages_it_cannot_pair_or_connect():
-    assert refused("ab", {}, student="mobilenetv2", teacher="resnet20", **DIGITS) == \
-        "methods.ab: resnet20 -> mobilenetv2: AB pairs the stages one to one; the teacher has 3 and the student 4"
+    assert (
+        refused("ab", {}, student="mobilenetv2", teacher="resnet20", **DIGITS)
+        == "methods.ab: resnet20 -> mobilenetv2: AB pairs the stages one to one; the teacher has 3 and the student 4"
+    )
     # a student map a quarter of the teacher's size has no RepDistiller connector (ConvReg's size rules)
     student, teacher = _features([(16, 4, 4), (32, 2, 2)]), _features([(16, 16, 16), (32, 2, 2)])
     ctx = Context(torch.nn.Identity(), torch.nn.Identity(), student, teacher, 10, None, 64)
-    with pytest.raises(ValueError, match=r"^methods\.ab: Identity -> Identity: stage 1: no regressor maps a 4x4 "
-                                         r"student map to a 16x16 teacher map$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^methods\.ab: Identity -> Identity: stage 1: no regressor maps a 4x4 "
+        r"student map to a 16x16 teacher map$",
+    ):
         method_class("ab").check_fit({"beta": 1.0, "margin": 1.0}, ctx, "methods.ab", 100)
     check_method_fit("ab", {}, "methods.ab", student="wrn_16_1", teacher="wrn_40_2", **DIGITS)
 
@@ -192,15 +211,15 @@ def numpy_kdsvd(student_maps, teacher_maps, k):
         v_t = v_t * np.where(largest >= 0, 1.0, -1.0)
         sigma_t = sigma_t[:, :k] / np.linalg.norm(sigma_t[:, :k], axis=1, keepdims=True)
         _, _, vh_s = np.linalg.svd(m_s, full_matrices=False)
-        v_s = vh_s.transpose(0, 2, 1)[:, :, :k + 3]
+        v_s = vh_s.transpose(0, 2, 1)[:, :, : k + 3]
         v_s = v_s / np.linalg.norm(v_s, axis=1, keepdims=True)
         cosine = v_s.transpose(0, 2, 1) @ v_t  # B x (k + 3) x k
         mask = np.where(np.abs(cosine) == np.abs(cosine).max(1, keepdims=True), np.sign(cosine), 0.0)
         v_s = v_s @ mask
         v_t, v_s = v_t * sigma_t[:, None, :], v_s * sigma_t[:, None, :]
         if previous is not None:
-            s_rbf = np.exp(-(v_s[:, :, None, :] - previous[0][:, None, :, :]) ** 2 / 8)
-            t_rbf = np.exp(-(v_t[:, :, None, :] - previous[1][:, None, :, :]) ** 2 / 8)
+            s_rbf = np.exp(-((v_s[:, :, None, :] - previous[0][:, None, :, :]) ** 2) / 8)
+            t_rbf = np.exp(-((v_t[:, :, None, :] - previous[1][:, None, :, :]) ** 2) / 8)
             square = (s_rbf - t_rbf) ** 2
             total += np.where(np.isfinite(square), square, 0.0).sum()
         previous = (v_s, v_t)
@@ -213,14 +232,19 @@ def test_kdsvd_matches_the_tf_codes_formulas_in_numpy(k):
     shapes = [(6, 5, 5), (8, 4, 4), (10, 3, 3)]  # HW >= C, HW >= C, HW < C
     s_maps = [rng.standard_normal((3, *shape)) for shape in shapes]
     t_maps = [rng.standard_normal((3, *shape)) for shape in shapes]
-    as_features = lambda maps: Features(torch.zeros(3, 10), [], [torch.tensor(m, dtype=torch.float32) for m in maps],
-                                        None, None)  # noqa: E731
+
+    def as_features(maps):
+        return Features(torch.zeros(3, 10), [], [torch.tensor(m, dtype=torch.float32) for m in maps], None, None)  # noqa: E731
+
     fs, ft = as_features(s_maps), as_features(t_maps)
     ctx = Context(torch.nn.Linear(1, 1), torch.nn.Identity(), fs, ft, 10, None, 3)
     method = build_method("kdsvd", {"beta": 3.0, "k": k}, ctx)
     got = method.distill(fs, ft, batch(torch.zeros(3, 3, 5, 5), torch.zeros(3, dtype=torch.long)))["kdsvd"].item()
-    expected = 3.0 * numpy_kdsvd([m.astype(np.float32).astype(np.float64) for m in s_maps],
-                                 [m.astype(np.float32).astype(np.float64) for m in t_maps], k)
+    expected = 3.0 * numpy_kdsvd(
+        [m.astype(np.float32).astype(np.float64) for m in s_maps],
+        [m.astype(np.float32).astype(np.float64) for m in t_maps],
+        k,
+    )
     assert got == pytest.approx(expected, rel=1e-4)
 
 
@@ -238,8 +262,9 @@ def numpy_tf_left_grad(x, n, grad_top):
     msym = lambda a: a + a.transpose(0, 2, 1)  # noqa: E731
     big_u, big_v, d = v, u, d_v @ np.stack([np.diag(1 / (row + 1e-8)) for row in s])
     diag_part = np.stack([np.diag(np.diag(m)) for m in big_u.transpose(0, 2, 1) @ d])
-    grad = (d - big_u @ (diag_part + 2 * big_s @ msym(k_t * (d.transpose(0, 2, 1) @ (big_u @ big_s))))) \
-        @ big_v.transpose(0, 2, 1)
+    grad = (
+        d - big_u @ (diag_part + 2 * big_s @ msym(k_t * (d.transpose(0, 2, 1) @ (big_u @ big_s))))
+    ) @ big_v.transpose(0, 2, 1)
     return grad.transpose(0, 2, 1)
 
 
@@ -300,11 +325,13 @@ def test_kdsvd_without_clipping_adds_the_gradients():
 
 def test_kdsvd_refuses_unequal_widths_and_too_many_vectors():
     assert refused("kdsvd", {}, student="resnet8", teacher="wrn_16_2", **DIGITS).startswith(
-        "methods.kdsvd: wrn_16_2 -> resnet8: KD-SVD compares singular vectors channel by channel")
+        "methods.kdsvd: wrn_16_2 -> resnet8: KD-SVD compares singular vectors channel by channel"
+    )
     # 16 x 16 digits: resnet8's first stage is 16 channels at 16 x 16, so 16 singular vectors: k + 3 <= 16
     assert refused("kdsvd", {"k": 14}, student="resnet8", teacher="resnet20", **DIGITS) == (
         "methods.kdsvd.k: 14 is not allowed for resnet20 -> resnet8: the student's stage 1 (16 channels, 16 x 16) "
-        "has 16 singular vectors, and needs k + 3; expected k from 1 to 13")
+        "has 16 singular vectors, and needs k + 3; expected k from 1 to 13"
+    )
     check_method_fit("kdsvd", {"k": 13}, "methods.kdsvd", student="resnet8", teacher="resnet20", **DIGITS)
 
 
@@ -330,18 +357,22 @@ def test_fact_compares_normalised_full_activations(teacher, student):
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["fact"].item()
-    adapters = [None if isinstance(a, torch.nn.Identity) else a.weight.detach()[:, :, 0, 0].double().numpy()
-                for a in method.adapters]
+    adapters = [
+        None if isinstance(a, torch.nn.Identity) else a.weight.detach()[:, :, 0, 0].double().numpy()
+        for a in method.adapters
+    ]
     assert all(a is None for a in adapters) == (teacher == "resnet20")  # an adapter only where channels differ
-    expected = 10.0 * numpy_fact([f.double().numpy() for f in fs.stages], [f.double().numpy() for f in ft.stages],
-                                 adapters)
+    expected = 10.0 * numpy_fact(
+        [f.double().numpy() for f in fs.stages], [f.double().numpy() for f in ft.stages], adapters
+    )
     assert got == pytest.approx(expected, rel=1e-4)
 
 
 def test_fact_refuses_unequal_numbers_of_groups():
     assert refused("fact", {}, student="resnet8", teacher="resnet34", **DIGITS) == (
         "methods.fact: resnet34 -> resnet8: F-ActT pairs the groups of residual blocks one to one; the teacher has 4 "
-        "and the student 3")
+        "and the student 3"
+    )
     check_method_fit("fact", {}, "methods.fact", student="wrn_16_1", teacher="wrn_40_2", **DIGITS)
 
 
@@ -353,8 +384,8 @@ def per_image_input_gradients(network, images, labels, mirrored=False):
     image; the mirror image's gradient is mirrored back."""
     grads = []
     for i in range(len(images)):
-        x = (images[i:i + 1].flip(-1) if mirrored else images[i:i + 1]).clone().requires_grad_(True)
-        g = torch.autograd.grad(F.cross_entropy(network(x), labels[i:i + 1]), x, create_graph=True)[0]
+        x = (images[i : i + 1].flip(-1) if mirrored else images[i : i + 1]).clone().requires_grad_(True)
+        g = torch.autograd.grad(F.cross_entropy(network(x), labels[i : i + 1]), x, create_graph=True)[0]
         grads.append(g.flip(-1) if mirrored else g)
     return torch.cat(grads)
 
@@ -438,7 +469,7 @@ def test_each_method_trains_a_tiny_real_pair_with_a_finite_loss(name):
     teacher = None if name in ("min_l2", "symmetry_norm") else t
     method = build_method(name, {}, context(teacher, s, images))
     method.begin_epoch(1)
-    x = images.clone().requires_grad_(method.needs_input_grad)
+    x = images.clone().requires_grad_(method.caps.needs_input_grad)
     ft = None
     if teacher is not None:
         with torch.inference_mode():
@@ -450,5 +481,6 @@ def test_each_method_trains_a_tiny_real_pair_with_a_finite_loss(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in s.parameters())
     assert all(p.grad is not None for p in method.trainable_parameters())
     assert all(p.grad is None for p in t.parameters())
-    check_method_fit(name, {}, f"methods.{name}", student="resnet8", teacher=None if teacher is None else "resnet8",
-                     **DIGITS)
+    check_method_fit(
+        name, {}, f"methods.{name}", student="resnet8", teacher=None if teacher is None else "resnet8", **DIGITS
+    )

@@ -1,4 +1,5 @@
 """Models: RepDistiller-compatible parameter names and shapes, same logits, AFD's feature candidates."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,16 +86,24 @@ def test_state_dict_names_and_shapes_match_repdistiller(name):
 
 def test_parameter_counts_match_the_published_sizes():
     # CRD paper / RepDistiller README sizes for CIFAR-100 (in millions).
-    published = {"resnet20": 0.28, "resnet56": 0.86, "resnet110": 1.74, "wrn_16_2": 0.70, "wrn_40_2": 2.26,
-                 "resnet8x4": 1.23, "resnet32x4": 7.43}
+    published = {
+        "resnet20": 0.28,
+        "resnet56": 0.86,
+        "resnet110": 1.74,
+        "wrn_16_2": 0.70,
+        "wrn_40_2": 2.26,
+        "resnet8x4": 1.23,
+        "resnet32x4": 7.43,
+    }
     for name, millions in published.items():
         count = sum(p.numel() for p in create_model(name, 100).parameters())
         assert abs(count / 1e6 - millions) < 0.01, (name, count)
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-                        False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"], False, 0.0, 1e-5
+    )
 
 
 def reference_resnet_forward(sd, n, x):
@@ -127,7 +136,9 @@ def reference_wrn_forward(sd, n, x):
             taps.append(a)
             y = F.relu(_bn(F.conv2d(a, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn2"))
             y = F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1)
-            shortcut = F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            shortcut = (
+                F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            )
             out = y + shortcut
     final = F.relu(_bn(out, sd, "bn1"))
     logits = F.linear(F.avg_pool2d(final, final.shape[-1]).flatten(1), sd["fc.weight"], sd["fc.bias"])
@@ -144,8 +155,10 @@ def _randomize_bn(model):
             module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
 
 
-@pytest.mark.parametrize("name,n,family", [("resnet20", 3, "resnet"), ("resnet8x4", 1, "resnet"),
-                                           ("wrn_16_2", 2, "wrn"), ("wrn_40_1", 6, "wrn")])
+@pytest.mark.parametrize(
+    "name,n,family",
+    [("resnet20", 3, "resnet"), ("resnet8x4", 1, "resnet"), ("wrn_16_2", 2, "wrn"), ("wrn_40_1", 6, "wrn")],
+)
 def test_logits_and_block_features_match_the_reference_architecture(name, n, family):
     torch.manual_seed(0)
     model = create_model(name, 10)
@@ -163,16 +176,19 @@ def test_logits_and_block_features_match_the_reference_architecture(name, n, fam
     torch.testing.assert_close(model(x), features.logits)
 
 
-@pytest.mark.parametrize("name,count,shapes", [
-    ("resnet20", 9, {(16, 32), (32, 16), (64, 8)}),
-    ("resnet56", 27, {(16, 32), (32, 16), (64, 8)}),
-    ("resnet110", 27, {(16, 32), (32, 16), (64, 8)}),
-    ("wrn_16_2", 6, {(32, 32), (64, 16), (128, 8)}),
-    ("wrn_28_2", 12, {(32, 32), (64, 16), (128, 8)}),
-    ("wrn_40_2", 18, {(32, 32), (64, 16), (128, 8)}),
-    ("resnet34", 16, {(64, 32), (128, 16), (256, 8), (512, 4)}),
-    ("resnet18", 8, {(64, 32), (128, 16), (256, 8), (512, 4)}),
-])
+@pytest.mark.parametrize(
+    "name,count,shapes",
+    [
+        ("resnet20", 9, {(16, 32), (32, 16), (64, 8)}),
+        ("resnet56", 27, {(16, 32), (32, 16), (64, 8)}),
+        ("resnet110", 27, {(16, 32), (32, 16), (64, 8)}),
+        ("wrn_16_2", 6, {(32, 32), (64, 16), (128, 8)}),
+        ("wrn_28_2", 12, {(32, 32), (64, 16), (128, 8)}),
+        ("wrn_40_2", 18, {(32, 32), (64, 16), (128, 8)}),
+        ("resnet34", 16, {(64, 32), (128, 16), (256, 8), (512, 4)}),
+        ("resnet18", 8, {(64, 32), (128, 16), (256, 8), (512, 4)}),
+    ],
+)
 def test_afd_candidates_are_the_official_layer_table(name, count, shapes):
     """clovaai/attention-feature-distillation utils.LAYER: 9/27/27 (every 2nd block)/6/12/18/16/8."""
     model = create_model(name, 100).eval()
@@ -219,9 +235,10 @@ def test_folding_batch_norm_keeps_logits_and_every_feature(name):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours, theirs = folded(x, with_features=True), model(x, with_features=True)
-    for a, b in zip([ours.logits, ours.stem, ours.pooled, *ours.blocks, *ours.stages, *ours.preact_stages],
-                    [theirs.logits, theirs.stem, theirs.pooled, *theirs.blocks, *theirs.stages,
-                     *theirs.preact_stages]):
+    for a, b in zip(
+        [ours.logits, ours.stem, ours.pooled, *ours.blocks, *ours.stages, *ours.preact_stages],
+        [theirs.logits, theirs.stem, theirs.pooled, *theirs.blocks, *theirs.stages, *theirs.preact_stages],
+    ):
         scale = b.abs().max().clamp_min(1e-6)
         assert (a - b).abs().max() / scale < 1e-4
     assert len(ours.blocks) == len(theirs.blocks) and len(ours.stages) == len(theirs.stages)
@@ -263,14 +280,14 @@ def _captured_preacts(model, x):
     """Each stage's tensor before its last ReLU, rebuilt from what forward hooks see of the modules that make it
     (the BN before that ReLU, the block's input): independent of the forward's own bookkeeping. Mirrors the
     official ``preact`` features (megvii-research/mdistiller, mdistiller/models/cifar/*.py)."""
-    from afdistill.models import (imagenet_resnet, mhgd_nets, mobilenetv1, mobilenetv2, nin, resnet, shufflenet, vgg,
-                                  wrn)
+    from afdistill.models import imagenet_resnet, mhgd_nets, mobilenetv1, mobilenetv2, nin, resnet, shufflenet, vgg, wrn
 
     seen = {}
 
     def keep(key, pre=False):
         def hook(module, args, output=None):
             seen[key] = args[0] if pre else output
+
         return hook
 
     handles, build = [], []
@@ -278,13 +295,16 @@ def _captured_preacts(model, x):
         for name in model.stage_names:
             block = getattr(model, name)[-1]
             bn = block.bn3 if hasattr(block, "bn3") else block.bn2
-            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
-                        bn.register_forward_hook(keep((name, "bn")))]
+            handles += [
+                block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                bn.register_forward_hook(keep((name, "bn"))),
+            ]
 
             def make(name=name, block=block):
                 shortcut = getattr(block, getattr(block, "shortcut_name", "shortcut"))
                 x_in = seen[(name, "in")]
                 return seen[(name, "bn")] + (x_in if shortcut is None else shortcut(x_in))
+
             build.append(make)
     elif isinstance(model, wrn.WideResNet):
         # the next layer's BN applied to the stage's output, before that layer's ReLU
@@ -300,23 +320,29 @@ def _captured_preacts(model, x):
     elif isinstance(model, shufflenet.ShuffleNetV1):
         for name in ("layer1", "layer2", "layer3"):
             block = getattr(model, name)[-1]
-            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
-                        block.bn3.register_forward_hook(keep((name, "bn")))]
+            handles += [
+                block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                block.bn3.register_forward_hook(keep((name, "bn"))),
+            ]
 
             def make(name=name, block=block):
                 out, residual = seen[(name, "bn")], block.shortcut(seen[(name, "in")])
                 return torch.cat([out, residual], 1) if block.stride == 2 else out + residual
+
             build.append(make)
     elif isinstance(model, shufflenet.ShuffleNetV2):
         for name in ("layer1", "layer2", "layer3"):
             block = getattr(model, name)[-1]
-            handles += [block.register_forward_pre_hook(keep((name, "in"), pre=True)),
-                        block.bn3.register_forward_hook(keep((name, "bn")))]
+            handles += [
+                block.register_forward_pre_hook(keep((name, "in"), pre=True)),
+                block.bn3.register_forward_hook(keep((name, "bn"))),
+            ]
 
-            def make(name=name):
+            def unshuffled(name=name):
                 x_in = seen[(name, "in")]
-                return torch.cat([x_in[:, :x_in.shape[1] // 2], seen[(name, "bn")]], 1)  # unshuffled, as official
-            build.append(make)
+                return torch.cat([x_in[:, : x_in.shape[1] // 2], seen[(name, "bn")]], 1)  # unshuffled, as official
+
+            build.append(unshuffled)
     elif isinstance(model, mobilenetv2.MobileNetV2):
         return None  # no ReLU ends a stage: the pre-activation features are the stages
     elif isinstance(model, mhgd_nets.MHGDVGG):
@@ -421,10 +447,16 @@ def reference_wrn_preacts(sd, n, x):
             a = F.relu(_bn(out, sd, f"{p}.bn1"))
             y = F.relu(_bn(F.conv2d(a, sd[f"{p}.conv1.weight"], stride=stride, padding=1), sd, f"{p}.bn2"))
             y = F.conv2d(y, sd[f"{p}.conv2.weight"], padding=1)
-            shortcut = F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            shortcut = (
+                F.conv2d(a, sd[f"{p}.convShortcut.weight"], stride=stride) if f"{p}.convShortcut.weight" in sd else out
+            )
             out = y + shortcut
         stages.append(out)
-    return [_bn(stages[0], sd, "block2.layer.0.bn1"), _bn(stages[1], sd, "block3.layer.0.bn1"), _bn(stages[2], sd, "bn1")]
+    return [
+        _bn(stages[0], sd, "block2.layer.0.bn1"),
+        _bn(stages[1], sd, "block3.layer.0.bn1"),
+        _bn(stages[2], sd, "bn1"),
+    ]
 
 
 def test_preact_stages_survive_bf16_views_and_training_mode():

@@ -3,26 +3,35 @@
 Shapes against the MHGD supplementary's Figure 1 and sseung0703/KD_methods_with_TF@9fb54144 nets/ResNet.py,
 parameter counts against the AT paper's (NIN-thin 0.2M, NIN-wide 1M on CIFAR-10), and the feature interface.
 """
+
 import math
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from afdistill.models import classifier, create_model, model_options
-from afdistill.models import mhgd_nets, mobilenetv1, nin
+from afdistill.models import classifier, create_model, mhgd_nets, mobilenetv1, model_options, nin
 from afdistill.models.features import block_names
 from afdistill.models.fold import fold_batch_norm
 
-NEW = ["vgg16_mhgd", "vgg7_mhgd", "vgg_mhgd_modified", "resnet32_mhgd", "resnet8_mhgd", "mobilenetv1", "nin_thin",
-       "nin_wide"]
+NEW = [
+    "vgg16_mhgd",
+    "vgg7_mhgd",
+    "vgg_mhgd_modified",
+    "resnet32_mhgd",
+    "resnet8_mhgd",
+    "mobilenetv1",
+    "nin_thin",
+    "nin_wide",
+]
 WRN_TEACHER = [(64, 32), (128, 16), (256, 8)]  # wrn_22_4's stages (channels, size) on 32x32 images
 VGG_CIFAR = [(64, 16), (128, 8), (256, 4), (512, 4), (512, 2)]  # no pooling after the fourth group
 VGG_TINY = [(64, 32), (128, 16), (256, 8), (512, 4), (512, 2)]  # 64x64 with the "red box" pooling
 RESNET_64 = [(32, 64), (64, 32), (128, 16), (256, 8), (512, 4)]  # the code's layout for non-32 images
 
 # name, options, image size, classes, stages (channels, size), stem (channels, size), pooled width, blocks
-CASES = [
+CASES: list[tuple[str, dict[str, Any], int, int, list[tuple[int, int]], tuple[int, int], int, int]] = [
     ("vgg16_mhgd", {}, 32, 100, VGG_CIFAR, (64, 32), 1024, 13),
     ("vgg16_mhgd", {"max_pool_after_block4": True}, 64, 200, VGG_TINY, (64, 64), 1024, 13),
     ("vgg7_mhgd", {}, 32, 100, VGG_CIFAR, (64, 16), 1024, 5),
@@ -60,9 +69,11 @@ def _meta(name, classes=100, **options):
         return create_model(name, classes, **options)
 
 
-@pytest.mark.parametrize("name,options,size,classes,stages,stem,pooled,blocks", CASES,
-                         ids=[f"{c[0]}-{c[2]}px-{'-'.join(f'{k}={v}' for k, v in c[1].items()) or 'default'}"
-                              for c in CASES])
+@pytest.mark.parametrize(
+    "name,options,size,classes,stages,stem,pooled,blocks",
+    CASES,
+    ids=[f"{c[0]}-{c[2]}px-{'-'.join(f'{k}={v}' for k, v in c[1].items()) or 'default'}" for c in CASES],
+)
 def test_output_stage_and_interface_shapes(name, options, size, classes, stages, stem, pooled, blocks):
     model = _meta(name, classes, **options).eval()
     features = model(torch.empty(2, 3, size, size, device="meta"), with_features=True)
@@ -91,8 +102,10 @@ def test_feature_interface_is_filled(name):
         features = model(x, with_features=True)
         torch.testing.assert_close(model(x), features.logits)
         torch.testing.assert_close(classifier(model)[1](features.pooled), features.logits)
-    assert all(isinstance(t, torch.Tensor) for t in [features.stem, features.pooled, *features.blocks,
-                                                      *features.stages, *features.preact_stages])
+    assert all(
+        isinstance(t, torch.Tensor)
+        for t in [features.stem, features.pooled, *features.blocks, *features.stages, *features.preact_stages]
+    )
     assert len(features.preact_stages) == len(features.stages) >= 3
     assert all(any(stage is block for block in features.blocks) for stage in features.stages)
     for pre, stage in zip(features.preact_stages, features.stages):
@@ -111,8 +124,13 @@ def test_students_stages_match_their_teachers_for_mhgd():
 
     teacher = stages("wrn_22_4", x)
     assert teacher == WRN_TEACHER
-    for name, options in [("vgg_mhgd_modified", {}), ("mobilenetv1", {}), ("resnet8_mhgd", {}),
-                          ("resnet8_mhgd", {"narrow_stem": True}), ("resnet32_mhgd", {})]:
+    for name, options in [
+        ("vgg_mhgd_modified", {}),
+        ("mobilenetv1", {}),
+        ("resnet8_mhgd", {}),
+        ("resnet8_mhgd", {"narrow_stem": True}),
+        ("resnet32_mhgd", {}),
+    ]:
         assert stages(name, x, **options) == teacher
     assert stages("vgg16_mhgd", x) == stages("vgg7_mhgd", x) == VGG_CIFAR
     assert stages("vgg16_mhgd", tiny, 200, max_pool_after_block4=True) == VGG_TINY
@@ -143,11 +161,18 @@ def test_network_structure_as_the_sources_draw_it():
 
     vgg16, vgg7, modified = (_meta(n) for n in ("vgg16_mhgd", "vgg7_mhgd", "vgg_mhgd_modified"))
     assert [c.out_channels for c in convs(vgg16)] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6  # 13 convs
-    assert [(l.in_features, l.out_features) for l in linears(vgg16)] == [(2048, 1024), (1024, 1024), (1024, 100)]
+    assert [(fc.in_features, fc.out_features) for fc in linears(vgg16)] == [(2048, 1024), (1024, 1024), (1024, 100)]
     assert [c.out_channels for c in convs(vgg7)] == [64, 128, 256, 512, 512]  # 5 convs + 2 FC = VGG7
-    assert [(l.in_features, l.out_features) for l in linears(vgg7)] == [(2048, 1024), (1024, 100)]
-    assert [(c.out_channels, c.stride[0]) for c in convs(modified)] == [(16, 1), (64, 1), (64, 1), (128, 2),
-                                                                           (128, 1), (256, 2), (256, 1)]
+    assert [(fc.in_features, fc.out_features) for fc in linears(vgg7)] == [(2048, 1024), (1024, 100)]
+    assert [(c.out_channels, c.stride[0]) for c in convs(modified)] == [
+        (16, 1),
+        (64, 1),
+        (64, 1),
+        (128, 2),
+        (128, 1),
+        (256, 2),
+        (256, 1),
+    ]
     assert all(c.bias is None for c in convs(vgg16))  # BN after every convolution by default ...
     plain = _meta("vgg16_mhgd", batch_norm=False)
     assert all(c.bias is not None for c in convs(plain))  # ... or plain convolutions with biases
@@ -172,8 +197,16 @@ def test_network_structure_as_the_sources_draw_it():
 
     wide = _meta("nin_wide", 10)
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs(wide)] == [
-        (3, 192, 5), (192, 160, 1), (160, 96, 1), (96, 192, 5), (192, 192, 1), (192, 192, 1), (192, 192, 3),
-        (192, 192, 1), (192, 192, 1)]
+        (3, 192, 5),
+        (192, 160, 1),
+        (160, 96, 1),
+        (96, 192, 5),
+        (192, 192, 1),
+        (192, 192, 1),
+        (192, 192, 3),
+        (192, 192, 1),
+        (192, 192, 1),
+    ]
 
 
 def test_he_initialisation():
@@ -203,6 +236,7 @@ def _reference_preacts(model, x):
     def keep(key):
         def hook(module, args, output):
             seen[key] = output
+
         return hook
 
     if isinstance(model, mhgd_nets.MHGDVGG):
@@ -228,12 +262,20 @@ def _reference_preacts(model, x):
             handle.remove()
 
 
-PREACT_CASES = [("vgg16_mhgd", {}), ("vgg7_mhgd", {}), ("vgg_mhgd_modified", {}), ("vgg16_mhgd", {"batch_norm": False}),
-                ("mobilenetv1", {}), ("nin_thin", {}), ("nin_wide", {})]
+PREACT_CASES = [
+    ("vgg16_mhgd", {}),
+    ("vgg7_mhgd", {}),
+    ("vgg_mhgd_modified", {}),
+    ("vgg16_mhgd", {"batch_norm": False}),
+    ("mobilenetv1", {}),
+    ("nin_thin", {}),
+    ("nin_wide", {}),
+]
 
 
-@pytest.mark.parametrize("name,options", PREACT_CASES,
-                         ids=[name + ("-plain" if options else "") for name, options in PREACT_CASES])
+@pytest.mark.parametrize(
+    "name,options", PREACT_CASES, ids=[name + ("-plain" if options else "") for name, options in PREACT_CASES]
+)
 def test_preact_stages_are_each_stage_before_its_last_relu(name, options):
     torch.manual_seed(0)
     model = create_model(name, 10, **options)
@@ -264,8 +306,10 @@ def test_tiny_imagenet_variants_fold_and_train():
         with torch.no_grad():
             ours, theirs = folded(x, with_features=True), model(x, with_features=True)
         assert folded.folded > 0
-        for a, b in zip([ours.logits, ours.pooled, *ours.stages, *ours.preact_stages],
-                        [theirs.logits, theirs.pooled, *theirs.stages, *theirs.preact_stages]):
+        for a, b in zip(
+            [ours.logits, ours.pooled, *ours.stages, *ours.preact_stages],
+            [theirs.logits, theirs.pooled, *theirs.stages, *theirs.preact_stages],
+        ):
             assert (a - b).abs().max() / b.abs().max().clamp_min(1e-6) < 1e-4
         model.train()
         features = model(x, with_features=True)

@@ -1,4 +1,5 @@
 """ShuffleNetV1/V2 and ResNet50 with RepDistiller's parameter names; every modern method runs on their pairs."""
+
 import pytest
 import torch
 
@@ -36,7 +37,9 @@ def shufflev2_keys(classes):
     for layer, (channels, blocks) in enumerate(zip([116, 232, 464], [3, 7, 3]), start=1):
         mid, prefix = channels // 2, f"layer{layer}.0."
         keys |= conv_bn(prefix, 1, in_channels, 1, 3) | conv_bn(prefix, 2, mid, in_channels, 1)
-        keys |= conv_bn(prefix, 3, mid, in_channels, 1) | conv_bn(prefix, 4, mid, 1, 3) | conv_bn(prefix, 5, mid, mid, 1)
+        keys |= (
+            conv_bn(prefix, 3, mid, in_channels, 1) | conv_bn(prefix, 4, mid, 1, 3) | conv_bn(prefix, 5, mid, mid, 1)
+        )
         for i in range(1, blocks + 1):
             prefix = f"layer{layer}.{i}."
             keys |= conv_bn(prefix, 1, mid, mid, 1) | conv_bn(prefix, 2, mid, 1, 3) | conv_bn(prefix, 3, mid, mid, 1)
@@ -61,12 +64,15 @@ def resnet50_keys(classes):
     return keys | {"linear.weight": (classes, 2048), "linear.bias": (classes,)}
 
 
-@pytest.mark.parametrize("arch,expected,params,stage_channels", [
-    # parameter counts as the CRD paper (RepDistiller) lists them for CIFAR-100: 0.95M, 1.36M, 23.71M
-    ("shufflev1", shufflev1_keys, 0.95e6, [240, 480, 960]),
-    ("shufflev2", shufflev2_keys, 1.36e6, [116, 232, 464]),
-    ("resnet50", resnet50_keys, 23.71e6, [256, 512, 1024, 2048]),
-])
+@pytest.mark.parametrize(
+    "arch,expected,params,stage_channels",
+    [
+        # parameter counts as the CRD paper (RepDistiller) lists them for CIFAR-100: 0.95M, 1.36M, 23.71M
+        ("shufflev1", shufflev1_keys, 0.95e6, [240, 480, 960]),
+        ("shufflev2", shufflev2_keys, 1.36e6, [116, 232, 464]),
+        ("resnet50", resnet50_keys, 23.71e6, [256, 512, 1024, 2048]),
+    ],
+)
 def test_parameter_names_and_shapes_are_repdistillers(arch, expected, params, stage_channels):
     model = create_model(arch, 100)
     state = {name: tuple(value.shape) for name, value in model.state_dict().items()}
@@ -80,10 +86,21 @@ def test_parameter_names_and_shapes_are_repdistillers(arch, expected, params, st
     assert features.blocks[-1] is features.stages[-1] and len(model.afd_candidates) == len(features.blocks)
 
 
-PAIRS = [("resnet32x4", "shufflev1"), ("resnet32x4", "shufflev2"), ("wrn_40_2", "shufflev1"),
-         ("resnet50", "mobilenetv2"), ("resnet50", "vgg8")]
-METHODS = {"kd": {}, "dkd": {"warmup_epochs": 0}, "dist": {}, "mlkd": {}, "afd": {"qk_dim": 16},
-           "reviewkd": {"warmup_epochs": 0}}
+PAIRS = [
+    ("resnet32x4", "shufflev1"),
+    ("resnet32x4", "shufflev2"),
+    ("wrn_40_2", "shufflev1"),
+    ("resnet50", "mobilenetv2"),
+    ("resnet50", "vgg8"),
+]
+METHODS = {
+    "kd": {},
+    "dkd": {"warmup_epochs": 0},
+    "dist": {},
+    "mlkd": {},
+    "afd": {"qk_dim": 16},
+    "reviewkd": {"warmup_epochs": 0},
+}
 
 
 @pytest.mark.parametrize("teacher_arch,student_arch", PAIRS)
@@ -92,8 +109,16 @@ def test_every_modern_method_trains_on_the_heterogeneous_pairs(teacher_arch, stu
     teacher, student = create_model(teacher_arch, 10).eval(), create_model(student_arch, 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
-                      torch.arange(40) % 10, 4, seed=0)
+    context = Context(
+        student,
+        teacher,
+        dry_run(student, images[:2]),
+        dry_run(teacher, images[:2]),
+        10,
+        torch.arange(40) % 10,
+        4,
+        seed=0,
+    )
     for name, params in METHODS.items():
         if name == "reviewkd" and len(context.student_sample.stages) != len(context.teacher_sample.stages):
             continue  # ReviewKD pairs stage by stage (the grid leaves it out of these pairs)
@@ -102,7 +127,7 @@ def test_every_modern_method_trains_on_the_heterogeneous_pairs(teacher_arch, stu
         with torch.no_grad():
             teacher_out = teacher(images, with_features=True)
         strong = None
-        if method.strong_view:  # MLKD: a second view, here the images flipped upside down
+        if method.caps.strong_view:  # MLKD: a second view, here the images flipped upside down
             with torch.no_grad():
                 strong_teacher = teacher(images.flip(2), with_features=True)
             strong = View(images.flip(2), student(images.flip(2), with_features=True), strong_teacher)

@@ -1,5 +1,6 @@
 """DKD, DIST, MLKD, ReviewKD and the logit modifiers (standardisation, CTKD): values against
 independent computations, gradients of the learned parts, composition, and a few training steps."""
+
 import math
 
 import numpy as np
@@ -7,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afdistill.methods import Batch, Context, View, build_method, dry_run, kd_loss, method_defaults
+from afdistill.methods import Batch, Context, View, build_method, check_method_params, dry_run, kd_loss, method_defaults
+from afdistill.methods.dkd import dkd_terms
 from afdistill.methods.logits import cosine_curriculum, standardize
 from afdistill.methods.reviewkd import hierarchical_context_loss
 from afdistill.models import create_model
 
-LOGIT_METHODS = ("kd", "dkd", "mlkd")
+KD_ON_TOP_LOGIT_METHODS = ("kd", "mlkd")  # DKD adds no Hinton KD on top
 
 
 def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8, seed=0):
@@ -24,8 +26,9 @@ def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8
 
 
 def context(t, s, images, classes=10):
-    return Context(s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), classes,
-                   torch.arange(40) % classes, len(images), seed=0)
+    return Context(
+        s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), classes, torch.arange(40) % classes, len(images), seed=0
+    )
 
 
 def logit_setup(method, params, batch=6, classes=7, seed=0):
@@ -41,6 +44,7 @@ def logit_setup(method, params, batch=6, classes=7, seed=0):
 
 def features_of(logits):
     from afdistill.models import Features
+
     return Features(logits=logits, blocks=[], stages=[], stem=logits, pooled=logits)
 
 
@@ -48,7 +52,7 @@ def run_terms(method, student, teacher, labels, strong=None):
     """The method's terms; a method with a strong view gets ``strong`` (student, teacher logits), by default
     logits unrelated to the weak ones."""
     view = None
-    if method.strong_view:
+    if method.caps.strong_view:
         strong = strong or (student.detach().flip(0) * 0.5, teacher.roll(1, dims=1))
         view = View(None, features_of(strong[0]), features_of(strong[1]))
     return method(features_of(student), features_of(teacher), Batch(None, labels, torch.arange(len(labels)), view))
@@ -69,16 +73,16 @@ def np_kl(p, q):
 def np_dkd(zs, zt, y, T):
     tckd = nckd = 0.0
     for i in range(len(y)):
-        ps, pt = np_softmax(zs[i:i + 1], T)[0], np_softmax(zt[i:i + 1], T)[0]
+        ps, pt = np_softmax(zs[i : i + 1], T)[0], np_softmax(zt[i : i + 1], T)[0]
         bs, bt = np.array([ps[y[i]], 1 - ps[y[i]]]), np.array([pt[y[i]], 1 - pt[y[i]]])
         tckd += np_kl(bt, bs)
         others = [c for c in range(zs.shape[1]) if c != y[i]]  # the target class removed outright
-        nckd += np_kl(np_softmax(zt[i:i + 1, others], T)[0], np_softmax(zs[i:i + 1, others], T)[0])
+        nckd += np_kl(np_softmax(zt[i : i + 1, others], T)[0], np_softmax(zs[i : i + 1, others], T)[0])
     return tckd * T * T / len(y), nckd * T * T / len(y)
 
 
 def test_dkd_is_the_weighted_target_and_non_target_kl_with_its_warm_up():
-    method, zs, zt, y = logit_setup("dkd", {"tckd_weight": 1.5, "nckd_weight": 8.0, "warmup_epochs": 20})
+    method, zs, zt, y = logit_setup("dkd", {"alpha": 1.5, "beta": 8.0, "warmup_epochs": 20})
     tckd, nckd = np_dkd(zs.detach().double().numpy(), zt.double().numpy(), y.numpy(), 4.0)
     method.begin_epoch(5)
     terms = run_terms(method, zs, zt, y)
@@ -90,10 +94,38 @@ def test_dkd_is_the_weighted_target_and_non_target_kl_with_its_warm_up():
 
 def test_dkd_with_unit_weights_reassembles_kd():
     """Eq. 1 of the paper: KD = TCKD + (1 - p_t^target) NCKD, per sample."""
-    method, zs, zt, y = logit_setup("dkd", {"tckd_weight": 1.0, "nckd_weight": 1.0, "warmup_epochs": 0}, batch=1)
+    method, zs, zt, y = logit_setup("dkd", {"alpha": 1.0, "beta": 1.0, "warmup_epochs": 0}, batch=1)
     pt = F.softmax(zt / 4.0, dim=1)[0, y[0]].item()
     tckd, nckd = np_dkd(zs.detach().double().numpy(), zt.double().numpy(), y.numpy(), 4.0)
     assert tckd + (1 - pt) * nckd == pytest.approx(kd_loss(zs, zt, 4.0).item(), rel=1e-4)
+
+
+def test_dkd_takes_the_papers_alpha_and_beta_and_adds_no_kd_on_top():
+    """Eq. 7: DKD = alpha TCKD + beta NCKD (mdistiller's DKD.ALPHA, DKD.BETA); alpha is not a KD weight here, and
+    CTKD's learned temperature reaches DKD's own term."""
+    assert (method_defaults("dkd")["alpha"], method_defaults("dkd")["beta"]) == (1.0, 8.0)
+    method, zs, zt, y = logit_setup("dkd", {"alpha": 2.0, "beta": 0.5, "warmup_epochs": 0, "ctkd": True})
+    assert method.kd is None and not method.caps.kd_on_top
+    method.begin_epoch(5)
+    terms = run_terms(method, zs, zt, y)
+    assert set(terms) == {"ce", "dkd"}
+    tckd, nckd = np_dkd(zs.detach().double().numpy(), zt.double().numpy(), y.numpy(), method.kd_temperature().item())
+    assert terms["dkd"].item() == pytest.approx(2.0 * tckd + 0.5 * nckd, rel=1e-4)
+    terms["dkd"].backward()
+    theta = method.ctkd_theta.detach().clone().requires_grad_(True)
+    tckd, nckd = dkd_terms(zs.detach(), zt, y, ctkd_temperature(theta))
+    (plain_grad,) = torch.autograd.grad(2.0 * tckd + 0.5 * nckd, theta)
+    assert method.ctkd_theta.grad.item() == pytest.approx(-0.5 * plain_grad.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [("tckd_weight", "alpha"), ("nckd_weight", "beta")])
+def test_dkd_refuses_its_former_weight_names_naming_the_papers(old, new):
+    with pytest.raises(
+        ValueError,
+        match=rf"^methods\.dkd\.{old}: DKD's weights take the paper's names .*: "
+        rf"write {new}: 2 instead of {old}$",
+    ):
+        check_method_params("dkd", {old: 2}, "methods.dkd")
 
 
 # ---------------------------------------------------------------- DIST
@@ -116,6 +148,7 @@ def np_mlkd(zs, zt, temperatures):
     conf, class_conf = pt1.max(axis=1), pt1.sum(axis=0)
     m = float(np.mean(conf <= np.percentile(conf, 50)))
     c = float(np.mean(class_conf <= np.percentile(class_conf, 50)))
+
     def kd(T):
         ps, pt = np_softmax(zs, T), np_softmax(zt, T)
         return sum(np_kl(pt[i], ps[i]) for i in range(len(zs))) / len(zs) * T * T
@@ -137,8 +170,9 @@ def np_cross_entropy(z, y):
 
 @pytest.mark.parametrize("strong_view", [True, False])
 def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures(strong_view):
-    method, zs, zt, y = logit_setup("mlkd", {"kd_weight": 2.0, "temperature": 4.0, "gamma": 0.5,
-                                             "strong_view": strong_view}, batch=7)
+    method, zs, zt, y = logit_setup(
+        "mlkd", {"kd_weight": 2.0, "temperature": 4.0, "gamma": 0.5, "strong_view": strong_view}, batch=7
+    )
     instance, batch, klass = np_mlkd(zs.detach().double().numpy(), zt.double().numpy(), (4.0, 3.0, 5.0, 2.0, 6.0))
     torch.manual_seed(1)
     strong_s, strong_t = 3 * torch.randn(7, 7), 3 * torch.randn(7, 7)
@@ -151,8 +185,9 @@ def test_mlkd_aligns_instances_batches_and_classes_at_five_temperatures(strong_v
         return
     # the official loss_kd_strong's strong-view part: unmasked KD at T, 3 and 5; and a second CE at the CE weight
     a, b = strong_s.double().numpy(), strong_t.double().numpy()
-    strong_instance = sum(sum(np_kl(np_softmax(b, T)[i], np_softmax(a, T)[i]) for i in range(7)) / 7 * T * T
-                          for T in (4.0, 3.0, 5.0))
+    strong_instance = sum(
+        sum(np_kl(np_softmax(b, T)[i], np_softmax(a, T)[i]) for i in range(7)) / 7 * T * T for T in (4.0, 3.0, 5.0)
+    )
     assert terms["mlkd_instance_strong"].item() == pytest.approx(2 * strong_instance, rel=1e-4)
     assert terms["mlkd_ce_strong"].item() == pytest.approx(0.5 * np_cross_entropy(a, y.numpy()), rel=1e-5)
 
@@ -171,8 +206,11 @@ def np_pool(a, size):
 
 def test_hierarchical_context_loss_weights_the_pyramid_levels():
     torch.manual_seed(0)
-    pairs = [(torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)), (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)),
-             (torch.randn(2, 5, 1, 1), torch.randn(2, 5, 1, 1))]
+    pairs = [
+        (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)),
+        (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)),
+        (torch.randn(2, 5, 1, 1), torch.randn(2, 5, 1, 1)),
+    ]
     expected = 0.0
     for s, t in pairs:
         a, b = s.double().numpy(), t.double().numpy()
@@ -180,8 +218,9 @@ def test_hierarchical_context_loss_weights_the_pyramid_levels():
         levels = [(size, w) for size, w in ((4, 0.5), (2, 0.25), (1, 0.125)) if size < h]
         # each pooled level halves the weight of the previous one; the sum is normalised
         weights = [1.0] + [0.5 ** (k + 1) for k in range(len(levels))]
-        loss = np_mse(a, b) + sum(0.5 ** (k + 1) * np_mse(np_pool(a, size), np_pool(b, size))
-                                  for k, (size, _) in enumerate(levels))
+        loss = np_mse(a, b) + sum(
+            0.5 ** (k + 1) * np_mse(np_pool(a, size), np_pool(b, size)) for k, (size, _) in enumerate(levels)
+        )
         expected += loss / sum(weights)
     got = hierarchical_context_loss([p[0] for p in pairs], [p[1] for p in pairs])
     assert got.item() == pytest.approx(expected, rel=1e-5)
@@ -220,8 +259,9 @@ def test_reviewkd_fuses_deep_to_shallow_and_trains_its_fusion_modules():
     assert all(p.grad is None for p in t.parameters())
 
 
-@pytest.mark.parametrize("teacher_arch,student_arch", [("resnet14", "resnet8"), ("wrn_16_2", "wrn_16_1"),
-                                                       ("vgg11", "vgg8")])
+@pytest.mark.parametrize(
+    "teacher_arch,student_arch", [("resnet14", "resnet8"), ("wrn_16_2", "wrn_16_1"), ("vgg11", "vgg8")]
+)
 def test_reviewkd_compares_with_the_teachers_pre_activation_stages(teacher_arch, student_arch):
     """mdistiller's ReviewKD: the teacher's ``preact_feats[1:]`` (before each stage's last ReLU; for a WRN the next
     BN's output), the student's post-activation ``feats``; the pooled embeddings close both lists."""
@@ -246,22 +286,37 @@ def test_reviewkd_compares_with_the_teachers_pre_activation_stages(teacher_arch,
     pooled = teacher.pooled[:, :, None, None]
     expected = hierarchical_context_loss(projections, [*teacher.preact_stages, pooled])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert loss.item() != pytest.approx(hierarchical_context_loss(projections, [*teacher.stages, pooled]).item(),
-                                        rel=1e-3)
+    assert loss.item() != pytest.approx(
+        hierarchical_context_loss(projections, [*teacher.stages, pooled]).item(), rel=1e-3
+    )
 
     def teacher_with(stages, preact_stages):
-        return Features(logits=teacher.logits, blocks=teacher.blocks, stages=stages, stem=teacher.stem,
-                        pooled=teacher.pooled, preact_stages=preact_stages)
+        return Features(
+            logits=teacher.logits,
+            blocks=teacher.blocks,
+            stages=stages,
+            stem=teacher.stem,
+            pooled=teacher.pooled,
+            preact_stages=preact_stages,
+        )
 
     # the teacher's post-activation stages play no part; its pre-activation ones do
     garbage = [torch.full_like(f, 7.0) for f in teacher.stages]
-    assert method(student, teacher_with(garbage, teacher.preact_stages), batch)["reviewkd"].item() == \
-        pytest.approx(loss.item(), rel=1e-6)
-    assert method(student, teacher_with(teacher.stages, garbage), batch)["reviewkd"].item() != \
-        pytest.approx(loss.item(), rel=1e-3)
+    assert method(student, teacher_with(garbage, teacher.preact_stages), batch)["reviewkd"].item() == pytest.approx(
+        loss.item(), rel=1e-6
+    )
+    assert method(student, teacher_with(teacher.stages, garbage), batch)["reviewkd"].item() != pytest.approx(
+        loss.item(), rel=1e-3
+    )
     # and the student's side is its post-activation stages: its pre-activation ones play no part
-    student_garbage = Features(logits=student.logits, blocks=student.blocks, stages=student.stages, stem=student.stem,
-                               pooled=student.pooled, preact_stages=[torch.full_like(f, 7.0) for f in student.stages])
+    student_garbage = Features(
+        logits=student.logits,
+        blocks=student.blocks,
+        stages=student.stages,
+        stem=student.stem,
+        pooled=student.pooled,
+        preact_stages=[torch.full_like(f, 7.0) for f in student.stages],
+    )
     assert method(student_garbage, teacher, batch)["reviewkd"].item() == pytest.approx(loss.item(), rel=1e-6)
     # a hand-built teacher record without them is refused, by name
     with pytest.raises(ValueError, match="preact_stages"):
@@ -302,12 +357,12 @@ def test_standardize_is_the_per_sample_z_score_with_the_unbiased_deviation():
 
 
 def kd_like(method_name, params):
-    """``method_name`` with only Hinton's KD term on (at alpha = 1), through the base class's hook."""
-    off = {"kd": {}, "dkd": {"tckd_weight": 0.0, "nckd_weight": 0.0}, "mlkd": {"kd_weight": 0.0}}[method_name]
+    """``method_name`` with only Hinton's KD term on top on (at alpha = 1), through the method's ``kd_term``."""
+    off = {"kd": {}, "mlkd": {"kd_weight": 0.0}}[method_name]
     return logit_setup(method_name, {**off, "alpha": 1.0, **params})
 
 
-@pytest.mark.parametrize("name", LOGIT_METHODS)
+@pytest.mark.parametrize("name", KD_ON_TOP_LOGIT_METHODS)
 def test_logit_standardization_feeds_every_logit_methods_kd_term_z_scores(name):
     method, zs, zt, y = kd_like(name, {"logit_standardization": True, "temperature": 2.0})
     terms = run_terms(method, zs, zt, y)
@@ -324,8 +379,9 @@ def test_logit_standardization_applies_inside_dkd_and_mlkd():
     mlkd, zs, zt, y = logit_setup("mlkd", {"logit_standardization": True, "temperature": 2.0}, batch=7)
     # the official LS MLKD (sunshangquan/logit-standardization-KD, mdistiller/distillers/MLKD.py): the KL terms
     # read z-scores, the class and batch correlations (cc_loss, bc_loss) the raw logits
-    instance, _, _ = np_mlkd(standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(),
-                             (2.0, 3.0, 5.0, 2.0, 6.0))
+    instance, _, _ = np_mlkd(
+        standardize(zs).detach().double().numpy(), standardize(zt).double().numpy(), (2.0, 3.0, 5.0, 2.0, 6.0)
+    )
     _, batch, klass = np_mlkd(zs.detach().double().numpy(), zt.double().numpy(), (2.0, 3.0, 5.0, 2.0, 6.0))
     # the confidence masks read the raw teacher logits: recompute them so
     raw = np_softmax(zt.double().numpy(), 1.0)
@@ -374,7 +430,7 @@ def ctkd_temperature(theta):
     return 1.0 + 20.0 * torch.sigmoid(theta)
 
 
-@pytest.mark.parametrize("name", LOGIT_METHODS)
+@pytest.mark.parametrize("name", KD_ON_TOP_LOGIT_METHODS)
 def test_ctkd_learns_the_kd_temperature_against_the_student_on_a_cosine_curriculum(name):
     method, zs, zt, y = kd_like(name, {"ctkd": True})
     assert method.kd_temperature().item() == pytest.approx(1 + 20 / (1 + math.exp(-1)), rel=1e-6)
@@ -414,21 +470,24 @@ def test_ctkd_and_standardization_compose_in_dkd():
 
 def test_modifier_values_are_checked_by_name():
     with pytest.raises(ValueError, match="logit_standardization"):
-        logit_setup("dkd", {"logit_standardization": "yes"})
+        check_method_params("dkd", {"logit_standardization": "yes"}, "methods.dkd")
     with pytest.raises(ValueError, match="dist.*no parameter 'ctkd'"):
-        logit_setup("dist", {"ctkd": True})
+        check_method_params("dist", {"ctkd": True}, "methods.dist")
 
 
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("name, params", [
-    ("dkd", {"warmup_epochs": 1}),
-    ("dkd", {"warmup_epochs": 1, "logit_standardization": True, "ctkd": True}),
-    ("dist", {}),
-    ("mlkd", {"logit_standardization": True}),
-    ("reviewkd", {"warmup_epochs": 1}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("dkd", {"warmup_epochs": 1}),
+        ("dkd", {"warmup_epochs": 1, "logit_standardization": True, "ctkd": True}),
+        ("dist", {}),
+        ("mlkd", {"logit_standardization": True}),
+        ("reviewkd", {"warmup_epochs": 1}),
+    ],
+)
 def test_a_few_steps_lower_the_distillation_loss(name, params):
     t, s, images, labels = networks(batch=16)
     method = build_method(name, {"gamma": 0.0, **params}, context(t, s, images))
@@ -440,7 +499,7 @@ def test_a_few_steps_lower_the_distillation_loss(name, params):
         teacher = t(images, with_features=True)
     for _ in range(8):
         strong = None
-        if method.strong_view:  # a second view: the same images upside down
+        if method.caps.strong_view:  # a second view: the same images upside down
             with torch.no_grad():
                 strong_teacher = t(images.flip(2), with_features=True)
             strong = View(images.flip(2), s(images.flip(2), with_features=True), strong_teacher)
@@ -456,5 +515,6 @@ def test_a_few_steps_lower_the_distillation_loss(name, params):
 @pytest.mark.parametrize("n", [1, 2, 5, 8])
 def test_mlkd_median_is_numpys_50th_percentile(n):
     from afdistill.methods.mlkd import median
+
     values = torch.randn(n)
     assert median(values).item() == pytest.approx(float(np.percentile(values.numpy(), 50)), rel=1e-6)

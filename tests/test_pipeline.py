@@ -1,4 +1,5 @@
 """The real pipeline on a tiny grid: Snakemake runs it, MLflow records it, DVC pins and reproduces it."""
+
 import csv
 import json
 import re
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY_GRID, make_project, run, tool_env
 
 pytestmark = pytest.mark.slow
@@ -17,15 +17,34 @@ RESULTS = Path("results/default")
 
 
 def mlflow_runs(project: Path) -> list[dict]:
+    """Every run of the project's store, read as `mlflow ui` would: through a server on the project's store
+    (the artifacts are `mlflow-artifacts:` URIs, which only a server resolves)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("afdistill-default")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [{"id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
-             "params": r.data.params, "artifacts": [a.path for a in client.list_artifacts(r.info.run_id)],
-             "parent": r.data.tags.get("mlflow.parentRunId"),
-             "history": client.get_metric_history(r.info.run_id, "test/top1")} for r in runs]
+    from afdistill import tracking
+
+    server = tracking.serve(project, backend=f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        assert server is not None  # a sqlite backend is served
+        client = MlflowClient(tracking_uri=server.uri)
+        experiment = client.get_experiment_by_name("afdistill-default")
+        assert experiment is not None  # the pipeline created it
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        return [
+            {
+                "id": r.info.run_id,
+                "status": r.info.status,
+                "tags": r.data.tags,
+                "metrics": r.data.metrics,
+                "params": r.data.params,
+                "artifacts": [a.path for a in client.list_artifacts(r.info.run_id)],
+                "parent": r.data.tags.get("mlflow.parentRunId"),
+                "history": client.get_metric_history(r.info.run_id, "test/top1"),
+            }
+            for r in runs
+        ]
+    finally:
+        tracking.stop(server)
 
 
 def job_runs(project: Path) -> list[dict]:
@@ -41,7 +60,7 @@ def snakemake_project(tmp_path_factory):
 
 def trained(output: str) -> list[str]:
     """Folders of the jobs a Snakemake (or DVC) run executed, from the shell commands it printed."""
-    return re.findall(r"afdistill run --grid \S+ (\S+) --fingerprint", output)
+    return re.findall(r"afdistill run (\S+) --job", output)
 
 
 def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
@@ -85,14 +104,17 @@ def test_every_job_is_one_finished_mlflow_run_nested_under_the_grid_run(snakemak
             continue
         assert record["metrics"]["final/test_top1_best"] >= record["metrics"]["final/test_top1"]
         assert [m.step for m in record["history"]] == list(range(1, epochs + 1))
-        assert {"train/loss_total", "train/top1", "train/top5", "test/top5", "train/lr",
-                "speed/images_per_s"} <= set(record["metrics"])
+        assert {"train/loss_total", "train/top1", "train/top5", "test/top5", "train/lr", "speed/images_per_s"} <= set(
+            record["metrics"]
+        )
         assert "train/loss_ce" in record["metrics"]
         assert "metrics.json" in record["artifacts"]
         assert record["params"]["schedule.batch_size"] == "64"
     afd = [r for r in runs if r["tags"]["method"] == "afd" and r["tags"]["kind"] == "student"]
-    assert all("train/loss_afd" in r["metrics"] and "train/loss_kd" in r["metrics"] and "attention.png" in r["artifacts"]
-               for r in afd)
+    assert all(
+        "train/loss_afd" in r["metrics"] and "train/loss_kd" in r["metrics"] and "attention.png" in r["artifacts"]
+        for r in afd
+    )
     links = next(r for r in runs if r["tags"]["kind"] == "links")
     assert {"links.json", "links.csv", "links.png"} <= set(links["artifacts"])
 
@@ -100,8 +122,20 @@ def test_every_job_is_one_finished_mlflow_run_nested_under_the_grid_run(snakemak
 def test_the_report_holds_the_tracked_numbers(snakemake_project):
     project, _ = snakemake_project
     table = (project / "reports/default/table.md").read_text()
-    for row in ("| Teacher |", "| Student |", "| KD |", "| FitNet |", "| ATT |", "| Grad-AT |", "| RKD |", "| CRD |",
-                "| L2T |", "| MHGD |", "| AFD |", "| AFD (pre-trained links) |"):
+    for row in (
+        "| Teacher |",
+        "| Student |",
+        "| KD |",
+        "| FitNet |",
+        "| ATT |",
+        "| Grad-AT |",
+        "| RKD |",
+        "| CRD |",
+        "| L2T |",
+        "| MHGD |",
+        "| AFD |",
+        "| AFD (pre-trained links) |",
+    ):
         assert row in table
     assert "## Training cost per epoch" not in table  # measured: in timings.md, apart from the results
     finals = {}
@@ -157,22 +191,32 @@ def test_snakemake_html_report_shows_the_table_and_figures(snakemake_project):
     results, categories = embedded("results"), embedded("categories")
     folder = "reports/default"
     figures = {Path(path).name: result for path, result in results.items() if path.startswith(f"{folder}/figures/")}
-    assert set(figures) == {"curves_resnet8_resnet8.png", "links_resnet8_resnet8.png",
-                            "activation_maps_resnet8_resnet8.png", "attention_epochs.png", "manual_vs_attention.png"}
+    assert set(figures) == {
+        "curves_resnet8_resnet8.png",
+        "links_resnet8_resnet8.png",
+        "activation_maps_resnet8_resnet8.png",
+        "attention_epochs.png",
+        "manual_vs_attention.png",
+    }
     captions = {name: " ".join(re.sub(r"<[^>]+>", "", result["caption"]).split()) for name, result in figures.items()}
     assert all(captions.values()) and len(set(captions.values())) == len(captions), "each figure its own caption"
     assert "resnet8 → resnet8: test top-1 accuracy" in captions["curves_resnet8_resnet8.png"]
     assert "link-finding run" in captions["links_resnet8_resnet8.png"]
-    for name, figure in (("activation_maps_resnet8_resnet8.png", "Figure 4"), ("attention_epochs.png", "Figure 3"),
-                         ("manual_vs_attention.png", "Figure 6")):
+    for name, figure in (
+        ("activation_maps_resnet8_resnet8.png", "Figure 4"),
+        ("attention_epochs.png", "Figure 3"),
+        ("manual_vs_attention.png", "Figure 6"),
+    ):
         assert f"AFD paper's {figure}" in captions[name] and figure in figures[name]["labels"]["figure"]
     assert all(set(result["labels"]) == {"figure", "pair"} for result in figures.values())
     assert figures["curves_resnet8_resnet8.png"]["labels"]["pair"] == "resnet8 → resnet8"
     assert set(categories["Figures"]) == {"resnet8 → resnet8", "All pairs"}
     # Tables: each its own caption and label; the header-only ablations.csv of a grid without the AFD paper's
     # ablation tables is not shown
-    listed = {category: [path for paths in subcategories.values() for path in paths]
-              for category, subcategories in categories.items()}
+    listed = {
+        category: [path for paths in subcategories.values() for path in paths]
+        for category, subcategories in categories.items()
+    }
     tables = {Path(path).name: results[path] for path in listed["Tables"]}
     assert set(tables) == {"table.html", "table.csv"} and "ablations.csv" not in page
     assert tables["table.html"]["caption"] != tables["table.csv"]["caption"]
@@ -201,16 +245,22 @@ def test_deleting_a_jobs_outputs_reruns_exactly_that_job_and_the_report(snakemak
     assert "crd/seed0: some of its files are missing; it will run again" in output
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
     assert counts == {"distill": "2", "make_report": "1", "all": "1", "total": "4"}
-    assert sorted(trained(output)) == ["reports/default", f"{RESULTS}/students/digits/resnet8/resnet8/crd/seed0",
-                                       f"{RESULTS}/students/digits/resnet8/resnet8/kd/seed1"]
+    assert sorted(trained(output)) == [
+        "reports/default",
+        f"{RESULTS}/students/digits/resnet8/resnet8/crd/seed0",
+        f"{RESULTS}/students/digits/resnet8/resnet8/kd/seed1",
+    ]
 
 
 def test_a_fresh_clone_trains_the_whole_grid(snakemake_project, tmp_path):
     # The committed report must not make the main command a no-op: a clone has reports/ but no results/.
     source, _ = snakemake_project
     repository = tmp_path / "repository"
-    shutil.copytree(source, repository, ignore=shutil.ignore_patterns(".snakemake", "results", "data", "logs",
-                                                                        "mlflow.db", "mlartifacts"))
+    shutil.copytree(
+        source,
+        repository,
+        ignore=shutil.ignore_patterns(".snakemake", "results", "data", "logs", "mlflow.db", "mlartifacts"),
+    )
     _git(repository, "init", "-q")
     _git(repository, "add", "-A")
     _git(repository, "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "pinned report")
@@ -254,8 +304,10 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
     offline = {**tool_env(), "AFDISTILL_WEIGHTS_MIRROR": "http://127.0.0.1:9"}
     missing = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project, check=False, env=offline)
     assert missing.returncode != 0
-    assert ("teachers.checkpoints.resnet34_imagenet: could not fetch http://127.0.0.1:9/models/resnet34-b627a593.pth"
-            in missing.stdout + missing.stderr)
+    assert (
+        "teachers.checkpoints.resnet34_imagenet: could not fetch http://127.0.0.1:9/models/resnet34-b627a593.pth"
+        in missing.stdout + missing.stderr
+    )
     assert "download it by hand to data/weights/resnet34-b627a593.pth" in missing.stdout + missing.stderr
     import torch
 
@@ -270,9 +322,15 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
 
     # Table 3 (with Table 8 and Figure 5's transfer line on MIT67): the ImageNet ResNet34 teaches a ResNet18 on
     # each transfer set; the fine-tuned students start from torchvision's ResNet18
-    torch.save(create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth")
-    for dataset, students in (("cub200", 3 * 4 + 3), ("mit67", 3 * (4 + 5 + 6) + 3), ("stanford40", 3 * 4 + 3),
-                              ("stanford_dogs", 3 * 4 + 3)):
+    torch.save(
+        create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth"
+    )
+    for dataset, students in (
+        ("cub200", 3 * 4 + 3),
+        ("mit67", 3 * (4 + 5 + 6) + 3),
+        ("stanford40", 3 * 4 + 3),
+        ("stanford_dogs", 3 * 4 + 3),
+    ):
         result = run(["snakemake", "-n", "--configfile", f"params/transfer_{dataset}.yaml"], cwd=project)
         counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
         assert (counts["distill"], counts["train_teacher"], counts["prepare_data"]) == (str(students), "1", "1")
@@ -304,8 +362,11 @@ def test_an_invalid_grid_is_refused_before_any_job_starts(tmp_path):
     project = make_project(tmp_path / "project", grid, dvc=False)
     result = run(["snakemake", "--cores", "1"], cwd=project, check=False)
     assert result.returncode != 0
-    assert "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, gamma, logit_standardization, temperature" in (
-        result.stdout + result.stderr)
+    assert (
+        "methods.kd.temprature: method 'kd' has no parameter 'temprature'; allowed: alpha, ctkd, "
+        "ctkd_curriculum_epochs, ctkd_lambda_end, ctkd_lambda_start, ctkd_t_range, ctkd_t_start, "
+        "gamma, logit_standardization, temperature" in (result.stdout + result.stderr)
+    )
     assert not (project / "data").exists() and not (project / "mlflow.db").exists()
 
 
@@ -333,9 +394,16 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"data", "teachers", "links", "heads", "students", "report"}
     outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
-    assert {"data/digits", "results/default/teachers/digits", "results/default/links/digits",
-            "results/default/heads/digits", "results/default/students/digits", "reports/default/metrics",
-            "reports/default/curves", "reports/default/table.md"} <= outs
+    assert {
+        "data/digits",
+        "results/default/teachers/digits",
+        "results/default/links/digits",
+        "results/default/heads/digits",
+        "results/default/students/digits",
+        "reports/default/metrics",
+        "reports/default/curves",
+        "reports/default/table.md",
+    } <= outs
     assert "reports/default/timings.md" not in outs  # measured, not pinned
     assert lock["stages"]["students"]["params"]["params/default.yaml"]["methods"]["kd"]["temperature"] == 4
     ran = trained(first.stdout + first.stderr)
@@ -361,11 +429,16 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     assert "up to date" in run(["dvc", "status", "dvc.yaml"], cwd=project, env=env).stdout
 
     # An experiment in a temporary workspace (no .snakemake/, files restored by DVC) retrains the KD student alone.
-    experiment = run(["dvc", "exp", "run", "--temp", "-n", "kd-T2", "-S", "params/default.yaml:methods.kd.temperature=2"],
-                     cwd=project, env=env)
+    experiment = run(
+        ["dvc", "exp", "run", "--temp", "-n", "kd-T2", "-S", "params/default.yaml:methods.kd.temperature=2"],
+        cwd=project,
+        env=env,
+    )
     assert "Ran experiment(s): kd-T2" in experiment.stdout
-    assert trained(experiment.stdout + experiment.stderr) == ["results/default/students/digits/resnet8/resnet8/kd/seed0",
-                                                              "reports/default"]
+    assert trained(experiment.stdout + experiment.stderr) == [
+        "results/default/students/digits/resnet8/resnet8/kd/seed0",
+        "reports/default",
+    ]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], cwd=project).stdout)
     assert "kd-T2" in json.dumps(shown)
 
@@ -374,8 +447,10 @@ def test_dvc_repro_and_experiments_rerun_exactly_what_changed(tmp_path):
     params["methods"]["kd"]["temperature"] = 3
     (project / "params/default.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run(["dvc", "repro"], cwd=project, env=env)
-    assert trained(third.stdout + third.stderr) == ["results/default/students/digits/resnet8/resnet8/kd/seed0",
-                                                    "reports/default"]
+    assert trained(third.stdout + third.stderr) == [
+        "results/default/students/digits/resnet8/resnet8/kd/seed0",
+        "reports/default",
+    ]
     # against the pinned run: the KD cell's metrics changed, nothing else
     diff = run(["dvc", "metrics", "diff", "--targets", "reports/default/metrics", "-R"], cwd=project).stdout
     changed = set(re.findall(r"^(reports/default/metrics/\S+)\s", diff, re.M))
@@ -395,6 +470,7 @@ def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch, tmp_
 
     from afdistill.dvc import write_pipeline
     from afdistill.grid import Grid
+    from afdistill.jobs import Plan
     from afdistill.models import create_model
 
     # A copy of the repository's pipeline files, plus the published teacher the ImageNet grid names.
@@ -402,23 +478,55 @@ def test_every_grid_has_its_dvc_pipeline_generated_and_in_sync(monkeypatch, tmp_
     weights = project / "data/weights/resnet34-b627a593.pth"
     weights.parent.mkdir(parents=True)
     torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
-    torch.save(create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth")
+    torch.save(
+        create_model("resnet18_imagenet", num_classes=1000).state_dict(), weights.parent / "resnet18-f37072fd.pth"
+    )
     monkeypatch.chdir(project)
     for path in sorted(Path("params").glob("*.yaml")):
-        assert not write_pipeline(Grid.from_file(path), str(path), check=True), \
+        assert not write_pipeline(Plan(Grid.from_file(path)), str(path), check=True), (
             f"the DVC pipeline of {path} is stale: run `afdistill dvc --grid {path}`"
+        )
 
 
 def test_the_slurm_profile_asks_one_gpu_per_training_job():
-    result = run(["snakemake", "-n", "--profile", "profiles/slurm", "--workflow-profile", "none",
-                  "--configfile", "params/cifar100.yaml"], cwd=ROOT)
+    result = run(
+        [
+            "snakemake",
+            "-n",
+            "--profile",
+            "profiles/slurm",
+            "--workflow-profile",
+            "none",
+            "--configfile",
+            "params/cifar100.yaml",
+        ],
+        cwd=ROOT,
+    )
     jobs = result.stdout.split("\nrule ")[1:]
     training = [job for job in jobs if job.startswith(("distill", "train_teacher"))]
     assert training and all("gpu=1" in job and "runtime=720" in job for job in training)
     assert all("gpu=1" not in job for job in jobs if job.startswith(("prepare_data", "make_report")))
     # A grid of data-parallel jobs: each training job asks for its GPUs and two CPUs per GPU.
-    result = run(["snakemake", "-n", "--profile", "profiles/slurm", "--workflow-profile", "none",
-                  "--configfile", "params/cifar100.yaml", "--config", "device=cuda", "gpus_per_job=2"], cwd=ROOT)
+    result = run(
+        [
+            "snakemake",
+            "-n",
+            "--profile",
+            "profiles/slurm",
+            "--workflow-profile",
+            "none",
+            "--configfile",
+            "params/cifar100.yaml",
+            "--config",
+            "device=cuda",
+            "gpus_per_job=2",
+        ],
+        cwd=ROOT,
+    )
     training = [job for job in result.stdout.split("\nrule ")[1:] if job.startswith(("distill", "train_teacher"))]
-    assert training and all("gpu=2" in job and "afdistill run --grid params/cifar100.yaml" in job
-                            and "--set gpus_per_job=2" in job for job in training)
+    # The rule starts the ranks under torchrun itself, on two GPUs the job holds.
+    assert training and all(
+        "gpu=2" in job
+        and "afdistill with-gpus 2 torchrun --standalone --nproc-per-node 2 -m afdistill run results/cifar100/" in job
+        for job in training
+    )

@@ -1,5 +1,6 @@
 """Published weights by name, fetched from a local HTTP server in the published layouts: torchvision's weight
 enums (hash prefix in the file name) and mdistiller's CIFAR-100 teacher archive (checksum recorded once)."""
+
 import hashlib
 import io
 import json
@@ -11,12 +12,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GRID
 
 from afdistill import published
 from afdistill.grid import Grid, GridError
+from afdistill.kinds import teacher as teacher_kind
 from afdistill.models import create_model
-
-from conftest import TINY_GRID
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -65,9 +66,12 @@ def test_a_torchvision_enum_is_fetched_once_and_a_corrupt_download_refused(serve
 
     # torchvision's own ResNet18 enum; the mirror serves something else under its file name
     (server / "models" / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
-    with pytest.raises(published.FetchError, match=r"teachers.checkpoints.resnet18_imagenet: the download of "
-                                                   r"resnet18-f37072fd.pth from http://127.0.0.1:\d+/models/"
-                                                   r"resnet18-f37072fd.pth has SHA-256 .*not the f37072fd"):
+    with pytest.raises(
+        published.FetchError,
+        match=r"teachers.checkpoints.resnet18_imagenet: the download of "
+        r"resnet18-f37072fd.pth from http://127.0.0.1:\d+/models/"
+        r"resnet18-f37072fd.pth has SHA-256 .*not the f37072fd",
+    ):
         published.fetch("torchvision:ResNet18_Weights.IMAGENET1K_V1", "teachers.checkpoints.resnet18_imagenet")
     assert not (server.parent / "data/weights/resnet18-f37072fd.pth").exists()
     assert (server.parent / "data/weights/resnet18-f37072fd.pth.corrupt").read_bytes() == b"not the weights"
@@ -93,12 +97,15 @@ def test_a_published_teacher_set_is_fetched_checksummed_and_read_by_the_grid(ser
     url_path.mkdir(parents=True)
     (url_path / "cifar_teachers.tar").write_bytes(_teacher_archive(state))
     config = json.loads(json.dumps(TINY_GRID))
-    config.update(dataset="cifar100", pairs=[{"teacher": "resnet56", "student": "resnet20"}],
-                  methods={"kd": {"alpha": 0.9, "temperature": 4}})
+    config.update(
+        dataset="cifar100",
+        pairs=[{"teacher": "resnet56", "student": "resnet20"}],
+        methods={"kd": {"alpha": 0.9, "temperature": 4}},
+    )
     config["teachers"]["published"] = "mdistiller_cifar100"
     grid = Grid(config)
     path = "data/weights/mdistiller_cifar100/cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth"
-    assert grid.teacher_spec("resnet56").checkpoint == path
+    assert teacher_kind.spec(grid, "resnet56").checkpoint == path
     loaded = torch.load(path, weights_only=False)["model"]
     assert all(torch.equal(loaded[key], state[key]) for key in state)
     sums = (server.parent / "data/weights/mdistiller_cifar100/SHA256SUMS").read_text()
@@ -110,9 +117,12 @@ def test_a_published_teacher_set_is_fetched_checksummed_and_read_by_the_grid(ser
     archive.unlink()
     torch.manual_seed(1)
     (url_path / "cifar_teachers.tar").write_bytes(_teacher_archive(create_model("resnet56", 100).state_dict()))
-    with pytest.raises(GridError, match=r"teachers.published: data/weights/mdistiller_cifar100/cifar_teachers.tar "
-                                        r"\(from http://127.0.0.1:\d+/megvii-research/.*\) has SHA-256 \w+, not the "
-                                        r"\w+ recorded in data/weights/mdistiller_cifar100/SHA256SUMS"):
+    with pytest.raises(
+        GridError,
+        match=r"teachers.published: data/weights/mdistiller_cifar100/cifar_teachers.tar "
+        r"\(from http://127.0.0.1:\d+/megvii-research/.*\) has SHA-256 \w+, not the "
+        r"\w+ recorded in data/weights/mdistiller_cifar100/SHA256SUMS",
+    ):
         Grid(config)
     config["teachers"]["published"] = "nope"
     with pytest.raises(GridError, match="'nope' is not a published teacher set; known: mdistiller_cifar100"):
@@ -126,7 +136,10 @@ def test_a_published_teacher_set_is_fetched_checksummed_and_read_by_the_grid(ser
 def test_an_unreachable_mirror_names_the_url_and_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(published.MIRROR_ENV, "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(published.FetchError, match=r"methods.ft.init: could not fetch http://127.0.0.1:9/models/"
-                                                   r"resnet18-f37072fd.pth .*download it by hand to "
-                                                   r"data/weights/resnet18-f37072fd.pth,"):
+    with pytest.raises(
+        published.FetchError,
+        match=r"methods.ft.init: could not fetch http://127.0.0.1:9/models/"
+        r"resnet18-f37072fd.pth .*download it by hand to "
+        r"data/weights/resnet18-f37072fd.pth,",
+    ):
         published.fetch("torchvision:ResNet18_Weights.IMAGENET1K_V1", "methods.ft.init")

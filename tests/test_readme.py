@@ -1,4 +1,5 @@
 """The README stays true: its set-up commands are what CI runs, and its method example works."""
+
 import re
 from pathlib import Path
 from typing import Annotated
@@ -6,7 +7,17 @@ from typing import Annotated
 import torch
 from torch import nn
 
-from afdistill.methods import Batch, Context, Method, Range, build_method, dry_run, register_method
+from afdistill.methods import (
+    Batch,
+    Capabilities,
+    Context,
+    KDOnTop,
+    Method,
+    Range,
+    build_method,
+    dry_run,
+    register_method,
+)
 from afdistill.methods.base import _METHODS
 from afdistill.models import create_model
 
@@ -25,10 +36,22 @@ def test_ci_installs_and_tests_the_way_the_readme_says():
 def register_the_example() -> None:
     """Register the README's example method (as ``mine``)."""
     section = README.split("## Adding a method")[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None  # the section holds the example
+    code = match.group(1)
     code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
-    exec(code, {"nn": nn, "Method": Method, "register_method": register_method, "Annotated": Annotated,
-                "Range": Range})
+    exec(
+        code,
+        {
+            "nn": nn,
+            "Method": Method,
+            "register_method": register_method,
+            "Annotated": Annotated,
+            "Range": Range,
+            "Capabilities": Capabilities,
+            "KDOnTop": KDOnTop,
+        },
+    )
 
 
 def test_the_add_a_method_example_runs():
@@ -36,8 +59,9 @@ def test_the_add_a_method_example_runs():
         register_the_example()
         teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
         images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-        context = Context(student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10,
-                          torch.arange(20) % 10, 4)
+        context = Context(
+            student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10, torch.arange(20) % 10, 4
+        )
         method = build_method("mine", {"beta": 10.0}, context)
         with torch.inference_mode():
             teacher_out = teacher(images, with_features=True)

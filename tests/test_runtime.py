@@ -1,8 +1,10 @@
-"""Runtime options: what ``auto`` resolves to, clear refusals, and (on a CUDA machine) CUDA graphs that change no result.
+"""Runtime options: what ``auto`` resolves to, clear refusals, and (on a CUDA machine) CUDA graphs that change no
+result.
 
 The CUDA tests are skipped where torch sees no GPU (CI); run them on one with
 ``pytest tests/test_runtime.py``.
 """
+
 import subprocess
 import sys
 
@@ -76,25 +78,47 @@ def test_auto_graphs_the_step_of_methods_that_allow_it():
 
 def _spec(method, cuda_graphs, seed=0, **changes):
     # 400 images at batch 48: eight full batches and a partial one per epoch; the lr decays at epoch 3.
-    fields = dict(kind="student", grid="test", dataset="digits", arch="resnet8", teacher="resnet14", method=method,
-                  run=method, seed=seed, device="cuda", method_params={},
-                  schedule=Schedule(epochs=3, batch_size=48, lr=0.05, lr_decay_epochs=(3,)),
-                  runtime=Runtime(cuda_graphs=cuda_graphs, compile="none"))
+    fields = dict(
+        kind="student",
+        grid="test",
+        dataset="digits",
+        arch="resnet8",
+        teacher="resnet14",
+        method=method,
+        run=method,
+        seed=seed,
+        device="cuda",
+        method_params={},
+        schedule=Schedule(epochs=3, batch_size=48, lr=0.05, lr_decay_epochs=(3,)),
+        runtime=Runtime(cuda_graphs=cuda_graphs, compile="none"),
+    )
     fields.update(changes)
     return JobSpec(**fields)
 
 
 def _metrics(record):
-    return [{k: v for k, v in epoch.items() if k not in ("images_per_s", "epoch_seconds")}
-            for epoch in record["history"]]
+    return [
+        {k: v for k, v in epoch.items() if k not in ("images_per_s", "epoch_seconds")} for epoch in record["history"]
+    ]
 
 
 @cuda
 @pytest.mark.parametrize("method", ["kd", "afd"])
 def test_a_graphed_step_trains_exactly_like_the_eager_one(small_data, tmp_path, method):
-    quiet = lambda *a: None
-    teacher = JobSpec(kind="teacher", grid="test", dataset="digits", arch="resnet14", method="vanilla", run="teacher",
-                      seed=0, device="cuda", schedule=Schedule(epochs=2, batch_size=48, lr=0.05, lr_decay_epochs=()))
+    def quiet(*a):
+        return None
+
+    teacher = JobSpec(
+        kind="teacher",
+        grid="test",
+        dataset="digits",
+        arch="resnet14",
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        device="cuda",
+        schedule=Schedule(epochs=2, batch_size=48, lr=0.05, lr_decay_epochs=()),
+    )
     train(teacher, small_data, tmp_path / "teacher", log=quiet)
     checkpoint = tmp_path / "teacher" / "model.pt"
     graphed = train(_spec(method, "auto"), small_data, tmp_path / "graphed", checkpoint, log=quiet)
@@ -106,5 +130,8 @@ def test_a_graphed_step_trains_exactly_like_the_eager_one(small_data, tmp_path, 
     for ours, theirs in zip(_metrics(graphed.record), _metrics(eager.record)):
         assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-5)
     if method == "afd":  # the epoch's attention, accumulated inside the graph
-        assert torch.allclose(torch.tensor(graphed.record["summaries"][-1]["attention"]),
-                              torch.tensor(eager.record["summaries"][-1]["attention"]), atol=1e-5)
+        assert torch.allclose(
+            torch.tensor(graphed.record["summaries"][-1]["attention"]),
+            torch.tensor(eager.record["summaries"][-1]["attention"]),
+            atol=1e-5,
+        )

@@ -5,6 +5,7 @@ their PIDs. The cluster is CPU only and has no accounting database, so the run u
 switches for that: `--config device=cpu` and `--slurm-status-command squeue` (with MinJobAge = 120 s), plus
 `--slurm-no-account` and short status-check intervals to keep the test quick.
 """
+
 import os
 import re
 import shutil
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_GRID, make_project, run, tool_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -57,27 +57,53 @@ def slurm_cluster(tmp_path_factory):
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 1024
     socket_path = base / "munge" / "munge.socket"
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(OURS + "\n".join([
-        "ClusterName=afdistill-test", f"SlurmctldHost={host}",
-        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-        "AuthType=auth/munge", f"AuthInfo=socket={socket_path}", "CredType=cred/munge",
-        "SlurmUser=root", "SlurmdUser=root",
-        f"StateSaveLocation={base / 'state'}", f"SlurmdSpoolDir={base / 'spool'}",
-        f"SlurmctldPidFile={base / 'slurmctld.pid'}", f"SlurmdPidFile={base / 'slurmd.pid'}",
-        f"SlurmctldLogFile={base / 'slurmctld.log'}", f"SlurmdLogFile={base / 'slurmd.log'}",
-        # no cgroups in a container: plain process tracking, no task binding
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "SchedulerType=sched/backfill",
-        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
-        "MinJobAge=120",  # the plugin trusts squeue for job states only from 120 s on
-        "ReturnToService=2", "MpiDefault=none",
-        f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
-        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-    ]) + "\n")
+    SLURM_CONF.write_text(
+        OURS
+        + "\n".join(
+            [
+                "ClusterName=afdistill-test",
+                f"SlurmctldHost={host}",
+                f"SlurmctldPort={_free_port()}",
+                f"SlurmdPort={_free_port()}",
+                "AuthType=auth/munge",
+                f"AuthInfo=socket={socket_path}",
+                "CredType=cred/munge",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                f"StateSaveLocation={base / 'state'}",
+                f"SlurmdSpoolDir={base / 'spool'}",
+                f"SlurmctldPidFile={base / 'slurmctld.pid'}",
+                f"SlurmdPidFile={base / 'slurmd.pid'}",
+                f"SlurmctldLogFile={base / 'slurmctld.log'}",
+                f"SlurmdLogFile={base / 'slurmd.log'}",
+                # no cgroups in a container: plain process tracking, no task binding
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_CPU",
+                "SchedulerType=sched/backfill",
+                "AccountingStorageType=accounting_storage/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "MinJobAge=120",  # the plugin trusts squeue for job states only from 120 s on
+                "ReturnToService=2",
+                "MpiDefault=none",
+                f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN",
+                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+            ]
+        )
+        + "\n"
+    )
     commands = {
-        "munged": [DAEMONS["munged"], "--foreground", "--force", f"--socket={socket_path}",
-                   "--key-file=/etc/munge/munge.key", f"--log-file={base / 'munged.log'}",
-                   f"--pid-file={base / 'munged.pid'}", f"--seed-file={base / 'munged.seed'}"],
+        "munged": [
+            DAEMONS["munged"],
+            "--foreground",
+            "--force",
+            f"--socket={socket_path}",
+            "--key-file=/etc/munge/munge.key",
+            f"--log-file={base / 'munged.log'}",
+            f"--pid-file={base / 'munged.pid'}",
+            f"--seed-file={base / 'munged.seed'}",
+        ],
         "slurmctld": [DAEMONS["slurmctld"], "-D", "-i", "-f", str(SLURM_CONF)],
         "slurmd": [DAEMONS["slurmd"], "-D", "-N", host, "-f", str(SLURM_CONF)],
     }
@@ -117,10 +143,27 @@ def test_a_tiny_grid_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
     grid = dict(TINY_GRID, seeds=[0, 1], methods={"vanilla": {}})
     project = make_project(tmp_path / "project", grid)
     started = time.monotonic()
-    result = run(["snakemake", "--profile", "profiles/slurm", "--workflow-profile", "none",
-                  "--config", "device=cpu", "--slurm-status-command", "squeue",
-                  "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
-                  "--seconds-between-status-checks", "1"], cwd=project, env=tool_env(), timeout=900)
+    result = run(
+        [
+            "snakemake",
+            "--profile",
+            "profiles/slurm",
+            "--workflow-profile",
+            "none",
+            "--config",
+            "device=cpu",
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--seconds-between-status-checks",
+            "1",
+        ],
+        cwd=project,
+        env=tool_env(),
+        timeout=900,
+    )
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
     submitted = output.count("has been submitted with SLURM jobid")
@@ -137,7 +180,6 @@ def test_a_tiny_grid_runs_through_the_slurm_profile(slurm_cluster, tmp_path):
 
 def test_a_slurm_run_that_would_load_the_local_profile_is_refused(tmp_path):
     project = make_project(tmp_path / "project", dict(TINY_GRID, methods={"vanilla": {}}), dvc=False)
-    result = run(["snakemake", "-n", "--profile", "profiles/slurm", "--config", "device=cpu"], cwd=project,
-                 check=False)
+    result = run(["snakemake", "-n", "--profile", "profiles/slurm", "--config", "device=cpu"], cwd=project, check=False)
     assert result.returncode != 0
     assert "add --workflow-profile none" in result.stdout + result.stderr

@@ -1,8 +1,9 @@
-"""MLflow tracking against real sqlite stores: concurrent creation, one run per job, nesting, models, moves."""
+"""MLflow tracking against real stores: one run per job, nesting, models; served: many writers, moves."""
+
 import multiprocessing
 import os
+import re
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
@@ -22,57 +23,34 @@ def store(tmp_path_factory):
     """One store shared by the tests that each use their own job identities."""
     directory = tmp_path_factory.mktemp("store")
     uri = sqlite_uri(directory)
-    tracking.init("shared", uri)
+    tracking.ensure_experiment(tracking.client(uri), "afdistill-shared", uri)
     return uri
 
 
 def spec(seed=0, method="afd", grid="shared"):
-    return JobSpec(kind="student", grid=grid, dataset="digits", arch="resnet8", teacher="resnet14", method=method,
-                   run=method, seed=seed, device="cpu", schedule=Schedule(epochs=3))
+    return JobSpec(
+        kind="student",
+        grid=grid,
+        dataset="digits",
+        arch="resnet8",
+        teacher="resnet14",
+        method=method,
+        run=method,
+        seed=seed,
+        device="cpu",
+        schedule=Schedule(epochs=3),
+    )
 
 
 def steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-# ---- 1. concurrent first touch
-
-def _first_touch(uri, barrier, job):
-    barrier.wait()
-    run = tracking.JobRun("fresh", f"job {job}", {}, {"job": job}, job_id=f"job-{job}", uri=uri)
-    run.start(None)
-    run.log_metrics({"loss_total": 1.0 / (job + 1)}, step=1)
-    run.finish("FINISHED")
-
-
-def test_eight_processes_create_a_fresh_store_at_once(tmp_path):
-    uri = sqlite_uri(tmp_path)
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(8)
-    processes = [context.Process(target=_first_touch, args=(uri, barrier, job)) for job in range(8)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
-    assert [p.exitcode for p in processes] == [0] * 8
-
-    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        names = [row[0] for row in connection.execute("SELECT name FROM experiments")]
-    assert names.count("afdistill-fresh") == 1
-    client = tracking.open_store(uri)
-    experiment = client.get_experiment_by_name("afdistill-fresh")
-    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.data.tags[tracking.TAG_JOB] for r in runs) == [f"job-{j}" for j in range(8)]
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    assert sorted(r.data.metrics["train/loss_total"] for r in runs) == sorted(1.0 / (j + 1) for j in range(8))
-
-
 # ---- 2. a job is one run
 
+
 def test_a_resumed_attempt_takes_over_its_run_and_logs_each_epoch_once(store):
-    client = tracking.open_store(store)
+    client = tracking.client(store)
     first = tracking.for_job(spec(seed=10), commit="abc", uri=store)
     run_id = first.start(None)
     for epoch in (1, 2):
@@ -96,7 +74,7 @@ def test_a_resumed_attempt_takes_over_its_run_and_logs_each_epoch_once(store):
 
 
 def test_a_restart_from_scratch_fails_the_stale_run_and_a_retrain_leaves_one_finished_run(store):
-    client = tracking.open_store(store)
+    client = tracking.client(store)
     stale = tracking.for_job(spec(seed=11), uri=store)
     stale_id = stale.start(None)
     stale.log_metrics({"loss_total": 2.0}, step=1)  # killed before its first checkpoint
@@ -116,57 +94,15 @@ def test_a_restart_from_scratch_fails_the_stale_run_and_a_retrain_leaves_one_fin
     again.finish("FINISHED")
     experiment = client.get_experiment_by_name("afdistill-shared").experiment_id
     live = client.search_runs([experiment], filter_string=f"tags.`{tracking.TAG_JOB}` = '{again.job_id}'")
-    assert sorted((r.info.run_id, r.info.status) for r in live) == sorted([(again_id, "FINISHED"),
-                                                                          (stale_id, "FAILED")])
+    assert sorted((r.info.run_id, r.info.status) for r in live) == sorted(
+        [(again_id, "FINISHED"), (stale_id, "FAILED")]
+    )
     assert client.get_run(fresh_id).info.lifecycle_stage == "deleted"
     assert client.get_run(again_id).data.tags[tracking.TAG_ATTEMPT] == "3"
 
 
-def _start_and_die(uri):
-    tracking.for_job(spec(seed=12), uri=uri).start(None)
-    os._exit(1)
-
-
-def test_a_run_whose_process_died_is_marked_failed(store):
-    process = multiprocessing.get_context("fork").Process(target=_start_and_die, args=(store,))
-    process.start()
-    process.join(timeout=60)
-    client = tracking.open_store(store)
-    experiment = client.get_experiment_by_name("afdistill-shared").experiment_id
-    job = tracking.spec_hash(spec(seed=12).to_json())
-    [run] = tracking.job_runs(client, experiment, job)
-    assert run.info.status == "RUNNING"
-    assert run.info.run_id in tracking.fail_dead_runs(client, experiment)
-    assert client.get_run(run.info.run_id).info.status == "FAILED"
-    assert "died" in client.get_run(run.info.run_id).data.tags[tracking.TAG_FAILURE]
-    # a live process's run is left alone
-    live = tracking.for_job(spec(seed=13), uri=store)
-    live_id = live.start(None)
-    assert live_id not in tracking.fail_dead_runs(client, experiment)
-    live.finish("FINISHED")
-
-
-def _start_grid_and_die(uri: str) -> None:
-    os.environ.pop(tracking.GRID_RUN_ENV, None)
-    tracking.start_grid("killed", invocation="first", uri=uri)
-    os._exit(0)  # as a SIGKILLed Snakemake: no onsuccess/onerror closes its grid run
-
-
-def test_a_killed_invocations_grid_run_is_marked_failed_by_the_next(tmp_path, monkeypatch):
-    uri = sqlite_uri(tmp_path)
-    monkeypatch.delenv(tracking.GRID_RUN_ENV, raising=False)
-    process = multiprocessing.get_context("fork").Process(target=_start_grid_and_die, args=(uri,))
-    process.start()
-    process.join(timeout=60)
-    second = tracking.start_grid("killed", invocation="second", uri=uri)
-    client = tracking.open_store(uri)
-    statuses = {run.data.tags[tracking.TAG_INVOCATION]: run.info.status for run in tracking.grid_runs("killed", uri)}
-    assert statuses == {"first": "FAILED", "second": "RUNNING"}
-    tracking.finish_grid(run_id=second, uri=uri)
-    assert client.get_run(second).info.status == "FINISHED"
-
-
 # ---- 3. grid-level view
+
 
 def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeypatch):
     uri = sqlite_uri(tmp_path)
@@ -175,8 +111,9 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     monkeypatch.delenv(tracking.GRID_RUN_ENV, raising=False)
     grid_file = tmp_path / "default.yaml"
     grid_file.write_text("grid: nest\n")
-    parent = tracking.start_grid("nest", grid_file, uri=uri, config={"grid": "nest", "seeds": [0, 1],
-                                                                      "schedule": {"lr": 0.05}})
+    parent = tracking.start_grid(
+        "nest", grid_file, uri=uri, config={"grid": "nest", "seeds": [0, 1], "schedule": {"lr": 0.05}}
+    )
     assert os.environ[tracking.GRID_RUN_ENV] == parent and os.environ[tracking.INVOCATION_ENV] == "tidy-puma"
 
     children = []
@@ -193,7 +130,7 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     (reports / "metrics" / "resnet14_resnet8" / "afd.json").write_text('{"last": 0.5, "best": 0.625, "seeds": 2}')
     assert tracking.log_grid_report("nest", reports, uri=uri) == parent
 
-    client = tracking.open_store(uri)
+    client = tracking.client(uri)
     for child in children:
         tags = client.get_run(child).data.tags
         assert tags[tracking.TAG_PARENT] == parent
@@ -204,8 +141,12 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
     assert grid.info.status == "FINISHED" and grid.data.tags["kind"] == "grid"
     assert grid.data.tags[tracking.TAG_SPEC_HASH] == tracking.spec_hash("grid: nest\n")
     assert {a.path for a in client.list_artifacts(parent)} == {"grid", "report"}
-    assert {a.path for a in client.list_artifacts(parent, "report")} == {"report/table.md", "report/table.csv",
-                                                                          "report/table.json", "report/figures"}
+    assert {a.path for a in client.list_artifacts(parent, "report")} == {
+        "report/table.md",
+        "report/table.csv",
+        "report/table.json",
+        "report/figures",
+    }
     # the grid run compares with another invocation: its config as params, every cell's means as metrics
     assert grid.data.params == {"grid": "nest", "seeds": "[0, 1]", "schedule.lr": "0.05"}
     assert grid.data.metrics == {"resnet14_resnet8/afd/last": 0.5, "resnet14_resnet8/afd/best": 0.625}
@@ -218,6 +159,7 @@ def test_jobs_nest_under_their_grid_run_which_holds_the_report(tmp_path, monkeyp
 
 
 # ---- 4 and 5. what ran, models, inputs, names, system metrics
+
 
 def test_resolved_runtime_model_and_dataset_are_recorded(store):
     from afdistill.models import create_model
@@ -234,7 +176,7 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     uri = job.log_model(model, images[:2], name="student")
     job.finish("FINISHED")
 
-    client = tracking.open_store(store)
+    client = tracking.client(store)
     run = client.get_run(run_id)
     tags = run.data.tags
     assert tags["runtime.device"] == "cpu" and tags["runtime.precision"] == "fp32"
@@ -242,8 +184,12 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     assert tags["runtime.gpu"] == "none" and tags["runtime.world_size"] == "1"
     assert "mlflow.user" in tags and "mlflow.source.name" in tags
     assert tags["runtime.cuda"] == "none" and "git_commit" not in tags
-    assert (tags["row"], tags["pair"], tags["teacher"], tags["student"]) == ("afd", "resnet14->resnet8", "resnet14",
-                                                                            "resnet8")
+    assert (tags["row"], tags["pair"], tags["teacher"], tags["student"]) == (
+        "afd",
+        "resnet14->resnet8",
+        "resnet14",
+        "resnet8",
+    )
     # the hyper-parameters the method ran with, defaults included; the runtime only as resolved (tags)
     params = run.data.params
     assert params["method_params.beta"] == "200.0" and params["method_params.temperature"] == "4.0"
@@ -252,8 +198,9 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "digits" and dataset_input.tags[0].value == "train"
     # the model is named after its job, exported (pt2), its final metrics linked to it
-    [logged] = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                           filter_string="name = 'student-afd-s20-resnet14-resnet8'")
+    [logged] = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="name = 'student-afd-s20-resnet14-resnet8'"
+    )
     assert tags[tracking.TAG_MODEL_FORMAT] == "pt2"
     assert {m.key: m.value for m in logged.metrics} == {"final/test_top1": 0.5, "final/test_top1_best": 0.75}
 
@@ -274,15 +221,25 @@ def test_a_teacher_is_registered_and_loads_by_its_name(store):
 
     from afdistill.models import create_model
 
-    teacher = JobSpec(kind="teacher", grid="shared", dataset="digits", arch="resnet8", teacher=None, method="vanilla",
-                      run="teacher", seed=0, device="cpu", schedule=Schedule(epochs=1))
+    teacher = JobSpec(
+        kind="teacher",
+        grid="shared",
+        dataset="digits",
+        arch="resnet8",
+        teacher=None,
+        method="vanilla",
+        run="teacher",
+        seed=0,
+        device="cpu",
+        schedule=Schedule(epochs=1),
+    )
     job = tracking.for_job(teacher, uri=store)
     job.start(None)
     torch.manual_seed(1)
     model = create_model("resnet8", 10).eval()
     job.log_model(model, torch.randn(2, 3, 32, 32), name="teacher")
     job.finish("FINISHED")
-    tags = tracking.open_store(store).get_run(job.run_id).data.tags
+    tags = tracking.client(store).get_run(job.run_id).data.tags
     assert tags["teacher"] == "resnet8" and "student" not in tags
     import mlflow
 
@@ -294,9 +251,16 @@ def test_a_teacher_is_registered_and_loads_by_its_name(store):
 
 
 def test_metric_names_are_grouped_and_map_back():
-    table = {"loss_total": "train/loss_total", "loss_afd": "train/loss_afd", "lr": "train/lr",
-             "train_top1": "train/top1", "test_top5": "test/top5", "final_test_top1": "final/test_top1",
-             "images_per_s": "speed/images_per_s", "epoch_seconds": "speed/epoch_seconds"}
+    table = {
+        "loss_total": "train/loss_total",
+        "loss_afd": "train/loss_afd",
+        "lr": "train/lr",
+        "train_top1": "train/top1",
+        "test_top5": "test/top5",
+        "final_test_top1": "final/test_top1",
+        "images_per_s": "speed/images_per_s",
+        "epoch_seconds": "speed/epoch_seconds",
+    }
     assert {flat: tracking.metric_name(flat) for flat in table} == table
     assert {tracking.flat_name(grouped) for grouped in table.values()} == set(table)
     assert tracking.experiment_name("default") == "afdistill-default"
@@ -308,7 +272,7 @@ def test_system_metrics_are_logged_when_switched_on(store, monkeypatch):
     run_id = job.start(None)
     time.sleep(1.0)
     job.finish("FINISHED")
-    metrics = tracking.open_store(store).get_run(run_id).data.metrics
+    metrics = tracking.client(store).get_run(run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
 
     monkeypatch.setenv(tracking.SYSTEM_METRICS_ENV, "false")
@@ -316,80 +280,126 @@ def test_system_metrics_are_logged_when_switched_on(store, monkeypatch):
     quiet_id = quiet.start(None)
     time.sleep(0.5)
     quiet.finish("FINISHED")
-    assert not any(k.startswith("system/") for k in tracking.open_store(store).get_run(quiet_id).data.metrics)
+    assert not any(k.startswith("system/") for k in tracking.client(store).get_run(quiet_id).data.metrics)
 
 
-# ---- 6. artifacts follow the project
-
-def test_artifacts_are_listed_after_the_project_moves(tmp_path):
-    before, after = tmp_path / "before" / "project", tmp_path / "after" / "project"
-    before.mkdir(parents=True)
-    job = tracking.JobRun("moving", "job", {}, {}, job_id="job", uri=sqlite_uri(before))
-    run_id = job.start(None)
-    (before / "metrics.json").write_text("{}")
-    job.log_artifact(before / "metrics.json")
-    job.finish("FINISHED")
-    after.parent.mkdir()
-    shutil.move(before, after)
-
-    from mlflow import MlflowClient
-
-    assert MlflowClient(tracking_uri=sqlite_uri(after)).list_artifacts(run_id) == []  # what MLflow alone shows
-    client = tracking.open_store(sqlite_uri(after))
-    assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
-    assert client.get_run(run_id).info.artifact_uri.startswith((after / "mlartifacts").as_uri() + "/")
+# ---- 6. the pipeline's tracking server: many writers, artifacts that follow the project
 
 
-# ---- 7. a tracking server (the cluster setup)
+@pytest.fixture
+def no_uri(monkeypatch):
+    """No MLFLOW_TRACKING_URI, and whatever serve() exports undone after the test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.GRID_RUN_ENV, raising=False)
 
-def _free_port() -> int:
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _log_job(uri, barrier, job, folder):
+    barrier.wait()
+    run = tracking.JobRun("served", f"job {job}", {"kind": "student"}, {"job": job}, job_id=f"job-{job}", uri=uri)
+    run.start(None)
+    for step in (1, 2, 3):
+        run.log_metrics({"loss_total": job + step / 10}, step=step)
+    (folder / f"{job}.json").write_text(str(job))
+    run.log_artifact(folder / f"{job}.json")
+    run.finish("FINISHED")
+
+
+def test_eight_processes_log_their_jobs_through_one_served_store(tmp_path, no_uri):
+    server = tracking.serve(tmp_path)
+    try:
+        assert os.environ["MLFLOW_TRACKING_URI"] == server.uri and server.uri.startswith("http://127.0.0.1:")
+        context = multiprocessing.get_context("fork")
+        barrier = context.Barrier(8)
+        processes = [context.Process(target=_log_job, args=(server.uri, barrier, job, tmp_path)) for job in range(8)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        assert [p.exitcode for p in processes] == [0] * 8
+
+        client = tracking.client(server.uri)
+        experiment = client.get_experiment_by_name("afdistill-served")  # created once, by whichever came first
+        assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+        assert experiment.artifact_location.startswith("mlflow-artifacts:/")  # relative to the served directory
+        runs = client.search_runs([experiment.experiment_id])
+        assert sorted(r.data.tags[tracking.TAG_JOB] for r in runs) == [f"job-{j}" for j in range(8)]
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        for run in runs:
+            job = int(run.data.params["job"])
+            assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss_total")] == [
+                (step, job + step / 10) for step in (1, 2, 3)
+            ]
+            assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"{job}.json"]
+    finally:
+        tracking.stop(server)
+    assert server.process.returncode is not None
+    assert len(list((tmp_path / "mlartifacts").rglob("*.json"))) == 8
+
+
+def _listed(uri: str, run_id: str) -> list[str]:
+    return sorted(a.path for a in tracking.client(uri).list_artifacts(run_id))
 
 
 @pytest.mark.slow
-def test_jobs_log_through_an_mlflow_server_with_served_artifacts(tmp_path, monkeypatch):
-    import signal
-    import subprocess
-    import sys
-    import urllib.request
-
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", sqlite_uri(tmp_path), "--artifacts-destination", str(tmp_path / "mlartifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+def test_artifacts_follow_the_project_and_a_job_run_by_hand_reaches_them(tmp_path, no_uri, monkeypatch):
+    before, after = tmp_path / "before" / "project", tmp_path / "after" / "project"
+    before.mkdir(parents=True)
+    (before / "metrics.json").write_text("{}")
+    server = tracking.serve(before)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "mlflow server did not answer /health within 120 s"
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-        job = tracking.for_job(spec(seed=40, grid="served"))
+        job = tracking.for_job(spec(seed=40, grid="moving"))
         run_id = job.start(None)
         job.log_metrics({"test_top1": 0.5}, step=1)
-        (tmp_path / "metrics.json").write_text("{}")
-        job.log_artifact(tmp_path / "metrics.json")
+        job.log_artifact(before / "metrics.json")
         job.finish("FINISHED")
-
-        client = tracking.open_store()
-        run = client.get_run(run_id)
+        run = tracking.client().get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["test/top1"] == 0.5
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # relative to the server's destination
-        assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
-        assert list((tmp_path / "mlartifacts").rglob("metrics.json"))
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        tracking.stop(server)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    after.parent.mkdir()
+    shutil.move(before, after)
+
+    # a job run by hand in the moved project (no server, no MLFLOW_TRACKING_URI) serves the store for itself
+    monkeypatch.chdir(after)
+    hand = tracking.for_job(spec(seed=41, grid="moving"))
+    hand_id = hand.start(None)
+    assert hand.uri.startswith("http://127.0.0.1:")
+    hand.log_artifact(after / "metrics.json")
+    hand.finish("FINISHED")
+    assert hand._server.process.returncode is not None  # stopped with the job
+    # `afdistill init-tracking` makes an experiment of the same kind, through a server of its own
+    made = tracking.init("made-by-hand", sqlite_uri(after))
+
+    server = tracking.serve(after)  # as `mlflow ui` would there
+    try:
+        assert _listed(server.uri, run_id) == ["metrics.json"] and _listed(server.uri, hand_id) == ["metrics.json"]
+        assert tracking.client(server.uri).get_experiment(made).artifact_location.startswith("mlflow-artifacts:/")
+        assert len(list((after / "mlartifacts").rglob("metrics.json"))) == 2
+    finally:
+        tracking.stop(server)
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path, no_uri):
+    (tmp_path / "mlflow.db").write_text("not a database")
+    with pytest.raises(RuntimeError, match="mlflow-server.log ends:") as error:
+        tracking.serve(tmp_path, timeout=60)
+    assert "file is not a database" in str(error.value) and "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_a_named_server_is_used_as_it_is(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.serve(".") is None and tracking.tracking_uri() == "http://tracking.example:5000"
+    tracking.stop(None)
+
+
+def test_every_stage_of_one_dvc_repro_shares_an_invocation(monkeypatch, tmp_path):
+    for name in (tracking.INVOCATION_ENV, tracking.DVC_EXPERIMENT_ENV, tracking.DVC_STAGE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{os.getpid()}", tracking.current_invocation())  # a new one
+    monkeypatch.setenv(tracking.DVC_STAGE_ENV, "students")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "project"))
+    assert tracking.current_invocation() == f"dvc-project-pg{os.getpgrp()}"
+    monkeypatch.setenv(tracking.DVC_EXPERIMENT_ENV, "tidy-puma")
+    assert tracking.current_invocation() == "tidy-puma"

@@ -1,5 +1,6 @@
 """Transfer (the AFD paper's Tables 3 and 8): a teacher of another task lends its features, a student can
 start from ImageNet weights with a new classifier, and L2T-ww's cosine schedule."""
+
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from test_archives import _mit67
 from afdistill.data import prepare
 from afdistill.engine import load_network, train
 from afdistill.grid import Grid, GridError
+from afdistill.kinds import student as student_kind
 from afdistill.models import create_model
 from afdistill.spec import JobSpec, Schedule
 
@@ -34,10 +36,19 @@ def imagenet_weights(tmp_path):
 
 
 def spec(**changes):
-    fields = dict(kind="student", grid="transfer", dataset="mit67", arch="resnet18_imagenet", method="afd",
-                  run="afd", seed=0, device="cpu", teacher="resnet34_imagenet",
-                  schedule=Schedule(epochs=1, batch_size=4, lr=0.01, lr_decay_epochs=()),
-                  method_params={"alpha": 0, "beta": 1000, "qk_dim": 16})
+    fields = dict(
+        kind="student",
+        grid="transfer",
+        dataset="mit67",
+        arch="resnet18_imagenet",
+        method="afd",
+        run="afd",
+        seed=0,
+        device="cpu",
+        teacher="resnet34_imagenet",
+        schedule=Schedule(epochs=1, batch_size=4, lr=0.01, lr_decay_epochs=()),
+        method_params={"alpha": 0, "beta": 1000, "qk_dim": 16},
+    )
     fields.update(changes)
     return JobSpec(**fields)
 
@@ -50,9 +61,16 @@ def test_an_imagenet_teacher_lends_its_features_to_a_student_of_another_task(mit
 
 
 def test_a_published_network_of_another_task_is_checked_but_has_no_accuracy(mit67, imagenet_weights, tmp_path):
-    teacher = spec(kind="teacher", arch="resnet34_imagenet", teacher=None, method="vanilla", run="teacher",
-                   method_params={}, checkpoint=str(imagenet_weights["resnet34_imagenet"]),
-                   schedule=Schedule(epochs=0, batch_size=4, lr_decay_epochs=()))
+    teacher = spec(
+        kind="teacher",
+        arch="resnet34_imagenet",
+        teacher=None,
+        method="vanilla",
+        run="teacher",
+        method_params={},
+        checkpoint=str(imagenet_weights["resnet34_imagenet"]),
+        schedule=Schedule(epochs=0, batch_size=4, lr_decay_epochs=()),
+    )
     record = train(teacher, mit67, tmp_path / "teacher", **QUIET).record
     assert record["test_top1"] is None and record["num_classes"] == 1000
     assert "1000-class network on a 3-class dataset" in record["note"]
@@ -70,8 +88,13 @@ def test_fine_tuning_starts_from_every_imagenet_weight_but_the_classifier(imagen
 
 
 def test_a_fine_tuned_student_trains_from_its_init(mit67, imagenet_weights, tmp_path):
-    job = spec(method="at", run="ft_at", method_params={"alpha": 0, "beta": 1000},
-               checkpoint=str(imagenet_weights["resnet18_imagenet"]), new_classifier=True)
+    job = spec(
+        method="at",
+        run="ft_at",
+        method_params={"alpha": 0, "beta": 1000},
+        checkpoint=str(imagenet_weights["resnet18_imagenet"]),
+        new_classifier=True,
+    )
     result = train(job, mit67, tmp_path / "ft", imagenet_weights["resnet34_imagenet"], **QUIET)
     assert result.model.fc.out_features == 3 and result.record["test_top1"] is not None
 
@@ -99,12 +122,15 @@ def test_transfer_grids_refuse_methods_that_read_the_teachers_logits(tmp_path, i
 
     config = yaml.safe_load((ROOT / "params/transfer_mit67.yaml").read_text())
     grid = Grid(config)
-    assert grid.student_spec("resnet34_imagenet", "resnet18_imagenet", "ft_afd", 0).new_classifier
-    assert grid.student_spec("resnet34_imagenet", "resnet18_imagenet", "afd", 0).checkpoint is None
+    assert student_kind.spec(grid, "resnet34_imagenet", "resnet18_imagenet", "ft_afd", 0).new_classifier
+    assert student_kind.spec(grid, "resnet34_imagenet", "resnet18_imagenet", "afd", 0).checkpoint is None
     config["methods"]["kd"] = {"temperature": 4}
-    with pytest.raises(GridError, match=r"methods.kd: its method reads the teacher's logits, but teacher "
-                                        r"resnet34_imagenet \(data/weights/resnet34-b627a593.pth\) has 1000 "
-                                        r"classes, not mit67's 67"):
+    with pytest.raises(
+        GridError,
+        match=r"methods.kd: its method reads the teacher's logits, but teacher "
+        r"resnet34_imagenet \(data/weights/resnet34-b627a593.pth\) has 1000 "
+        r"classes, not mit67's 67",
+    ):
         Grid(config)
     del config["methods"]["kd"]
     config["methods"]["afd"]["alpha"] = 0.9
@@ -114,8 +140,16 @@ def test_transfer_grids_refuse_methods_that_read_the_teachers_logits(tmp_path, i
 
 def test_a_teacher_fine_tuned_from_imagenet_trains_with_a_new_classifier(mit67, imagenet_weights, tmp_path):
     """The AT paper's transfer table: the ResNet-34 teacher is fine-tuned on the target set (teachers.init)."""
-    teacher = spec(kind="teacher", arch="resnet34_imagenet", teacher=None, method="vanilla", run="teacher",
-                   method_params={}, checkpoint=str(imagenet_weights["resnet34_imagenet"]), new_classifier=True)
+    teacher = spec(
+        kind="teacher",
+        arch="resnet34_imagenet",
+        teacher=None,
+        method="vanilla",
+        run="teacher",
+        method_params={},
+        checkpoint=str(imagenet_weights["resnet34_imagenet"]),
+        new_classifier=True,
+    )
     result = train(teacher, mit67, tmp_path / "teacher", **QUIET)
     assert result.model.fc.out_features == 3 and 0 <= result.record["test_top1"] <= 1
     published = torch.load(imagenet_weights["resnet34_imagenet"])

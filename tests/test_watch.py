@@ -1,4 +1,5 @@
 """The grid's progress read from job folders in their real on-disk format, and the line the pipeline prints."""
+
 import io
 import json
 import os
@@ -7,8 +8,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import TINY_GRID
+
 from afdistill.grid import Grid
 from afdistill.jobs import Plan, write_marker
 from afdistill.watch import GridWatch, survey
@@ -23,8 +24,10 @@ def tiny_plan(tmp_path, monkeypatch) -> Plan:
 def finish(job, epoch_seconds: float) -> None:
     """What a finished training job leaves: metrics with its per-epoch history, then its marker."""
     Path(job.folder).mkdir(parents=True, exist_ok=True)
-    history = [{"epoch": e + 1, "epoch_seconds": epoch_seconds, "test_top1": 0.5}
-               for e in range(job.spec.schedule.epochs if job.spec else 0)]
+    history = [
+        {"epoch": e + 1, "epoch_seconds": epoch_seconds, "test_top1": 0.5}
+        for e in range(job.spec.schedule.epochs if job.spec else 0)
+    ]
     Path(job.path("metrics.json")).write_text(json.dumps({"test_top1": 0.5, "history": history}))
     write_marker(job)
 
@@ -33,21 +36,30 @@ def checkpoint(job, epoch: int, epoch_seconds: float, identity: str | None = Non
     """A resume checkpoint as the engine saves it (the fields the survey reads)."""
     Path(job.folder).mkdir(parents=True, exist_ok=True)
     path = Path(job.folder) / "checkpoint.pt"
-    torch.save({"spec": job.spec.to_dict(), "identity": identity or job.fingerprint, "epoch": epoch,
-                "complete": False, "history": [{"epoch": e + 1, "epoch_seconds": epoch_seconds}
-                                               for e in range(epoch)]}, path)
+    torch.save(
+        {
+            "spec": job.spec.to_dict(),
+            "identity": identity or job.fingerprint,
+            "epoch": epoch,
+            "complete": False,
+            "history": [{"epoch": e + 1, "epoch_seconds": epoch_seconds} for e in range(epoch)],
+        },
+        path,
+    )
     if age:
         os.utime(path, (time.time() - age, time.time() - age))
 
 
 def test_states_counts_and_time_left_come_from_the_job_folders(tmp_path, monkeypatch):
     plan = tiny_plan(tmp_path, monkeypatch)
-    data, = plan.of_kind("data")
-    teacher, = plan.of_kind("teacher")
+    (data,) = plan.of_kind("data")
+    (teacher,) = plan.of_kind("teacher")
     students = plan.of_kind("student")  # vanilla and kd, seeds 0 and 1: one epoch each
     assert len(students) == 4
-    assert survey(plan).line() == (f"grid 'default': 0/{len(plan.jobs)} done, {len(plan.jobs)} to run; "
-                                   "time left unknown until a first epoch is timed")
+    assert survey(plan).line() == (
+        f"grid 'default': 0/{len(plan.jobs)} done, {len(plan.jobs)} to run; "
+        "time left unknown until a first epoch is timed"
+    )
 
     finish(data, 0)
     finish(teacher, 10.0)

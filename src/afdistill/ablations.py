@@ -15,6 +15,7 @@ each AFD run recorded in its ``summaries`` while it trained.
 * :func:`beta_figures`: Figure 5, accuracy against beta for every pair on
   which an AFD run sweeps ``beta`` alone.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,15 @@ from typing import Callable
 
 import numpy as np
 
-from .figures import (AttentionHistory, BetaSeries, LinkComparison, links_matrix, plot_accuracy_against_beta,
-                      plot_attention_history, plot_manual_against_attention)
+from .figures import (
+    AttentionHistory,
+    BetaSeries,
+    LinkComparison,
+    links_matrix,
+    plot_accuracy_against_beta,
+    plot_attention_history,
+    plot_manual_against_attention,
+)
 from .grid import Grid
 from .methods.afd import stage_output_links
 from .paper import PAPER_MATRICES
@@ -40,17 +48,23 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
-def matrix_tables(grid: Grid, cells: Cells, score: Callable[[dict, str], float], compared: str
-                  ) -> tuple[list[str], list[dict]]:
+def matrix_tables(
+    grid: Grid, cells: Cells, score: Callable[[dict, str], float], compared: str
+) -> tuple[list[str], list[dict]]:
     """Markdown lines of every table in ``grid.paper_matrices`` and one CSV row per cell."""
     lines: list[str] = []
     csv_rows: list[dict] = []
     for name in grid.paper_matrices:
         matrix = PAPER_MATRICES[name]
         teacher, student = matrix.pair
-        lines += ["", f"## {matrix.title}", "",
-                  f"Test accuracy of the {compared} epoch, mean ± std over seeds; *paper* beside ours "
-                  f"(mean ± std where it prints one).", ""]
+        lines += [
+            "",
+            f"## {matrix.title}",
+            "",
+            f"Test accuracy of the {compared} epoch, mean ± std over seeds; *paper* beside ours "
+            f"(mean ± std where it prints one).",
+            "",
+        ]
         corner = list(matrix.row_headers)
         if matrix.column_header:  # rows down, columns across: "teacher \ student"
             corner[-1] = f"{corner[-1]} \\ {matrix.column_header}" if corner[-1] else matrix.column_header
@@ -63,17 +77,29 @@ def matrix_tables(grid: Grid, cells: Cells, score: Callable[[dict, str], float],
                 records = cells.get((teacher, student, run), [])
                 values = [score(record, compared) for record in records]
                 expected = len(grid.runs[run].seeds)
-                text = _mean_std(values) + (f" (n={len(values)}/{expected})" if values and len(values) < expected
-                                            else "")
+                text = _mean_std(values) + (
+                    f" (n={len(values)}/{expected})" if values and len(values) < expected else ""
+                )
                 paper = matrix.paper.get((row, column))
                 if paper is not None:
                     std = matrix.paper_std.get((row, column))
                     text += f" (*paper {paper:.4f}" + (f" ± {std:.3f}" if std is not None else "") + "*)"
                 texts.append(text)
-                csv_rows.append({"table": name, "row": " / ".join(row), "column": column, "run": run,
-                                 "teacher": teacher, "student": student, "values": values, "expected": expected,
-                                 "paper": paper, "best": [score(r, "best") for r in records],
-                                 "last": [score(r, "last") for r in records]})
+                csv_rows.append(
+                    {
+                        "table": name,
+                        "row": " / ".join(row),
+                        "column": column,
+                        "run": run,
+                        "teacher": teacher,
+                        "student": student,
+                        "values": values,
+                        "expected": expected,
+                        "paper": paper,
+                        "best": [score(r, "best") for r in records],
+                        "last": [score(r, "last") for r in records],
+                    }
+                )
             lines.append("| " + " | ".join([*row, *texts]) + " |")
         if matrix.note:
             lines += ["", f"*Paper values:* {matrix.note}"]
@@ -89,9 +115,10 @@ def _attention_runs(grid: Grid, cells: Cells) -> list[tuple[str, str, dict]]:
     order among equals), at its lowest seed: (teacher, student, record)."""
     found = []
     for pair in grid.pairs:
-        records = [_first_seed(cells.get((pair.teacher, pair.student, run), [])) for run in pair.runs]
-        records = [r for r in records if r and r.get("summaries")
-                   and all("attention" in summary for summary in r["summaries"])]
+        firsts = [_first_seed(cells.get((pair.teacher, pair.student, run), [])) for run in pair.runs]
+        records = [
+            r for r in firsts if r and r.get("summaries") and all("attention" in summary for summary in r["summaries"])
+        ]
         if records:
             size = lambda r: np.asarray(r["summaries"][-1]["attention"]).size  # noqa: E731
             found.append((pair.teacher, pair.student, max(records, key=size)))
@@ -104,31 +131,40 @@ def link_figures(grid: Grid, cells: Cells, figures: Path) -> list[Path]:
     for teacher, student, record in _attention_runs(grid, cells):
         summaries = record["summaries"]
         teacher_names, student_names = summaries[-1]["teacher_names"], summaries[-1]["student_names"]
-        manual = links_matrix(len(teacher_names), len(student_names),
-                              stage_output_links(teacher_names, student_names))
+        manual = links_matrix(len(teacher_names), len(student_names), stage_output_links(teacher_names, student_names))
         attention = [np.asarray(summary["attention"]) for summary in summaries]
         title = f"{teacher} → {student} ({record['spec']['run']}, seed {record['spec']['seed']})"
-        histories.append(AttentionHistory(title, teacher_names, student_names, manual,
-                                          list(range(1, len(attention) + 1)), attention))
-        comparisons.append(LinkComparison(f"{teacher} → {student}", teacher_names, student_names, manual,
-                                          attention[-1]))
+        histories.append(
+            AttentionHistory(title, teacher_names, student_names, manual, list(range(1, len(attention) + 1)), attention)
+        )
+        comparisons.append(
+            LinkComparison(f"{teacher} → {student}", teacher_names, student_names, manual, attention[-1])
+        )
     written = []
     if histories:
         path = figures / "attention_epochs.png"
-        plot_attention_history(histories, path, title=f"Figure 3 ({grid.dataset}): manual links and AFD's "
-                                                      "attention (train mean) during training")
+        plot_attention_history(
+            histories,
+            path,
+            title=f"Figure 3 ({grid.dataset}): manual links and AFD's attention (train mean) during training",
+        )
         written.append(path)
         path = figures / "manual_vs_attention.png"
-        plot_manual_against_attention(comparisons, path, title=f"Figure 6 ({grid.dataset}): manual (stage "
-                                                               "outputs) and converged attention-based links")
+        plot_manual_against_attention(
+            comparisons,
+            path,
+            title=f"Figure 6 ({grid.dataset}): manual (stage outputs) and converged attention-based links",
+        )
         written.append(path)
     return written
 
 
-def beta_figures(grid: Grid, cells: Cells, score: Callable[[dict, str], float], compared: str,
-                 figures: Path) -> list[Path]:
+def beta_figures(
+    grid: Grid, cells: Cells, score: Callable[[dict, str], float], compared: str, figures: Path
+) -> list[Path]:
     """Figure 5 (``beta_sensitivity.png``): every AFD entry that sweeps beta alone, one line per pair; a run
     of the same settings at another beta outside the sweep (a table's own row) is a point of the line too."""
+
     def without_beta(run) -> tuple:
         return (run.method, run.init, sorted((k, repr(v)) for k, v in run.params.items() if k != "beta"))
 
@@ -137,9 +173,15 @@ def beta_figures(grid: Grid, cells: Cells, score: Callable[[dict, str], float], 
     for pair in grid.pairs:
         for group in groups:
             swept = [run for run in grid.runs.values() if run.group == group]
-            alike = [run for run in grid.runs.values() if run.group != group and run.method == "afd"
-                     and not run.sweep and without_beta(run) == without_beta(swept[0])]
-            points = {}
+            alike = [
+                run
+                for run in grid.runs.values()
+                if run.group != group
+                and run.method == "afd"
+                and not run.sweep
+                and without_beta(run) == without_beta(swept[0])
+            ]
+            points: dict[float, list[float]] = {}
             for run in [*swept, *alike]:
                 values = [score(r, compared) for r in cells.get((pair.teacher, pair.student, run.name), [])]
                 beta = float(run.params.get("beta", run.sweep.get("beta", 0)))
@@ -151,6 +193,7 @@ def beta_figures(grid: Grid, cells: Cells, score: Callable[[dict, str], float], 
     if not series:
         return []
     path = figures / "beta_sensitivity.png"
-    plot_accuracy_against_beta(series, path, title=f"Figure 5 ({grid.dataset}): test accuracy of the {compared} "
-                                                   "epoch against beta")
+    plot_accuracy_against_beta(
+        series, path, title=f"Figure 5 ({grid.dataset}): test accuracy of the {compared} epoch against beta"
+    )
     return [path]

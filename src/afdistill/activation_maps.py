@@ -18,6 +18,7 @@ is linked to, in the method's colour:
 The paper draws boxes between linked maps; here the link is written under
 each student map ("← teacher layer2").
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,9 +56,14 @@ def stage_of_blocks(model: torch.nn.Module, images: torch.Tensor) -> list[int]:
     return [int(name.split(".")[0].removeprefix("layer")) - 1 for name in block_names(blocks)]
 
 
-def links(method: str, summary: dict, teacher_stages: int, student_stages: int,
-          teacher_block_stage: list[int] | None = None, student_block_stage: list[int] | None = None
-          ) -> list[int] | None:
+def links(
+    method: str,
+    summary: dict,
+    teacher_stages: int,
+    student_stages: int,
+    teacher_block_stage: list[int] | None = None,
+    student_block_stage: list[int] | None = None,
+) -> list[int] | None:
     """For each student stage, the teacher stage its strongest link reaches (None: the run recorded none)."""
     if method != "at" and not ({"gates"} if method == "l2t" else {"attention"}) <= set(summary):
         return None
@@ -67,6 +73,7 @@ def links(method: str, summary: dict, teacher_stages: int, student_stages: int,
         gates = np.asarray(summary["gates"])  # teacher stages x student stages
         return [int(gates[:, s].argmax()) for s in range(student_stages)]
     if method == "afd":
+        assert teacher_block_stage is not None and student_block_stage is not None  # AFD's links need both
         alpha = np.asarray(summary["attention"])  # teacher candidates x student candidates
         by_stage = np.zeros((teacher_stages, student_stages))
         for i, t in enumerate(summary["teacher_candidates"]):
@@ -76,13 +83,15 @@ def links(method: str, summary: dict, teacher_stages: int, student_stages: int,
     raise ValueError(f"no links for method {method!r}; known: {', '.join(METHODS)}")
 
 
-def plot(rows: list[tuple[str, list[np.ndarray], list[int] | None]], images: np.ndarray, title: str,
-         path: str | Path) -> None:
+def plot(
+    rows: list[tuple[str, list[np.ndarray], list[int] | None]], images: np.ndarray, title: str, path: str | Path
+) -> None:
     """``rows``: (label, maps per stage (N x H x W each), linked teacher stage per stage or None) per network;
     ``images``: N x H x W x 3 in [0, 1], shown in the first column."""
     n_images, n_stages = images.shape[0], max(len(maps) for _, maps, _ in rows)
-    figure, axes = plt.subplots(len(rows), n_images * (n_stages + 1),
-                                figsize=(1.5 * n_images * (n_stages + 1), 1.7 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), n_images * (n_stages + 1), figsize=(1.5 * n_images * (n_stages + 1), 1.7 * len(rows)), squeeze=False
+    )
     for r, (label, maps, linked) in enumerate(rows):
         for n in range(n_images):
             column = n * (n_stages + 1)
@@ -96,8 +105,7 @@ def plot(rows: list[tuple[str, list[np.ndarray], list[int] | None]], images: np.
                 if r == 0:
                     axis.set_title(f"layer{s + 1}", fontsize=8)
                 if linked is not None:
-                    axis.set_xlabel(f"← teacher layer{linked[s] + 1}", color=COLOURS.get(label, "black"),
-                                    fontsize=7)
+                    axis.set_xlabel(f"← teacher layer{linked[s] + 1}", color=COLOURS.get(label, "black"), fontsize=7)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

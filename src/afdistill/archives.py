@@ -55,7 +55,15 @@ class has two or more) drawn with ``numpy.random.default_rng(0)``, classes in
 label order. ``val.tsv`` holds it and ``train_without_val.tsv`` the rest;
 ``train.tsv`` stays the archive's full training split. The same archive gives
 the same split on every machine.
+
+What is read how is each dataset's record in :data:`afdistill.data.DATASETS`
+(its :class:`Archive`, its lister, its storage, whether it is a transfer set,
+the dataset whose archive it reads); this module holds the listers, one per
+archive, and the steps every archive shares, and imports nothing from the
+package (``afdistill.data`` imports it). A new archive is its ``list_<name>``
+function here and its one entry in ``DATASETS``.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,35 +84,22 @@ class ArchiveError(RuntimeError):
     """A file the archive should hold is missing or malformed; the message says which and where to get it."""
 
 
+class _MissingFile(ArchiveError):
+    """A file a lister needs is absent; :func:`list_archive` names the archive it belongs to."""
+
+    def __init__(self, path: Path, what: str = ""):
+        super().__init__(f"{path} is missing{f' ({what})' if what else ''}")
+        self.path, self.what = path, what
+
+
 @dataclass(frozen=True)
 class Archive:
+    """Where an archive is published, for the messages that name a missing file (a dataset record's ``archive``)."""
+
     name: str
     files: str  # what to download
     url: str
     top_folder: str | None = None  # folder the archive unpacks into, when it has one
-
-
-ARCHIVES = {
-    "tinyimagenet": Archive("Tiny ImageNet", "tiny-imagenet-200.zip",
-                            "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "tiny-imagenet-200"),
-    "imagenet": Archive("ImageNet (ILSVRC2012)", "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (validation "
-                        "images sorted into val/<wnid>/)", "https://image-net.org/challenges/LSVRC/2012/"),
-    "cub200": Archive("Caltech-UCSD Birds-200-2011", "CUB_200_2011.tgz",
-                      "https://www.vision.caltech.edu/datasets/cub_200_2011/", "CUB_200_2011"),
-    "mit67": Archive("MIT Indoor Scenes (MIT67)", "indoorCVPR_09.tar, TrainImages.txt and TestImages.txt",
-                     "https://web.mit.edu/torralba/www/indoor.html"),
-    "stanford40": Archive("Stanford 40 Actions", "JPEGImages.zip and ImageSplits.zip",
-                          "http://vision.stanford.edu/Datasets/40actions.html"),
-    "stanford_dogs": Archive("Stanford Dogs", "images.tar and lists.tar",
-                             "http://vision.stanford.edu/aditya86/ImageNetDogs/"),
-}
-
-#: Datasets this module prepares, and how they are stored: "device" (npz arrays) or "stream" (file lists).
-STORAGE = {"tinyimagenet": "device", "tinyimagenet_mhgd": "device", "imagenet": "stream", "cub200": "stream",
-           "mit67": "stream", "stanford40": "stream", "stanford_dogs": "stream"}
-TRANSFER = ("cub200", "mit67", "stanford40", "stanford_dogs")
-#: Datasets that are another preprocessing of an archive read under another name.
-SAME_ARCHIVE = {"tinyimagenet_mhgd": "tinyimagenet"}
 
 
 @dataclass
@@ -119,8 +114,12 @@ class Listing:
 # ---------------------------------------------------------------- helpers
 
 
-def _missing(dataset: str, path: Path, what: str = "") -> ArchiveError:
-    archive = ARCHIVES[dataset]
+def _owner(dataset: str, info) -> str:
+    """The dataset whose archive ``dataset`` reads (its record's ``reads``), the name messages use."""
+    return info.reads or dataset
+
+
+def _missing(dataset: str, archive: Archive, path: Path, what: str = "") -> ArchiveError:
     hint = f" ({what})" if what else ""
     return ArchiveError(
         f"{dataset}: {path} is missing{hint}. It belongs to {archive.name}: download {archive.files} from "
@@ -128,19 +127,19 @@ def _missing(dataset: str, path: Path, what: str = "") -> ArchiveError:
     )
 
 
-def _need(dataset: str, path: Path, what: str = "") -> Path:
+def _need(path: Path, what: str = "") -> Path:
     if not path.exists():
-        raise _missing(dataset, path, what)
+        raise _MissingFile(path, what)
     return path
 
 
-def _lines(dataset: str, path: Path) -> list[str]:
-    return [line.strip() for line in _need(dataset, path).read_text().splitlines() if line.strip()]
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in _need(path).read_text().splitlines() if line.strip()]
 
 
-def _base(dataset: str, root: Path) -> Path:
+def _base(archive: Archive, root: Path) -> Path:
     """The archive's top folder: ``root/<top>`` when present, else ``root`` itself."""
-    top = ARCHIVES[dataset].top_folder
+    top = archive.top_folder
     if top and (root / top).is_dir():
         return root / top
     return root
@@ -150,12 +149,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _check_files(dataset: str, listing: Listing) -> None:
+def _check_files(dataset: str, archive: Archive, listing: Listing) -> None:
     for split, samples in listing.splits.items():
         for relative, _ in samples:
             path = listing.image_root / relative
             if not path.is_file():
-                raise _missing(dataset, path, f"listed in the {split} split")
+                raise _missing(dataset, archive, path, f"listed in the {split} split")
 
 
 def load_rgb(path: str | os.PathLike):
@@ -166,8 +165,9 @@ def load_rgb(path: str | os.PathLike):
         return image.convert("RGB")
 
 
-def carve_validation(samples: list[tuple[str, int]], num_classes: int, fraction: float = VALIDATION_FRACTION,
-                     seed: int = VALIDATION_SEED) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+def carve_validation(
+    samples: list[tuple[str, int]], num_classes: int, fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """(validation, rest): per class, a random ``fraction`` of its samples (sorted by path), seeded."""
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[tuple[str, int]]] = {c: [] for c in range(num_classes)}
@@ -189,30 +189,34 @@ def carve_validation(samples: list[tuple[str, int]], num_classes: int, fraction:
 
 
 # ---------------------------------------------------------------- listings, one per archive
+#
+# A lister takes the archive's top folder (``root/<top_folder>`` when the archive has one and it is there,
+# else ``root``) and returns its Listing; a file it needs and lacks raises through ``_need``.
 
 
-def list_tinyimagenet(root: Path) -> Listing:
-    base = _base("tinyimagenet", root)
-    classes = sorted(set(_lines("tinyimagenet", base / "wnids.txt")))
+def list_tinyimagenet(base: Path) -> Listing:
+    classes = sorted(set(_lines(base / "wnids.txt")))
     label = {wnid: i for i, wnid in enumerate(classes)}
     train = []
     for wnid in classes:
-        folder = _need("tinyimagenet", base / "train" / wnid / "images", f"training images of class {wnid}")
+        folder = _need(base / "train" / wnid / "images", f"training images of class {wnid}")
         train += [(str(p.relative_to(base)), label[wnid]) for p in _images_in(folder)]
     test = []
     annotations = base / "val" / "val_annotations.txt"
-    for number, line in enumerate(_lines("tinyimagenet", annotations), 1):
+    for number, line in enumerate(_lines(annotations), 1):
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in label:
-            raise ArchiveError(f"tinyimagenet: {annotations} line {number}: expected '<file>\\t<wnid>...' with a "
-                               f"wnid from wnids.txt, got {line!r}")
+            raise ArchiveError(
+                f"tinyimagenet: {annotations} line {number}: expected '<file>\\t<wnid>...' with a "
+                f"wnid from wnids.txt, got {line!r}"
+            )
         test.append((f"val/images/{parts[0]}", label[parts[1]]))
     return Listing(classes, base, {"train": train, "test": test})
 
 
 def list_imagenet(root: Path) -> Listing:
-    train_dir = _need("imagenet", root / "train", "training images, train/<wnid>/*.JPEG")
-    val_dir = _need("imagenet", root / "val", "validation images sorted into val/<wnid>/*.JPEG")
+    train_dir = _need(root / "train", "training images, train/<wnid>/*.JPEG")
+    val_dir = _need(root / "val", "validation images sorted into val/<wnid>/*.JPEG")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
         raise ArchiveError(f"imagenet: {train_dir} has no class folders (expected train/<wnid>/*.JPEG)")
@@ -221,18 +225,23 @@ def list_imagenet(root: Path) -> Listing:
     if unknown:
         raise ArchiveError(f"imagenet: {val_dir} has class folders absent from {train_dir}: {', '.join(unknown[:5])}")
     if not any(p.is_dir() for p in val_dir.iterdir()):
-        raise ArchiveError(f"imagenet: {val_dir} has no class folders: sort the validation images into "
-                           f"val/<wnid>/ first (pytorch/examples' imagenet README links valprep.sh)")
+        raise ArchiveError(
+            f"imagenet: {val_dir} has no class folders: sort the validation images into "
+            f"val/<wnid>/ first (pytorch/examples' imagenet README links valprep.sh)"
+        )
     splits = {}
     for split, folder in (("train", train_dir), ("test", val_dir)):
-        splits[split] = [(str(p.relative_to(root)), label[wnid]) for wnid in classes
-                         if (folder / wnid).is_dir() for p in _images_in(folder / wnid)]
+        splits[split] = [
+            (str(p.relative_to(root)), label[wnid])
+            for wnid in classes
+            if (folder / wnid).is_dir()
+            for p in _images_in(folder / wnid)
+        ]
     return Listing(classes, root, splits)
 
 
-def list_cub200(root: Path) -> Listing:
-    base = _base("cub200", root)
-    read = lambda name: [line.split(maxsplit=1) for line in _lines("cub200", base / name)]  # noqa: E731
+def list_cub200(base: Path) -> Listing:
+    read = lambda name: [line.split(maxsplit=1) for line in _lines(base / name)]  # noqa: E731
     class_rows = read("classes.txt")
     class_ids = [int(cid) for cid, _ in class_rows]
     classes = [name for _, name in class_rows]
@@ -243,8 +252,10 @@ def list_cub200(root: Path) -> Listing:
     splits: dict[str, list] = {"train": [], "test": []}
     for image_id in sorted(paths, key=int):
         if image_id not in labels or image_id not in is_train:
-            raise ArchiveError(f"cub200: image {image_id} of images.txt has no row in image_class_labels.txt or "
-                               f"train_test_split.txt under {base}")
+            raise ArchiveError(
+                f"cub200: image {image_id} of images.txt has no row in image_class_labels.txt or "
+                f"train_test_split.txt under {base}"
+            )
         if labels[image_id] not in label_of_class:
             raise ArchiveError(f"cub200: image {image_id} has class {labels[image_id]}, absent from classes.txt")
         sample = (f"images/{paths[image_id]}", label_of_class[labels[image_id]])
@@ -253,28 +264,28 @@ def list_cub200(root: Path) -> Listing:
 
 
 def list_mit67(root: Path) -> Listing:
-    lists = {split: _lines("mit67", root / f"{name}Images.txt")
-             for split, name in (("train", "Train"), ("test", "Test"))}
-    _need("mit67", root / "Images", "the image folders, Images/<category>/")
+    lists = {split: _lines(root / f"{name}Images.txt") for split, name in (("train", "Train"), ("test", "Test"))}
+    _need(root / "Images", "the image folders, Images/<category>/")
     classes = sorted({line.split("/")[0] for lines in lists.values() for line in lines})
     label = {c: i for i, c in enumerate(classes)}
-    splits = {split: [(f"Images/{line}", label[line.split("/")[0]]) for line in lines]
-              for split, lines in lists.items()}
+    splits = {
+        split: [(f"Images/{line}", label[line.split("/")[0]]) for line in lines] for split, lines in lists.items()
+    }
     return Listing(classes, root, splits)
 
 
 def list_stanford40(root: Path) -> Listing:
-    splits_dir = _need("stanford40", root / "ImageSplits")
+    splits_dir = _need(root / "ImageSplits")
     actions_file = splits_dir / "actions.txt"
     if not actions_file.is_file() and (root / "actions.txt").is_file():
         actions_file = root / "actions.txt"
-    rows = [line.split() for line in _lines("stanford40", actions_file)]
+    rows = [line.split() for line in _lines(actions_file)]
     classes = [row[0] for row in rows if row[0] != "action_name"]  # the real file opens with a header line
-    _need("stanford40", root / "JPEGImages")
+    _need(root / "JPEGImages")
     splits: dict[str, list] = {"train": [], "test": []}
     for label, action in enumerate(classes):
         for split in splits:
-            names = _lines("stanford40", splits_dir / f"{action}_{split}.txt")
+            names = _lines(splits_dir / f"{action}_{split}.txt")
             splits[split] += [(f"JPEGImages/{name}", label) for name in names]
     return Listing(classes, root, splits)
 
@@ -282,7 +293,7 @@ def list_stanford40(root: Path) -> Listing:
 def _mat_list(dataset: str, path: Path) -> tuple[list[str], list[int]]:
     from scipy.io import loadmat
 
-    content = loadmat(str(_need(dataset, path)))
+    content = loadmat(str(_need(path)))
     if "file_list" not in content or "labels" not in content:
         found = sorted(k for k in content if not k.startswith("__"))
         raise ArchiveError(f"{dataset}: {path} lacks 'file_list' or 'labels' (found: {found})")
@@ -295,57 +306,66 @@ def _mat_list(dataset: str, path: Path) -> tuple[list[str], list[int]]:
 
 def list_stanford_dogs(root: Path) -> Listing:
     lists = {split: _mat_list("stanford_dogs", root / f"{split}_list.mat") for split in ("train", "test")}
-    _need("stanford_dogs", root / "Images", "the image folders, Images/<breed>/")
+    _need(root / "Images", "the image folders, Images/<breed>/")
     breed_of_label: dict[int, str] = {}
     for files, labels in lists.values():
         for name, mat_label in zip(files, labels):
             breed = name.split("/")[0]
             if breed_of_label.setdefault(mat_label, breed) != breed:
-                raise ArchiveError(f"stanford_dogs: label {mat_label} names both {breed_of_label[mat_label]} and "
-                                   f"{breed} in {root}'s train_list.mat / test_list.mat")
+                raise ArchiveError(
+                    f"stanford_dogs: label {mat_label} names both {breed_of_label[mat_label]} and "
+                    f"{breed} in {root}'s train_list.mat / test_list.mat"
+                )
     classes = sorted(set(breed_of_label.values()))
     if len(classes) != len(breed_of_label):
         raise ArchiveError(f"stanford_dogs: one breed folder has two labels in {root}'s lists")
     label = {breed: i for i, breed in enumerate(classes)}
-    splits = {split: [(f"Images/{name}", label[name.split("/")[0]]) for name in files]
-              for split, (files, _) in lists.items()}
+    splits = {
+        split: [(f"Images/{name}", label[name.split("/")[0]]) for name in files] for split, (files, _) in lists.items()
+    }
     return Listing(classes, root, splits)
 
 
-LISTERS = {"tinyimagenet": list_tinyimagenet, "imagenet": list_imagenet, "cub200": list_cub200, "mit67": list_mit67,
-           "stanford40": list_stanford40, "stanford_dogs": list_stanford_dogs}
-
-
-def check_present(dataset: str, root: str | os.PathLike) -> None:
+def check_present(dataset: str, root: str | os.PathLike, info) -> None:
     """A cheap look before any job (``afdistill check``): the folder the archive was extracted into exists and
-    is not empty. The data stage lists and decodes the rest."""
+    is not empty. The data stage lists and decodes the rest. ``info`` is the dataset's
+    :class:`afdistill.data.DatasetInfo`."""
     root = Path(root)
-    dataset = SAME_ARCHIVE.get(dataset, dataset)
+    dataset, archive = _owner(dataset, info), info.archive
     if not root.is_dir():
-        raise _missing(dataset, root, "the folder the archive was extracted into")
+        raise _missing(dataset, archive, root, "the folder the archive was extracted into")
     if not any(root.iterdir()):
-        raise ArchiveError(f"{dataset}: {root} is empty; it should hold the extracted {ARCHIVES[dataset].name} "
-                           f"({ARCHIVES[dataset].files}, from {ARCHIVES[dataset].url})")
+        raise ArchiveError(
+            f"{dataset}: {root} is empty; it should hold the extracted {archive.name} "
+            f"({archive.files}, from {archive.url})"
+        )
 
 
-def list_archive(dataset: str, root: str | os.PathLike) -> Listing:
-    """Classes and splits of an extracted archive; every listed file is checked to exist."""
+def list_archive(dataset: str, root: str | os.PathLike, info) -> Listing:
+    """Classes and splits of an extracted archive, as ``info.lister`` reads them (``info``: the dataset's
+    :class:`afdistill.data.DatasetInfo`); every listed file is checked to exist, and a transfer set
+    (``info.transfer``) gets its validation split."""
     root = Path(root)
-    dataset = SAME_ARCHIVE.get(dataset, dataset)
+    dataset, archive = _owner(dataset, info), info.archive
     if not root.is_dir():
-        raise _missing(dataset, root, "the folder the archive was extracted into")
-    listing = LISTERS[dataset](root)
+        raise _missing(dataset, archive, root, "the folder the archive was extracted into")
+    try:
+        listing = info.lister(_base(archive, root))
+    except _MissingFile as missing:
+        raise _missing(dataset, archive, missing.path, missing.what) from None
     for split, samples in listing.splits.items():
         if not samples:
             raise ArchiveError(f"{dataset}: the {split} split under {listing.image_root} is empty")
     counts = np.bincount([label for _, label in listing.splits["train"]], minlength=len(listing.classes))
     empty = [listing.classes[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise ArchiveError(f"{dataset}: {len(empty)} class(es) have no training images under {listing.image_root}: "
-                           f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the archive is incomplete: "
-                           f"extract it again")
-    _check_files(dataset, listing)
-    if dataset in TRANSFER:
+        raise ArchiveError(
+            f"{dataset}: {len(empty)} class(es) have no training images under {listing.image_root}: "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; the archive is incomplete: "
+            f"extract it again"
+        )
+    _check_files(dataset, archive, listing)
+    if info.transfer:
         val, rest = carve_validation(listing.splits["train"], len(listing.classes))
         listing.splits["val"], listing.splits["train_without_val"] = val, rest
     return listing
@@ -366,8 +386,14 @@ def _decode_problem(path: str) -> str | None:
     return None
 
 
-def check_decoding(dataset: str, listing: Listing, out: Path, skip_corrupt: bool,
-                   workers: int | None = None) -> dict[str, int]:
+def _splits_holding(listing: Listing, relative: str) -> list[str]:
+    """The splits of ``listing`` that hold the image at ``relative``."""
+    return [split for split, samples in listing.splits.items() if any(path == relative for path, _ in samples)]
+
+
+def check_decoding(
+    dataset: str, listing: Listing, out: Path, skip_corrupt: bool, workers: int | None = None
+) -> dict[str, int]:
     """Decode every listed image once; those that fail are written to ``out/corrupt_images.tsv`` and either
     refused (the default: an :class:`ArchiveError` naming the count, the first files and the report) or, with
     ``skip_corrupt``, left out of every split. Returns the count left out per split."""
@@ -385,14 +411,20 @@ def check_decoding(dataset: str, listing: Listing, out: Path, skip_corrupt: bool
     if not bad:
         report.unlink(missing_ok=True)
         return {}
-    report.write_text("path\tsplits\terror\n" + "".join(
-        f"{listing.image_root / r}\t{','.join(s for s, samples in listing.splits.items() if any(p == r for p, _ in samples))}"
-        f"\t{problem}\n" for r, problem in bad.items()))
+    report.write_text(
+        "path\tsplits\terror\n"
+        + "".join(
+            f"{listing.image_root / r}\t{','.join(_splits_holding(listing, r))}\t{problem}\n"
+            for r, problem in bad.items()
+        )
+    )
     if not skip_corrupt:
         first = ", ".join(str(listing.image_root / r) for r in list(bad)[:3])
-        raise ArchiveError(f"{dataset}: {len(bad)} image(s) do not decode ({first}{' ...' if len(bad) > 3 else ''}; "
-                           f"all listed in {report}); replace them from the archive, or set data.skip_corrupt: true "
-                           f"in the grid to leave them out (counted in meta.json)")
+        raise ArchiveError(
+            f"{dataset}: {len(bad)} image(s) do not decode ({first}{' ...' if len(bad) > 3 else ''}; "
+            f"all listed in {report}); replace them from the archive, or set data.skip_corrupt: true "
+            f"in the grid to leave them out (counted in meta.json)"
+        )
     skipped = {}
     for split, samples in listing.splits.items():
         kept = [(p, label) for p, label in samples if p not in bad]
@@ -411,7 +443,7 @@ def _decode_to_array(paths: list[Path], size: int) -> np.ndarray:
     for i, path in enumerate(paths):
         image = load_rgb(path)
         if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(image)
     return out
 
@@ -453,6 +485,7 @@ def _store_resized(job: tuple[str, str, int]) -> None:
     from PIL import Image
 
     source, target, shorter = job
+    image: Image.Image  # an ImageFile as opened, a plain Image once converted
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     with Image.open(source) as image:
         if image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= shorter:
@@ -463,7 +496,7 @@ def _store_resized(job: tuple[str, str, int]) -> None:
     if min(width, height) > shorter:  # torchvision Resize(shorter)'s output size
         scale = shorter / min(width, height)
         size = (shorter, int(shorter * height / width)) if width <= height else (int(shorter * width / height), shorter)
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
         assert min(image.size) == shorter and abs(max(image.size) - max(width, height) * scale) < 1
     image.save(target, format="JPEG", quality=STORED_QUALITY)
 
@@ -483,8 +516,14 @@ def store_resized_copy(listing: Listing, folder: Path, shorter: int, workers: in
             pass
 
 
-def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.PathLike, info,
-                    stored_shorter_side: int | None = None, skip_corrupt: bool = False) -> dict:
+def prepare_archive(
+    dataset: str,
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    info,
+    stored_shorter_side: int | None = None,
+    skip_corrupt: bool = False,
+) -> dict:
     """Prepare one archive dataset under ``out_dir``; ``info`` is its :class:`afdistill.data.DatasetInfo`.
 
     ``stored_shorter_side`` (streamed datasets only): instead of pointing at the
@@ -500,20 +539,21 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
     Every image is decoded once here (:func:`check_decoding`), so a corrupt file stops this stage, not a
     teacher's training; ``skip_corrupt`` leaves such files out instead, counted in ``meta.json``.
     """
-    listing = list_archive(dataset, root)
+    listing = list_archive(dataset, root, info)
     if stored_shorter_side is not None:
-        if STORAGE[dataset] != "stream":
+        if info.storage != "stream":
             raise ValueError(f"{dataset}: stored_shorter_side applies to streamed datasets, not to {dataset}'s arrays")
         if stored_shorter_side < info.image_size:
-            raise ValueError(f"stored_shorter_side must be at least the crop size {info.image_size}, "
-                             f"got {stored_shorter_side}")
+            raise ValueError(
+                f"stored_shorter_side must be at least the crop size {info.image_size}, got {stored_shorter_side}"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     skipped = check_decoding(dataset, listing, out, skip_corrupt)
-    archive = ARCHIVES[SAME_ARCHIVE.get(dataset, dataset)]
+    archive = info.archive
     meta = {
         "dataset": dataset,
-        "format": STORAGE[dataset],
+        "format": info.storage,
         "num_classes": len(listing.classes),
         "classes": listing.classes,
         "image_size": info.image_size,
@@ -528,7 +568,7 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
     }
     if skipped:
         meta["skipped_corrupt"] = {**skipped, "report": CORRUPT_REPORT}
-    if STORAGE[dataset] == "device":
+    if info.storage == "device":
         for split in ("train", "test"):
             samples = listing.splits[split]
             images = _decode_to_array([listing.image_root / p for p, _ in samples], info.image_size)
@@ -536,17 +576,23 @@ def prepare_archive(dataset: str, root: str | os.PathLike, out_dir: str | os.Pat
     else:
         if stored_shorter_side is not None:
             store_resized_copy(listing, out / "images", stored_shorter_side)
-            meta["stored"] = {"shorter_side": stored_shorter_side, "format": "JPEG", "quality": STORED_QUALITY,
-                              "from": str(listing.image_root.resolve())}
+            meta["stored"] = {
+                "shorter_side": stored_shorter_side,
+                "format": "JPEG",
+                "quality": STORED_QUALITY,
+                "from": str(listing.image_root.resolve()),
+            }
             listing.image_root = out / "images"
         meta["image_root"] = str(listing.image_root.resolve())
         meta["resize"] = 256  # test: Resize(256) + CenterCrop(image_size); train: RandomResizedCrop(image_size)
         meta["splits"] = {split: len(samples) for split, samples in listing.splits.items()}
         if "val" in listing.splits:
             meta["n_val"] = len(listing.splits["val"])
-            meta["validation"] = (f"per class, round({VALIDATION_FRACTION} x its training images) (at least 1 when it "
-                                  f"has 2 or more) drawn with numpy.random.default_rng({VALIDATION_SEED}) from its "
-                                  f"training images sorted by path; val.tsv, the rest in train_without_val.tsv")
+            meta["validation"] = (
+                f"per class, round({VALIDATION_FRACTION} x its training images) (at least 1 when it "
+                f"has 2 or more) drawn with numpy.random.default_rng({VALIDATION_SEED}) from its "
+                f"training images sorted by path; val.tsv, the rest in train_without_val.tsv"
+            )
         for split, samples in listing.splits.items():
             _write_tsv(out / f"{split}.tsv", samples)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -30,6 +30,7 @@ with the identity for the images that drew another operation:
 come from the given generator, so a seed fixes them (they are not PIL's
 stream: the official code draws from Python's ``random`` per image).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,20 @@ from torch import Tensor
 
 #: (name, low, high) in the official code's order
 OPERATIONS = (
-    ("auto_contrast", 0.0, 1.0), ("brightness", 0.05, 0.95), ("color", 0.05, 0.95), ("contrast", 0.05, 0.95),
-    ("equalize", 0.0, 1.0), ("identity", 0.0, 1.0), ("posterize", 4.0, 8.0), ("rotate", -30.0, 30.0),
-    ("sharpness", 0.05, 0.95), ("shear_x", -0.3, 0.3), ("shear_y", -0.3, 0.3), ("solarize", 0.0, 256.0),
-    ("translate_x", -0.3, 0.3), ("translate_y", -0.3, 0.3),
+    ("auto_contrast", 0.0, 1.0),
+    ("brightness", 0.05, 0.95),
+    ("color", 0.05, 0.95),
+    ("contrast", 0.05, 0.95),
+    ("equalize", 0.0, 1.0),
+    ("identity", 0.0, 1.0),
+    ("posterize", 4.0, 8.0),
+    ("rotate", -30.0, 30.0),
+    ("sharpness", 0.05, 0.95),
+    ("shear_x", -0.3, 0.3),
+    ("shear_y", -0.3, 0.3),
+    ("solarize", 0.0, 256.0),
+    ("translate_x", -0.3, 0.3),
+    ("translate_y", -0.3, 0.3),
 )
 NAMES = tuple(name for name, _, _ in OPERATIONS)
 CUTOUT_FILL = (125, 123, 114)
@@ -73,8 +84,9 @@ def apply_operations(images: Tensor, choice: Tensor, magnitude: Tensor) -> Tenso
     index = {name: i for i, name in enumerate(NAMES)}
     is_ = lambda name: choice == index[name]  # noqa: E731
     images = _lookup(images, _tables(images, choice, magnitude, index))
-    factor = torch.where(is_("brightness") | is_("color") | is_("contrast") | is_("sharpness"),
-                         magnitude, torch.ones_like(magnitude))
+    factor = torch.where(
+        is_("brightness") | is_("color") | is_("contrast") | is_("sharpness"), magnitude, torch.ones_like(magnitude)
+    )
     images = _blend(images, choice, factor, index)
     return _affine(images, _matrices(images, choice, magnitude, index))
 
@@ -105,8 +117,12 @@ def _tables(images: Tensor, choice: Tensor, magnitude: Tensor, index: dict) -> T
     bits = magnitude.long().clamp(1, 8).view(n, 1, 1)
     posterized = values & ~((1 << (8 - bits)) - 1)
     solarized = torch.where(values.double() < magnitude.view(n, 1, 1), values, 255 - values)
-    for name, table in (("auto_contrast", auto_contrast), ("equalize", equalized), ("posterize", posterized),
-                        ("solarize", solarized)):
+    for name, table in (
+        ("auto_contrast", auto_contrast),
+        ("equalize", equalized),
+        ("posterize", posterized),
+        ("solarize", solarized),
+    ):
         tables = torch.where((choice == index[name]).view(n, 1, 1), table.expand(n, 3, 256), tables)
     return tables
 
@@ -218,7 +234,12 @@ def cutout(images: Tensor, side: Tensor, centre_x: Tensor, centre_y: Tensor) -> 
     y1 = torch.minimum(y0 + side, torch.full_like(y0, height))
     columns = torch.arange(width, device=images.device, dtype=torch.float64).view(1, 1, width)
     rows = torch.arange(height, device=images.device, dtype=torch.float64).view(1, height, 1)
-    box = ((columns >= x0.view(n, 1, 1)) & (columns <= x1.view(n, 1, 1).floor())
-           & (rows >= y0.view(n, 1, 1)) & (rows <= y1.view(n, 1, 1).floor()) & (side > 0).view(n, 1, 1))
+    box = (
+        (columns >= x0.view(n, 1, 1))
+        & (columns <= x1.view(n, 1, 1).floor())
+        & (rows >= y0.view(n, 1, 1))
+        & (rows <= y1.view(n, 1, 1).floor())
+        & (side > 0).view(n, 1, 1)
+    )
     fill = torch.tensor(CUTOUT_FILL, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return torch.where(box.unsqueeze(1), fill, images)

@@ -1,18 +1,18 @@
 """Command-line interface: what the Snakemake rules call, and what a person can call by hand.
 
-    afdistill check --grid params/default.yaml            # validate a grid, count its jobs
-    afdistill jobs --grid params/default.yaml              # every job folder, with its state
-    afdistill run --grid params/default.yaml results/default/students/digits/resnet20/resnet8/afd/seed0
-    afdistill dvc --grid params/default.yaml              # (re)write the grid's DVC pipeline
-    afdistill schema                                       # (re)write the grid schema Snakemake validates
-    afdistill prepare --dataset digits --out data/digits
-    afdistill list
-    afdistill combine reports/transfer_cub200 reports/transfer_mit67 --out reports/transfer   # Table 3
+afdistill check --grid params/default.yaml            # validate a grid, count its jobs
+afdistill jobs --grid params/default.yaml              # every job folder, with its state
+afdistill run --grid params/default.yaml results/default/students/digits/resnet20/resnet8/afd/seed0
+afdistill dvc --grid params/default.yaml              # (re)write the grid's DVC pipeline
+afdistill schema                                       # (re)write the grid schema Snakemake validates
+afdistill prepare --dataset digits --out data/digits
+afdistill list
+afdistill combine reports/transfer_cub200 reports/transfer_mit67 --out reports/transfer   # Table 3
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -37,11 +37,9 @@ def _set(config: dict, assignment: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def _load_grid(args, check_fit: bool = True):
+def _load_grid(args):
     from .grid import Grid, GridError
 
-    if getattr(args, "config_json", None):
-        return Grid(json.loads(args.config_json), source="--config-json", check_fit=check_fit)
     if not getattr(args, "grid", None):
         raise SystemExit("error: give --grid FILE")
     path = Path(args.grid)
@@ -50,7 +48,14 @@ def _load_grid(args, check_fit: bool = True):
     config = yaml.safe_load(path.read_text()) or {}
     for assignment in getattr(args, "set", None) or []:
         _set(config, assignment)
-    return Grid(config, source=str(path), check_fit=check_fit)
+    return Grid(config, source=str(path))
+
+
+def _plan(args):
+    """The grid's plan: the grid parsed and every kind's checks passed (the edge: nothing is checked again)."""
+    from .jobs import Plan
+
+    return Plan(_load_grid(args))
 
 
 SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
@@ -80,35 +85,69 @@ def cmd_schema(args) -> None:
 def cmd_prepare(args) -> None:
     from .data import prepare
 
-    meta = prepare(args.dataset, args.out, root=args.root, download=args.download,
-                   verify_checksums=not args.no_verify, stored_shorter_side=args.stored_shorter_side,
-                   skip_corrupt=args.skip_corrupt)
+    meta = prepare(
+        args.dataset,
+        args.out,
+        root=args.root,
+        download=args.download,
+        verify_checksums=not args.no_verify,
+        stored_shorter_side=args.stored_shorter_side,
+        skip_corrupt=args.skip_corrupt,
+    )
     _print(f"prepared {args.dataset}: {meta['n_train']} train / {meta['n_test']} test images in {args.out}")
 
 
 def cmd_train(args) -> None:
-    from .runner import execute_training
+    from .kinds.student import PRE_STAGES
+    from .methods import check_method_params, method_class
     from .spec import JobSpec
+    from .training import execute_training
 
     # The spec as JSON, or the path of a JSON file holding it (shorter commands).
     spec = JobSpec.from_json(args.spec if args.spec.lstrip().startswith("{") else Path(args.spec).read_text())
-    execute_training(spec, args.data, args.out, args.teacher_checkpoint, args.artifact, args.threads, _print)
+    check_method_params(spec.method, spec.method_params, f"{spec.title}: method_params")
+    stage = method_class(spec.method).capabilities(spec.method_params).pre_stage
+    if stage and not args.artifact:
+        what = f"the {stage} stage's {PRE_STAGES[stage].OUTPUT}"
+        raise ValueError(f"{spec.title}: method {spec.method!r} needs --artifact ({what})")
+    artifact = PRE_STAGES[stage].read(args.artifact, spec) if stage else None
+    execute_training(spec, args.data, args.out, args.teacher_checkpoint, artifact, args.threads, _print)
 
 
 def cmd_run(args) -> None:
-    from .jobs import Plan
-    from .runner import run
+    from .jobs import Job
+    from .runner import find, run
 
-    job = run(Plan(_load_grid(args, check_fit=False)), args.job, fingerprint=args.fingerprint, threads=args.threads,
-              log=_print, log_file=args.log_file)
+    if args.job_json:
+        job = Job.from_json(args.job_json)
+        if args.folder and args.folder.rstrip("/") != job.folder:
+            raise ValueError(f"afdistill run {args.folder}: --job is the job in {job.folder}, not this folder")
+    elif args.grid and args.folder:
+        job = find(_plan(args), args.folder, fingerprint=args.fingerprint)
+    else:
+        raise SystemExit("error: give the job's folder with --grid FILE (`afdistill jobs` lists them)")
+    run(job, threads=args.threads, log=_print, log_file=args.log_file)
     _print(f"{job.folder}: done ({job.fingerprint})")
 
 
+def cmd_with_gpus(args) -> None:
+    """Hold ``count`` GPUs of this machine for the command's life (under SLURM, its allocation), then run it."""
+    import os
+    import subprocess
+
+    from .gpu import claim
+
+    held = claim(log=_print, count=args.count)
+    _print(f"GPUs {held or os.environ.get('CUDA_VISIBLE_DEVICES')}: {' '.join(args.command)}")
+    code = subprocess.run(args.command).returncode
+    if code:
+        raise SystemExit(code)
+
+
 def cmd_jobs(args) -> None:
-    from .jobs import Plan
     from .watch import survey
 
-    current = survey(Plan(_load_grid(args)))
+    current = survey(_plan(args))
     for job in current.plan.jobs:
         if args.kind and job.kind.name != args.kind:
             continue
@@ -119,8 +158,9 @@ def cmd_jobs(args) -> None:
 def cmd_dvc(args) -> None:
     from .dvc import pipeline_path, write_pipeline
 
-    grid = _load_grid(args)
-    changed = write_pipeline(grid, args.grid, check=args.check)
+    plan = _plan(args)
+    grid = plan.grid
+    changed = write_pipeline(plan, args.grid, check=args.check)
     path = pipeline_path(grid)
     if args.check and changed:
         raise SystemExit(f"error: {path} is out of date with {args.grid}; run `afdistill dvc --grid {args.grid}`")
@@ -131,13 +171,15 @@ def cmd_init_tracking(args) -> None:
     from . import tracking
 
     experiment = tracking.init(args.experiment)
-    _print(f"MLflow experiment {tracking.experiment_name(args.experiment)!r} ({experiment}) at {tracking.tracking_uri()}")
+    name = tracking.experiment_name(args.experiment)
+    _print(f"MLflow experiment {name!r} ({experiment}) at {tracking.tracking_uri()}")
 
 
 def cmd_check(args) -> None:
-    from .jobs import KINDS, Plan, preflight
+    from .jobs import preflight
+    from .kinds import KINDS
 
-    plan = Plan(_load_grid(args))
+    plan = _plan(args)
     preflight(plan, jobs_run_here=not args.elsewhere)
     counts = ", ".join(f"{len(plan.of_kind(kind))} {kind}" for kind in KINDS)
     _print(f"grid {plan.grid.name!r} is valid: {len(plan.jobs)} jobs ({counts})")
@@ -168,25 +210,52 @@ def main(argv: list[str] | None = None) -> None:
 
     def with_grid(command):
         command.add_argument("--grid", required=True, help="the grid file (params/*.yaml)")
-        command.add_argument("--set", action="append", metavar="KEY=VALUE",
-                             help="override a grid key (dotted path, YAML value), as Snakemake's --config does")
-        command.add_argument("--config-json", help=argparse.SUPPRESS)
+        command.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override a grid key (dotted path, YAML value), as Snakemake's --config does",
+        )
         return command
 
-    run = with_grid(commands.add_parser("run", help="run one job of a grid, named by its folder"))
-    run.add_argument("job", help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs`)")
+    run = commands.add_parser("run", help="run one job of a grid, named by its folder")
+    run.add_argument(
+        "folder",
+        nargs="?",
+        help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs` lists them)",
+    )
+    run.add_argument("--grid", help="the grid file (params/*.yaml) the job belongs to")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a grid key (dotted path, YAML value), as Snakemake's --config does",
+    )
     run.add_argument("--fingerprint", help="refuse to run if the job's fingerprint is no longer this one")
+    run.add_argument("--job", dest="job_json", help="the job as the pipeline planned it (JSON; what the rules pass)")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     run.add_argument("--log-file", help="the file this job's output goes to (the rule's log): kept with its MLflow run")
     run.set_defaults(func=cmd_run)
+
+    gpus = commands.add_parser(
+        "with-gpus",
+        help="hold N GPUs of this machine while a command runs (the rule of a "
+        "multi-GPU job: afdistill with-gpus N torchrun ...)",
+    )
+    gpus.add_argument("count", type=int)
+    gpus.add_argument("command", nargs=argparse.REMAINDER)
+    gpus.set_defaults(func=cmd_with_gpus)
 
     jobs = with_grid(commands.add_parser("jobs", help="list a grid's jobs with their state (done, running, to run)"))
     jobs.add_argument("--kind", help="only jobs of this kind")
     jobs.set_defaults(func=cmd_jobs)
 
     check = with_grid(commands.add_parser("check", help="validate a grid file and count its jobs"))
-    check.add_argument("--elsewhere", action="store_true",
-                       help="the jobs run on other machines (a cluster): skip the checks of this machine's devices")
+    check.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="the jobs run on other machines (a cluster): skip the checks of this machine's devices",
+    )
     check.set_defaults(func=cmd_check)
 
     dvc = with_grid(commands.add_parser("dvc", help="write the grid's DVC pipeline (dvc.yaml or pipelines/<grid>/)"))
@@ -203,10 +272,17 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--root", default="data/raw", help="where the dataset's archive is unpacked (or goes)")
     prepare.add_argument("--download", action="store_true", help="download CIFAR if it is not under --root")
     prepare.add_argument("--no-verify", action="store_true", help="skip the CIFAR files' md5 check")
-    prepare.add_argument("--stored-shorter-side", type=int, metavar="N",
-                         help="streamed sets: store a JPEG copy with its shorter side at most N (faster to decode)")
-    prepare.add_argument("--skip-corrupt", action="store_true",
-                         help="image archives: leave out images that do not decode (listed in corrupt_images.tsv)")
+    prepare.add_argument(
+        "--stored-shorter-side",
+        type=int,
+        metavar="N",
+        help="streamed sets: store a JPEG copy with its shorter side at most N (faster to decode)",
+    )
+    prepare.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="image archives: leave out images that do not decode (listed in corrupt_images.tsv)",
+    )
     prepare.set_defaults(func=cmd_prepare)
 
     train = commands.add_parser("train", help="train one job from its spec (JSON), outside any grid")
@@ -214,17 +290,26 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--data", required=True, help="a prepared dataset directory")
     train.add_argument("--out", required=True, help="the job's output directory")
     train.add_argument("--teacher-checkpoint")
-    train.add_argument("--artifact", help="the method's pre-stage output: links.json (afd_pretrained) or the "
-                                          "heads stage's model.pt (mhgd)")
+    train.add_argument(
+        "--artifact",
+        help="the method's pre-stage output: links.json (afd_pretrained) or the heads stage's model.pt (mhgd)",
+    )
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     train.set_defaults(func=cmd_train)
 
-    init = commands.add_parser("init-tracking", help="create the MLflow database and experiment")
+    init = commands.add_parser(
+        "init-tracking",
+        help="create the MLflow database and a grid's experiment, "
+        "its artifacts relative to ./mlartifacts as the pipeline's server makes them",
+    )
     init.add_argument("--experiment", required=True)
     init.set_defaults(func=cmd_init_tracking)
 
-    combine = commands.add_parser("combine", help="one table from several grids' reports, a column per grid "
-                                                  "(the AFD paper's Table 3 from the four transfer grids)")
+    combine = commands.add_parser(
+        "combine",
+        help="one table from several grids' reports, a column per grid "
+        "(the AFD paper's Table 3 from the four transfer grids)",
+    )
     combine.add_argument("reports", nargs="+", help="report folders, e.g. reports/transfer_cub200")
     combine.add_argument("--out", required=True, help="where table.md and table.csv go")
     combine.add_argument("--title", default="Combined reports")
@@ -247,8 +332,20 @@ def main(argv: list[str] | None = None) -> None:
         from .models import UnknownNameError
         from .report import ReportError
 
-        if isinstance(error, (GridError, DataError, UnknownNameError, ReportError, ValueError, FileNotFoundError,
-                              FileProblem, TrainingDiverged, ArchiveError)):
+        if isinstance(
+            error,
+            (
+                GridError,
+                DataError,
+                UnknownNameError,
+                ReportError,
+                ValueError,
+                FileNotFoundError,
+                FileProblem,
+                TrainingDiverged,
+                ArchiveError,
+            ),
+        ):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -13,6 +13,7 @@ is recognised by its form: ``from . import afd, crd`` in a package's
 The hash covers each module's code with docstrings removed and comments
 dropped (``ast.unparse``), so rewording a comment retrains nothing.
 """
+
 from __future__ import annotations
 
 import ast
@@ -93,9 +94,13 @@ def _module_hash(module: str) -> str:
     tree = ast.parse(module_path(module).read_text())  # a fresh tree: this one is edited below
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()
 

@@ -28,8 +28,10 @@ What each rank does, and why:
   lines and the MLflow run; the others wait for it at the end of each epoch,
   so after any rank dies every rank resumes from the same checkpoint.
 """
+
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -53,13 +55,20 @@ class Group:
         return self.world_size > 1
 
 
-def start(device_type: str) -> Group:
-    """Join the process group torchrun describes in the environment (a one-process job joins nothing)."""
+@functools.lru_cache(maxsize=1)
+def from_environment() -> Group:
+    """This process's rank, world size and local rank, as torchrun sets them (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``): read here, once per process; a process not started by torchrun is rank 0 of 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Group()
-    group = Group(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
+    return Group(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start(device_type: str) -> Group:
+    """Join the process group torchrun describes in the environment (a one-process job joins nothing)."""
+    group = from_environment()
+    if group.active and not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return group
 
@@ -94,7 +103,7 @@ def average_gradients(group: Group, parameters: list[nn.Parameter]) -> None:
     flat /= group.world_size
     offset = 0
     for grad in grads:
-        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
 
 

@@ -2,8 +2,8 @@
 
 Read it top to bottom in :func:`train`: build the networks the spec names
 (the trained one, the frozen one), the method and the optimiser; resume from
-the job's checkpoint; then :func:`train_one_epoch`, :func:`evaluate` and
-:func:`save_checkpoint` per epoch. Everything that decides the result is in
+the job's checkpoint; then :func:`train_one_epoch` (one :func:`train_step` per
+batch), :func:`evaluate` and :func:`save_checkpoint` per epoch. Everything that decides the result is in
 the :class:`~afdistill.spec.JobSpec`; the seed fixes initialisation, data
 order and augmentation (each epoch draws from its own generator seeded by
 ``(seed, epoch)``), so an interrupted job that resumes from its last
@@ -11,6 +11,7 @@ checkpoint continues exactly where an uninterrupted one would be. The data
 source (``streaming.open_prepared``: a ``DeviceData`` held on the device, or a
 ``StreamingData`` decoded by worker processes) is where a loader plugs in.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -30,11 +31,11 @@ from . import distributed
 from .data import DeviceData
 from .graphs import GraphedStep
 from .heap import keep_freed_memory
-from .streaming import open_prepared
-from .methods import Batch, Context, View, build_method, dry_run, method_class
-from .models import classifier, classifier_name, create_model
+from .methods import Batch, Context, Method, View, build_method, dry_run, method_class
+from .models import Features, classifier, classifier_name, create_model
 from .models.fold import fold_batch_norm
 from .spec import JobSpec, Runtime, Schedule
+from .streaming import open_prepared
 
 CHECKPOINT = "checkpoint.pt"  # resumable state, rewritten atomically after every epoch; the last one is kept
 MODEL = "model.pt"  # final weights, {"model": state_dict, ...} like RepDistiller's checkpoints
@@ -84,12 +85,20 @@ def pick_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda was asked for, but torch sees no CUDA device on this machine; use device: auto or cpu")
+        raise ValueError(
+            "device: cuda was asked for, but torch sees no CUDA device on this machine; use device: auto or cpu"
+        )
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_network(path: str | Path, arch: str, num_classes: int | None, device: torch.device,
-                 options: dict[str, Any] | None = None, new_classifier: bool = False) -> nn.Module:
+def load_network(
+    path: str | Path,
+    arch: str,
+    num_classes: int | None,
+    device: torch.device,
+    options: dict[str, Any] | None = None,
+    new_classifier: bool = False,
+) -> nn.Module:
     """Load a checkpoint with ``strict=True``: ours, RepDistiller's ``{'model': ...}`` or a bare state dict.
 
     ``num_classes`` None: as many as the checkpoint's classifier has (a teacher trained on another task,
@@ -126,13 +135,19 @@ class Resolved:
     keep_freed_memory: bool = False
 
     def record(self) -> dict[str, Any]:
-        return {"precision": "bf16" if self.bf16 else "fp32", "channels_last": self.channels_last,
-                "compile": self.compile or "none", "deterministic": self.deterministic,
-                "cuda_graphs": self.cuda_graphs, "keep_freed_memory": self.keep_freed_memory}
+        return {
+            "precision": "bf16" if self.bf16 else "fp32",
+            "channels_last": self.channels_last,
+            "compile": self.compile or "none",
+            "deterministic": self.deterministic,
+            "cuda_graphs": self.cuda_graphs,
+            "keep_freed_memory": self.keep_freed_memory,
+        }
 
 
-def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanilla",
-                    params: dict[str, Any] | None = None) -> Resolved:
+def resolve_runtime(
+    runtime: Runtime, device: torch.device, method: str = "vanilla", params: dict[str, Any] | None = None
+) -> Resolved:
     cuda = device.type == "cuda"
     if runtime.precision == "auto":
         if cuda:
@@ -142,7 +157,7 @@ def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanil
     else:
         bf16 = runtime.precision == "bf16"
     channels_last = True if runtime.channels_last == "auto" else bool(runtime.channels_last)
-    graph_safe = method_class(method).allows_cuda_graphs(params or {})
+    graph_safe = method_class(method).capabilities(params or {}).cuda_graphs
     if runtime.cuda_graphs is True and not cuda:
         raise ValueError("runtime.cuda_graphs: true needs a CUDA device; use auto or false on CPU")
     if runtime.cuda_graphs is True and not graph_safe:
@@ -154,8 +169,14 @@ def resolve_runtime(runtime: Runtime, device: torch.device, method: str = "vanil
     mode = "none" if runtime.compile == "auto" else runtime.compile
     # On CUDA the host allocates little per step; on CPU every activation is a fresh heap block.
     keep = not cuda if runtime.keep_freed_memory == "auto" else bool(runtime.keep_freed_memory)
-    return Resolved(bf16=bf16, channels_last=channels_last, compile=None if mode == "none" else mode,
-                    deterministic=runtime.deterministic, cuda_graphs=graphs, keep_freed_memory=keep)
+    return Resolved(
+        bf16=bf16,
+        channels_last=channels_last,
+        compile=None if mode == "none" else mode,
+        deterministic=runtime.deterministic,
+        cuda_graphs=graphs,
+        keep_freed_memory=keep,
+    )
 
 
 def set_cuda_determinism(deterministic: bool) -> None:
@@ -179,7 +200,7 @@ def compiled(model: nn.Module, mode: str | None) -> nn.Module:
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
-    return torch.compile(model, mode=mode)
+    return cast(nn.Module, torch.compile(model, mode=mode))  # an OptimizedModule, called like the network
 
 
 def seed_for(seed: int, epoch: int) -> int:
@@ -188,8 +209,13 @@ def seed_for(seed: int, epoch: int) -> int:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: DeviceData, split: str = "test", runtime: Resolved | None = None,
-             forward: nn.Module | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data: DeviceData,
+    split: str = "test",
+    runtime: Resolved | None = None,
+    forward: nn.Module | None = None,
+) -> dict[str, float]:
     model.eval()
     forward = model if forward is None else forward
     runtime = runtime or Resolved(bf16=False, channels_last=False, compile=None)
@@ -257,22 +283,30 @@ class Networks:
     teacher: nn.Module | None  # frozen, in eval mode
 
 
-def build_networks(spec: JobSpec, data: DeviceData, device: torch.device,
-                   teacher_checkpoint: str | Path | None) -> Networks:
+def build_networks(
+    spec: JobSpec, data: DeviceData, device: torch.device, teacher_checkpoint: str | Path | None
+) -> Networks:
     student = None
     if spec.arch is not None and spec.checkpoint:
         # A published network evaluated as it is keeps its own classifier (its accuracy is undefined on a
         # dataset of other classes); one trained further needs the dataset's classes or a new classifier.
         evaluated = spec.schedule.epochs == 0 and not spec.new_classifier
-        student = load_network(spec.checkpoint, spec.arch, None if evaluated else data.num_classes, device,
-                               spec.model_options, new_classifier=spec.new_classifier)
+        student = load_network(
+            spec.checkpoint,
+            spec.arch,
+            None if evaluated else data.num_classes,
+            device,
+            spec.model_options,
+            new_classifier=spec.new_classifier,
+        )
     elif spec.arch is not None:
         student = create_model(spec.arch, data.num_classes, **spec.model_options).to(device)
     teacher = None
     if spec.teacher is not None:
         # Its classes are its checkpoint's: a teacher from another task (transfer) lends only its features.
-        teacher = load_network(_required(teacher_checkpoint, spec), spec.teacher, None, device,
-                               spec.teacher_options).eval()
+        teacher = load_network(
+            _required(teacher_checkpoint, spec), spec.teacher, None, device, spec.teacher_options
+        ).eval()
         teacher.requires_grad_(False)
     return Networks(student, teacher)
 
@@ -304,106 +338,66 @@ def train(
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(spec.device)
-    # Under torchrun: one rank of a data-parallel job (afdistill.distributed); rank 0 alone writes and logs.
-    group = distributed.start(device.type)
-    device = distributed.device_for(group, device)
-    if group.active and spec.schedule.batch_size % group.world_size:
-        raise ValueError(f"{spec.title}: batch_size {spec.schedule.batch_size} does not split over "
-                         f"{group.world_size} processes; use a multiple of {group.world_size}")
+    device, group, runtime = _start(spec)
     if not group.is_main:
         tracker, log = NullTracker(), _silent
-    runtime = resolve_runtime(spec.runtime, device, spec.method, spec.method_params)
-    if group.active:  # gradients are all-reduced between the graph's kernels: no CUDA graph
-        runtime = replace(runtime, cuda_graphs=False)
-    if device.type == "cuda":
-        set_cuda_determinism(runtime.deterministic)
-    if runtime.keep_freed_memory:
-        keep_freed_memory()
     torch.manual_seed(spec.seed)
 
     # ---- data, networks, method, optimiser
     data = open_prepared(data_dir, device)  # held on the device, or streamed from disk (ImageNet)
     networks = build_networks(spec, data, device, teacher_checkpoint)
     student, teacher = networks.student, networks.teacher
-    sample = data.normalize(data.train.images[:2])
-    context = Context(
-        student=student, teacher=teacher,
-        student_sample=dry_run(student, sample) if student is not None else None,
-        teacher_sample=dry_run(teacher, sample) if teacher is not None else None,
-        num_classes=data.num_classes, train_labels=data.train.labels, batch_size=spec.schedule.batch_size,
-        seed=spec.seed, artifact=artifact,
-    )
-    method = build_method(spec.method, spec.method_params, context).to(device)
-    if method.strong_view and not hasattr(data, "strong_batch"):
-        raise ValueError(f"{spec.title}: method {spec.method!r} trains on a second, strongly augmented view, which "
-                         f"the streamed dataset {spec.dataset!r} does not provide; set strong_view: false")
+    method = _build_method(spec, data, networks, artifact, device)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    student_forward = teacher_forward = None
-    if student is not None:
-        student.to(memory_format=layout)
-        student_forward = compiled(student, runtime.compile)
-    if teacher is not None:
-        teacher.to(memory_format=layout)
-        # Frozen and in eval mode: its BatchNorms fold into the convolutions (same results up to rounding).
-        teacher_forward = compiled(fold_batch_norm(teacher).to(memory_format=layout), runtime.compile)
+    student_forward, teacher_forward = _forwards(networks, layout, runtime.compile)
     trainable = (list(student.parameters()) if student is not None else []) + list(method.trainable_parameters())
     schedule = spec.schedule
-    optimizer = torch.optim.SGD(trainable, lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay, nesterov=schedule.nesterov)
+    optimizer = torch.optim.SGD(
+        trainable,
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+        nesterov=schedule.nesterov,
+    )
     state = Trainable(student, method, optimizer)
     identity = identity or spec.to_json()
 
     # ---- resume
     progress = load_checkpoint(out_dir / CHECKPOINT, spec, identity, state, device, log)
-    resumed = progress.run_id is not None
-    progress.run_id = tracker.start(progress.run_id)
-    tracker.log_runtime({"device": device.type, "world_size": group.world_size, **runtime.record()})
-    if not resumed and isinstance(data, DeviceData):  # a streamed set is named by its files, not hashed whole
-        for split, context in (("train", "train"), ("test", "eval")):
-            arrays = getattr(data, split)
-            tracker.log_input(spec.dataset, Path(data_dir) / f"{split}.npz", arrays.images.cpu().numpy(),
-                              arrays.labels.cpu().numpy(), context)
+    _start_tracking(tracker, progress, spec, data, data_dir, device, group, runtime)
+    finish = partial(
+        _finish,
+        spec=spec,
+        state=state,
+        teacher=teacher,
+        data=data,
+        runtime=runtime,
+        device=device,
+        progress=progress,
+        out_dir=out_dir,
+        tracker=tracker,
+        group=group,
+    )
     if progress.complete:
         log(f"[{spec.title}] already complete in {out_dir}; writing its results again from {CHECKPOINT}")
-        return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker, group)
-    log(f"[{spec.title}] on {device.type}" + (f" x {group.world_size} processes" if group.active else "") + ": " + ", ".join(f"{k} {v}" for k, v in runtime.record().items()))
-    # No cast cache: inside a CUDA graph it would hold casts of the previous step's weights.
-    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=runtime.bf16,
-                       cache_enabled=False)
-
-    def features_of(images: torch.Tensor):
-        """Both networks' features of a batch (the teacher's without autograd), in fp32."""
-        teacher_out = student_out = None
-        with autocast():
-            if teacher is not None:
-                with torch.inference_mode():
-                    teacher_out = teacher_forward(images, with_features=True)
-            if student is not None:
-                student_out = student_forward(images, with_features=True)
-        if runtime.bf16:  # the networks ran in bfloat16; every loss is computed in fp32
-            student_out = student_out.float() if student_out is not None else None
-            teacher_out = teacher_out.float() if teacher_out is not None else None
-        return student_out, teacher_out
-
-    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *strong_images: torch.Tensor):
-        """One optimisation step on a batch (and its strong view, for methods with ``strong_view``); returns
-        the weighted loss terms and the student's logits."""
-        if method.needs_input_grad:
-            images.requires_grad_(True)
-        student_out, teacher_out = features_of(images)
-        strong = View(strong_images[0], *features_of(strong_images[0])) if strong_images else None
-        batch = Batch(images, labels, indices, strong)
-        terms = method(student_out, teacher_out, batch)
-        optimizer.zero_grad(set_to_none=True)
-        method.backward(terms)
-        distributed.average_gradients(group, trainable)
-        optimizer.step()
-        method.after_step(batch, student, teacher_out, optimizer)
-        # Detached, so that nothing keeps this step's autograd graph alive into the next one.
-        logits = student_out.logits.detach() if student_out is not None else None
-        return {name: value.detach() for name, value in terms.items()}, logits
-
+        return finish()
+    log(
+        f"[{spec.title}] on {device.type}"
+        + (f" x {group.world_size} processes" if group.active else "")
+        + ": "
+        + ", ".join(f"{k} {v}" for k, v in runtime.record().items())
+    )
+    step = partial(
+        train_step,
+        method=method,
+        student=student,
+        student_forward=student_forward,
+        teacher_forward=teacher_forward,
+        optimizer=optimizer,
+        trainable=trainable,
+        bf16=runtime.bf16,
+        group=group,
+    )
     run_step = GraphedStep(step, optimizer) if runtime.cuda_graphs else step
 
     # ---- the loop
@@ -412,18 +406,14 @@ def train(
         try:
             metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device, group)
         except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
-            raise TrainingDiverged(f"{spec.title}: {error}. No result was written; the checkpoint of epoch "
-                                   f"{epoch - 1} is kept.") from None
+            raise TrainingDiverged(
+                f"{spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} is kept."
+            ) from None
         distributed.average_buffers(group, student)
         if student is not None:
             test = evaluate(student, data, runtime=runtime, forward=student_forward)
             metrics.update(test_top1=test["top1"], test_top5=test["top5"])
-        not_finite = sorted(k for k, v in metrics.items() if k.startswith("loss_") and not math.isfinite(v))
-        if not_finite:
-            raise TrainingDiverged(
-                f"{spec.title}: method {spec.method!r} diverged in epoch {epoch}: {', '.join(not_finite)} = "
-                f"{metrics[not_finite[0]]}; check its hyper-parameters {spec.method_params} and the learning rate "
-                f"({metrics['lr']}). No result was written; the checkpoint of epoch {epoch - 1} is kept.")
+        _check_finite(spec, epoch, metrics)
         summary = method.epoch_summary()
         progress.history.append(metrics)
         progress.summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
@@ -431,17 +421,177 @@ def train(
         tracker.log_metrics(metrics, step=epoch)
         elapsed = time.monotonic() - started
         remaining = elapsed / (epoch - first_epoch + 1) * (schedule.epochs - epoch)
-        log(f"[{spec.title}] epoch {epoch}/{schedule.epochs} lr {metrics['lr']:.4g} loss {metrics['loss_total']:.4f}"
-            + (f" train {metrics['train_top1']:.4f} test {metrics['test_top1']:.4f}" if student is not None else "")
-            + f" | {metrics['images_per_s']:.0f} img/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}")
+        log(_epoch_line(spec, epoch, metrics, elapsed, remaining))
         if group.is_main:
-            save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress,
-                            complete=epoch == schedule.epochs)
+            save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=epoch == schedule.epochs)
         distributed.barrier(group)  # no rank runs ahead of the last checkpoint
     if (schedule.epochs == 0 or progress.epoch < schedule.epochs) and group.is_main:
         progress.epoch = schedule.epochs
         save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=True)
-    return _finish(spec, state, teacher, data, runtime, device, progress, out_dir, tracker, group)
+    return finish()
+
+
+def _start(spec: JobSpec) -> tuple[torch.device, distributed.Group, Resolved]:
+    """The job's device, its data-parallel group (under torchrun: one rank of it, ``afdistill.distributed``;
+    rank 0 alone writes and logs) and what its runtime settings mean there; CUDA set up accordingly."""
+    device = pick_device(spec.device)
+    group = distributed.start(device.type)
+    device = distributed.device_for(group, device)
+    if group.active and spec.schedule.batch_size % group.world_size:
+        raise ValueError(
+            f"{spec.title}: batch_size {spec.schedule.batch_size} does not split over "
+            f"{group.world_size} processes; use a multiple of {group.world_size}"
+        )
+    runtime = resolve_runtime(spec.runtime, device, spec.method, spec.method_params)
+    if group.active:  # gradients are all-reduced between the graph's kernels: no CUDA graph
+        runtime = replace(runtime, cuda_graphs=False)
+    if device.type == "cuda":
+        set_cuda_determinism(runtime.deterministic)
+    if runtime.keep_freed_memory:
+        keep_freed_memory()
+    return device, group, runtime
+
+
+def _build_method(spec: JobSpec, data: DeviceData, networks: Networks, artifact: Any, device: torch.device) -> Method:
+    """The job's method, built on dry-run features of both networks (for their shapes)."""
+    student, teacher = networks.student, networks.teacher
+    sample = data.normalize(data.train.images[:2])
+    context = Context(
+        student=student,
+        teacher=teacher,
+        student_sample=dry_run(student, sample) if student is not None else None,
+        teacher_sample=dry_run(teacher, sample) if teacher is not None else None,
+        num_classes=data.num_classes,
+        train_labels=data.train.labels,
+        batch_size=spec.schedule.batch_size,
+        seed=spec.seed,
+        artifact=artifact,
+    )
+    method = build_method(spec.method, spec.method_params, context).to(device)
+    if method.caps.strong_view and not hasattr(data, "strong_batch"):
+        raise ValueError(
+            f"{spec.title}: method {spec.method!r} trains on a second, strongly augmented view, which "
+            f"the streamed dataset {spec.dataset!r} does not provide; set strong_view: false"
+        )
+    return method
+
+
+def _forwards(networks: Networks, layout: torch.memory_format, compile_mode: str | None) -> tuple[Any, Any]:
+    """The forward passes the step runs, in ``layout``: the student's, and the frozen teacher's with its batch
+    norms folded into its convolutions (same results up to rounding); compiled if asked."""
+    student_forward = teacher_forward = None
+    if networks.student is not None:
+        networks.student.to(memory_format=layout)
+        student_forward = compiled(networks.student, compile_mode)
+    if networks.teacher is not None:
+        networks.teacher.to(memory_format=layout)
+        teacher_forward = compiled(fold_batch_norm(networks.teacher).to(memory_format=layout), compile_mode)
+    return student_forward, teacher_forward
+
+
+def _start_tracking(
+    tracker: Tracker,
+    progress: Progress,
+    spec: JobSpec,
+    data: DeviceData,
+    data_dir: str | Path,
+    device: torch.device,
+    group: distributed.Group,
+    runtime: Resolved,
+) -> None:
+    """Start (or, resuming, re-open) the job's tracker run; a new run records the runtime and its inputs."""
+    resumed = progress.run_id is not None
+    progress.run_id = tracker.start(progress.run_id)
+    tracker.log_runtime({"device": device.type, "world_size": group.world_size, **runtime.record()})
+    if not resumed and isinstance(data, DeviceData):  # a streamed set is named by its files, not hashed whole
+        for split, context in (("train", "train"), ("test", "eval")):
+            arrays = getattr(data, split)
+            tracker.log_input(
+                spec.dataset,
+                Path(data_dir) / f"{split}.npz",
+                arrays.images.cpu().numpy(),
+                arrays.labels.cpu().numpy(),
+                context,
+            )
+
+
+def forward_both(
+    images: torch.Tensor, student_forward, teacher_forward, bf16: bool
+) -> tuple[Features | None, Features | None]:
+    """Both networks' features of a batch (the teacher's without autograd), in fp32. No cast cache in the
+    autocast: inside a CUDA graph it would hold casts of the previous step's weights."""
+    teacher_out = student_out = None
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+        if teacher_forward is not None:
+            with torch.inference_mode():
+                teacher_out = teacher_forward(images, with_features=True)
+        if student_forward is not None:
+            student_out = student_forward(images, with_features=True)
+    if bf16:  # the networks ran in bfloat16; every loss is computed in fp32
+        student_out = student_out.float() if student_out is not None else None
+        teacher_out = teacher_out.float() if teacher_out is not None else None
+    return student_out, teacher_out
+
+
+def train_step(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *strong_images: torch.Tensor,
+    method: Method,
+    student: nn.Module | None,
+    student_forward,
+    teacher_forward,
+    optimizer: torch.optim.Optimizer,
+    trainable: list[nn.Parameter],
+    bf16: bool,
+    group: distributed.Group,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One optimisation step on a batch (and its strong view, for methods whose capabilities say
+    ``strong_view``): both networks' forward passes (``student_forward``, ``teacher_forward``; bfloat16 autocast
+    with ``bf16``), the method's terms and backward, the gradients of ``trainable`` averaged over ``group``,
+    the optimiser's step, the method's ``after_step``. Returns the weighted loss terms and the student's logits,
+    detached, so that nothing keeps this step's autograd graph alive into the next one.
+
+    Only tensors are positional: ``GraphedStep`` replays ``partial(train_step, method=..., ...)``."""
+    if method.caps.needs_input_grad:
+        images.requires_grad_(True)
+    student_out, teacher_out = forward_both(images, student_forward, teacher_forward, bf16)
+    strong = (
+        View(strong_images[0], *forward_both(strong_images[0], student_forward, teacher_forward, bf16))
+        if strong_images
+        else None
+    )
+    batch = Batch(images, labels, indices, strong)
+    terms = method(student_out, teacher_out, batch)
+    optimizer.zero_grad(set_to_none=True)
+    method.backward(terms)
+    distributed.average_gradients(group, trainable)
+    optimizer.step()
+    method.after_step(batch, student, teacher_out, optimizer)
+    logits = student_out.logits.detach() if student_out is not None else None
+    return {name: value.detach() for name, value in terms.items()}, logits
+
+
+def _check_finite(spec: JobSpec, epoch: int, metrics: dict[str, float]) -> None:
+    """Refuse an epoch whose mean loss terms are not all finite (nothing of it is kept)."""
+    not_finite = sorted(k for k, v in metrics.items() if k.startswith("loss_") and not math.isfinite(v))
+    if not_finite:
+        raise TrainingDiverged(
+            f"{spec.title}: method {spec.method!r} diverged in epoch {epoch}: {', '.join(not_finite)} = "
+            f"{metrics[not_finite[0]]}; check its hyper-parameters {spec.method_params} and the learning rate "
+            f"({metrics['lr']}). No result was written; the checkpoint of epoch {epoch - 1} is kept."
+        )
+
+
+def _epoch_line(spec: JobSpec, epoch: int, metrics: dict[str, float], elapsed: float, remaining: float) -> str:
+    """The epoch's line in the job's log."""
+    return (
+        f"[{spec.title}] epoch {epoch}/{spec.schedule.epochs} lr {metrics['lr']:.4g} "
+        f"loss {metrics['loss_total']:.4f}"
+        + (f" train {metrics['train_top1']:.4f} test {metrics['test_top1']:.4f}" if "test_top1" in metrics else "")
+        + f" | {metrics['images_per_s']:.0f} img/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}"
+    )
 
 
 def _silent(*args, **kwargs) -> None:
@@ -459,7 +609,7 @@ class Trainable:
     """What a checkpoint holds the state of."""
 
     student: nn.Module | None
-    method: nn.Module
+    method: Method
     optimizer: torch.optim.Optimizer
 
 
@@ -484,8 +634,16 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, epoch: in
                 buffers["momentum_buffer"].zero_()
 
 
-def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceData, run_step, layout,
-                    device: torch.device, group: distributed.Group = distributed.Group()) -> dict[str, float]:
+def train_one_epoch(
+    spec: JobSpec,
+    epoch: int,
+    state: Trainable,
+    data: DeviceData,
+    run_step,
+    layout,
+    device: torch.device,
+    group: distributed.Group = distributed.Group(),
+) -> dict[str, float]:
     """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy.
 
     In a data-parallel job every rank draws the same global batches and trains on its slice of each; the
@@ -505,10 +663,14 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     total = data.num_train_batches(spec.schedule.batch_size)
     for images, labels, indices in _progress(batches, total, f"{spec.title} epoch {epoch}"):
         # MLKD's second view: drawn after the batch, from the same generator, so a seed fixes both
-        strong = (data.strong_batch(indices, generator),) if state.method.strong_view else ()
-        images, labels, indices, *strong = distributed.shard(group, images, labels, indices, *strong)
-        terms, logits = run_step(images.contiguous(memory_format=layout), labels, indices,
-                                 *(view.contiguous(memory_format=layout) for view in strong))
+        strong = (data.strong_batch(indices, generator),) if state.method.caps.strong_view else ()
+        images, labels, indices, *strong_views = distributed.shard(group, images, labels, indices, *strong)
+        terms, logits = run_step(
+            images.contiguous(memory_format=layout),
+            labels,
+            indices,
+            *(view.contiguous(memory_format=layout) for view in strong_views),
+        )
         with torch.no_grad():  # running sums stay on the device: no sync per step
             n = len(labels)
             for name, value in {"total": sum(terms.values()), **terms}.items():
@@ -523,10 +685,14 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     seconds = time.perf_counter() - started
     if group.active:  # sums over the ranks: one all-reduce of every running sum and count
         names = list(sums)
-        together = distributed.total(group, torch.stack(
-            [torch.as_tensor(sums[name], dtype=torch.float64, device=device) for name in names]
-            + [correct1.double(), correct5.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]))
-        sums = dict(zip(names, together[:len(names)]))
+        together = distributed.total(
+            group,
+            torch.stack(
+                [torch.as_tensor(sums[name], dtype=torch.float64, device=device) for name in names]
+                + [correct1.double(), correct5.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]
+            ),
+        )
+        sums = dict(zip(names, together[: len(names)]))
         correct1, correct5, seen = together[-3], together[-2], int(together[-1])
     metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
     if state.student is not None:
@@ -535,20 +701,28 @@ def train_one_epoch(spec: JobSpec, epoch: int, state: Trainable, data: DeviceDat
     return metrics
 
 
-def save_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, progress: Progress,
-                    complete: bool) -> None:
+def save_checkpoint(
+    path: Path, spec: JobSpec, identity: str, state: Trainable, progress: Progress, complete: bool
+) -> None:
     """After every epoch; the last one is kept (``complete``) so a finished job is recognised, never retrained."""
     _atomic_save(
-        {"spec": spec.to_dict(), "identity": identity, "epoch": progress.epoch, "complete": complete,
-         "model": state.student.state_dict() if state.student is not None else None,
-         "method": state.method.state_dict(), "optimizer": state.optimizer.state_dict(),
-         "history": progress.history, "summaries": progress.summaries, "run_id": progress.run_id},
+        {
+            "spec": spec.to_dict(),
+            "identity": identity,
+            "epoch": progress.epoch,
+            "complete": complete,
+            "model": state.student.state_dict() if state.student is not None else None,
+            "method": state.method.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "history": progress.history,
+            "summaries": progress.summaries,
+            "run_id": progress.run_id,
+        },
         path,
     )
 
 
-def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, device: torch.device,
-                    log) -> Progress:
+def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, device: torch.device, log) -> Progress:
     """Restore ``state`` from this job's checkpoint. One that cannot be read, or that another spec wrote,
     is moved aside (kept under a new name) and the job starts from scratch."""
     from .files import FileProblem, load_torch, move_aside
@@ -567,37 +741,63 @@ def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, 
         changed = sorted(k for k in spec.to_dict() if saved["spec"].get(k) != spec.to_dict()[k])
         what = f"different {', '.join(changed)}" if changed else "different code or inputs"
         kept = move_aside(path, "other-job")
-        log(f"[{spec.title}] warning: {path} was written by a job with {what}; "
-            f"moved it to {kept.name} and starting from scratch")
+        log(
+            f"[{spec.title}] warning: {path} was written by a job with {what}; "
+            f"moved it to {kept.name} and starting from scratch"
+        )
         return Progress()
     if state.student is not None:
         state.student.load_state_dict(saved["model"])
     state.method.load_state_dict(saved["method"])
     state.optimizer.load_state_dict(saved["optimizer"])
-    progress = Progress(saved["epoch"], saved["history"], saved["summaries"], saved["run_id"],
-                        bool(saved.get("complete")))
+    progress = Progress(
+        saved["epoch"], saved["history"], saved["summaries"], saved["run_id"], bool(saved.get("complete"))
+    )
     if not progress.complete:
         log(f"[{spec.title}] resuming after epoch {saved['epoch']} from {path}")
     return progress
 
 
-def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime: Resolved, device: torch.device,
-            progress: Progress, out_dir: Path, tracker: Tracker,
-            group: distributed.Group = distributed.Group()) -> Result:
+def _finish(
+    *,
+    spec: JobSpec,
+    state: Trainable,
+    teacher: nn.Module | None,
+    data: DeviceData,
+    runtime: Resolved,
+    device: torch.device,
+    progress: Progress,
+    out_dir: Path,
+    tracker: Tracker,
+    group: distributed.Group = distributed.Group(),
+) -> Result:
     """Write model.pt and metrics.json (metrics.json last: its presence means the job's result is whole);
     in a data-parallel job, rank 0 alone writes."""
     student, history = state.student, progress.history
-    record = {"spec": spec.to_dict(), "run_id": progress.run_id, "epochs": spec.schedule.epochs,
-              "device": device.type, "world_size": group.world_size, "runtime": runtime.record(),
-              "history": history, "summaries": progress.summaries}
+    record: dict[str, Any] = {
+        "spec": spec.to_dict(),
+        "run_id": progress.run_id,
+        "epochs": spec.schedule.epochs,
+        "device": device.type,
+        "world_size": group.world_size,
+        "runtime": runtime.record(),
+        "history": history,
+        "summaries": progress.summaries,
+    }
     if student is not None and num_classes_of(student) != data.num_classes:
         # A network of another task (ImageNet's ResNet34 beside a transfer set): no accuracy to report.
-        record.update(test_top1=None, test_top5=None, num_classes=num_classes_of(student),
-                      note=f"{num_classes_of(student)}-class network on a {data.num_classes}-class dataset: "
-                           f"accuracy undefined")
+        record.update(
+            test_top1=None,
+            test_top5=None,
+            num_classes=num_classes_of(student),
+            note=f"{num_classes_of(student)}-class network on a {data.num_classes}-class dataset: accuracy undefined",
+        )
     elif student is not None:
-        final = ({"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]} if history
-                 else evaluate(student, data, runtime=runtime))
+        final = (
+            {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]}
+            if history
+            else evaluate(student, data, runtime=runtime)
+        )
         record.update(test_top1=final["top1"], test_top5=final["top5"])
         finals = {"final_test_top1": final["top1"], "final_test_top5": final["top5"]}
         if history:  # the best epoch's too: papers report either, the report prints both
@@ -605,15 +805,22 @@ def _finish(spec: JobSpec, state: Trainable, teacher, data: DeviceData, runtime:
             finals.update(final_test_top1_best=history[best]["test_top1"], final_best_epoch=best + 1)
         tracker.log_metrics(finals, step=spec.schedule.epochs)
     if teacher is not None:
-        record["teacher_test_top1"] = (evaluate(teacher, data, runtime=runtime)["top1"]
-                                       if num_classes_of(teacher) == data.num_classes else None)
+        record["teacher_test_top1"] = (
+            evaluate(teacher, data, runtime=runtime)["top1"] if num_classes_of(teacher) == data.num_classes else None
+        )
     distributed.stop(group)  # no collective operation follows
     if not group.is_main:
         return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
-    _atomic_save({"model": student.state_dict() if student is not None else None,
-                  "method": state.method.state_dict(), "arch": spec.arch or spec.teacher,
-                  "num_classes": num_classes_of(student) if student is not None else data.num_classes,
-                  "spec": spec.to_dict()}, out_dir / MODEL)
+    _atomic_save(
+        {
+            "model": student.state_dict() if student is not None else None,
+            "method": state.method.state_dict(),
+            "arch": spec.arch or spec.teacher,
+            "num_classes": num_classes_of(student) if student is not None else data.num_classes,
+            "spec": spec.to_dict(),
+        },
+        out_dir / MODEL,
+    )
     _atomic_write_json(record, out_dir / METRICS)
     if student is not None:
         tracker.log_model(student, data.normalize(data.train.images[:2]), name=spec.kind)

@@ -23,12 +23,14 @@ labelled with feature names (``layer2.3``); lines (green, as in the paper)
 separate features of different stages (the ``layer<k>`` of the names, where
 size and channels change).
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,7 +42,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LINK_COLOURS = "Blues"  # white (no link) to dark blue (alpha = 1); the green stage lines stay visible on it
 STAGE_LINE = "#2ca02c"
-TEACHER_LINE = {"color": "0.45", "linestyle": "--", "linewidth": 1.6}
+TEACHER_LINE: dict[str, Any] = {"color": "0.45", "linestyle": "--", "linewidth": 1.6}
 # Crossed with the colours (:func:`line_styles`): ten colours alone made methods 1 and 11 look the same.
 LINE_STYLES = ("-", "--", "-.", ":")
 
@@ -49,7 +51,8 @@ def _palette(size: int) -> list:
     """Qualitative colours without grey (grey is the teacher's line), enough for ``size`` (colour, style)
     pairs: tab10's 9, tab20's 18, or, past 72 lines, evenly spaced colours of a continuous map."""
     for name in ("tab10", "tab20"):
-        colours = [c for c in plt.get_cmap(name).colors if len(set(c)) > 1]  # drop the greys (r = g = b)
+        # drop the greys (r = g = b); ignore: tab10 and tab20 are ListedColormaps, get_cmap's stub says Colormap
+        colours = [c for c in plt.get_cmap(name).colors if len(set(c)) > 1]  # type: ignore[attr-defined]
         if size <= len(colours) * len(LINE_STYLES):
             return colours
     return [tuple(c) for c in plt.get_cmap("turbo")(np.linspace(0.0, 1.0, -(-size // len(LINE_STYLES))))]
@@ -74,8 +77,13 @@ def _link_ticks(axis, names: Sequence[str] | None, size: int, which: str) -> Non
     _tick_labels(axis, names, which)
 
 
-def plot_links(panels: list[tuple[str, np.ndarray]], title: str, path: str | Path,
-               teacher_names: Sequence[str] | None = None, student_names: Sequence[str] | None = None) -> None:
+def plot_links(
+    panels: list[tuple[str, np.ndarray]],
+    title: str,
+    path: str | Path,
+    teacher_names: Sequence[str] | None = None,
+    student_names: Sequence[str] | None = None,
+) -> None:
     """Heatmaps of student x teacher link strength; rows are student features, columns teacher features.
 
     With ``teacher_names`` / ``student_names`` (``layer2.3``) the axes are labelled and split by stage as in
@@ -84,14 +92,18 @@ def plot_links(panels: list[tuple[str, np.ndarray]], title: str, path: str | Pat
     count = len(panels)
     for name, matrix in panels:
         rows, cols = np.shape(matrix)
-        if (student_names is not None and rows != len(student_names)) or \
-                (teacher_names is not None and cols != len(teacher_names)):
-            raise ValueError(f"{name}: a {(rows, cols)} link matrix for "
-                             f"{'?' if teacher_names is None else len(teacher_names)} teacher and "
-                             f"{'?' if student_names is None else len(student_names)} student features "
-                             "(expected student x teacher)")
-    figure, axes = plt.subplots(1, count, figsize=(3.0 * count + 1.0, 3.6), squeeze=False, sharey=True,
-                                constrained_layout=True)
+        if (student_names is not None and rows != len(student_names)) or (
+            teacher_names is not None and cols != len(teacher_names)
+        ):
+            raise ValueError(
+                f"{name}: a {(rows, cols)} link matrix for "
+                f"{'?' if teacher_names is None else len(teacher_names)} teacher and "
+                f"{'?' if student_names is None else len(student_names)} student features "
+                "(expected student x teacher)"
+            )
+    figure, axes = plt.subplots(
+        1, count, figsize=(3.0 * count + 1.0, 3.6), squeeze=False, sharey=True, constrained_layout=True
+    )
     # One scale for all panels, from 0 to the strongest link, so that the epochs compare and a softmax spread
     # over many features is not washed out.
     vmax = max(float(np.max(matrix)) for _, matrix in panels) or 1.0
@@ -113,12 +125,13 @@ def plot_links(panels: list[tuple[str, np.ndarray]], title: str, path: str | Pat
     plt.close(figure)
 
 
-def _curve_limits(lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-                  teacher: float | None) -> tuple[float, float]:
+def _curve_limits(
+    lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], teacher: float | None
+) -> tuple[float, float]:
     """A y range (percent) for the curves: zoomed on the late epochs, where methods differ by a point or two,
     so the first epochs' low accuracies do not flatten them; it still holds every line's last point and
     the teacher."""
-    late = np.concatenate([low[len(low) // 2:] for _, _, low, _ in lines])
+    late = np.concatenate([low[len(low) // 2 :] for _, _, low, _ in lines])
     bottom = min(float(np.percentile(late, 5)), *(float(mean[-1]) for _, mean, _, _ in lines))
     top = max(float(high.max()) for _, _, _, high in lines)
     if teacher is not None:
@@ -127,16 +140,23 @@ def _curve_limits(lines: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return max(0.0, bottom - 0.08 * span), top + 0.05 * span
 
 
-def plot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], title: str, path: str | Path,
-                teacher: float | None = None, ylabel: str = "test top-1 (%)") -> None:
+def plot_curves(
+    curves: Mapping[str, Mapping[int, Sequence[float]]],
+    title: str,
+    path: str | Path,
+    teacher: float | None = None,
+    ylabel: str = "test top-1 (%)",
+) -> None:
     """curves: row label -> epoch -> that epoch's test top-1 of each seed (fractions in [0, 1]).
     Draws each label's mean over seeds as a line and, where it has more than one seed, a min–max band;
     the teacher's final accuracy (fraction) as a dashed grey horizontal line labelled 'Teacher'.
     Values are shown in percent."""
     for label, by_epoch in curves.items():
         if not isinstance(by_epoch, Mapping):
-            raise TypeError(f"plot_curves: {label!r} holds a {type(by_epoch).__name__}, not a mapping of "
-                            "epoch -> the test top-1 of each seed")
+            raise TypeError(
+                f"plot_curves: {label!r} holds a {type(by_epoch).__name__}, not a mapping of "
+                "epoch -> the test top-1 of each seed"
+            )
     styles = line_styles(len(curves))
     lines = []  # (epochs, mean, min, max) in percent, per drawn label
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
@@ -149,8 +169,16 @@ def plot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], title: str,
         low, high = np.array([v.min() for v in values]), np.array([v.max() for v in values])
         # A single epoch is a point, which a bare line would not show: mark it, and its range as a segment.
         single = len(epochs) == 1
-        axis.plot(epochs, mean, color=colour, linestyle=style, linewidth=1.3, label=label,
-                  marker="o" if single else None, markersize=4)
+        axis.plot(
+            epochs,
+            mean,
+            color=colour,
+            linestyle=style,
+            linewidth=1.3,
+            label=label,
+            marker="o" if single else None,
+            markersize=4,
+        )
         if max(len(v) for v in values) > 1:
             if single:
                 axis.vlines(epochs, low, high, color=colour, alpha=0.4, linewidth=3)
@@ -179,8 +207,16 @@ def plot_curves(curves: Mapping[str, Mapping[int, Sequence[float]]], title: str,
         handles, labels = handles[-1:] + handles[:-1], labels[-1:] + labels[:-1]
     columns = max(1, math.ceil(len(handles) / 28))
     figure.set_size_inches(6.4, max(3.8, 0.16 * math.ceil(len(handles) / columns) + 0.8))
-    axis.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7,
-                ncol=columns, frameon=False)
+    axis.legend(
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        fontsize=7,
+        ncol=columns,
+        frameon=False,
+    )
     figure.savefig(path, dpi=120, bbox_inches="tight")  # tight: the legend right of the axes is kept whole
     plt.close(figure)
 
@@ -235,8 +271,9 @@ def _tick_labels(axis, names: list[str], which: str) -> None:
     step = max(1, -(-len(names) // 14))  # at most ~14 labels an axis
     positions = list(range(0, len(names), step))
     if positions[-1] != len(names) - 1:  # always name the deepest feature, without crowding its neighbour
-        positions[-1 if len(positions) > 1 and len(names) - 1 - positions[-1] < step else len(positions):] = \
-            [len(names) - 1]
+        positions[-1 if len(positions) > 1 and len(names) - 1 - positions[-1] < step else len(positions) :] = [
+            len(names) - 1
+        ]
     labels = [names[i] for i in positions]
     if which == "x":
         axis.set_xticks(positions)
@@ -246,13 +283,16 @@ def _tick_labels(axis, names: list[str], which: str) -> None:
         axis.set_yticklabels(labels, fontsize=6)
 
 
-def _draw_links(axis, matrix: np.ndarray, teacher_names: list[str], student_names: list[str], title: str,
-                ylabel: bool = True):
+def _draw_links(
+    axis, matrix: np.ndarray, teacher_names: list[str], student_names: list[str], title: str, ylabel: bool = True
+):
     """Draw a T x S matrix as S rows x T columns; returns the image."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(teacher_names), len(student_names)):
-        raise ValueError(f"{title}: a {matrix.shape} link matrix for {len(teacher_names)} teacher and "
-                         f"{len(student_names)} student features (expected teacher x student)")
+        raise ValueError(
+            f"{title}: a {matrix.shape} link matrix for {len(teacher_names)} teacher and "
+            f"{len(student_names)} student features (expected teacher x student)"
+        )
     image = axis.imshow(matrix.T, cmap=LINK_COLOURS, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     for bound in _stage_bounds(teacher_names):
         axis.axvline(bound, color=STAGE_LINE, linewidth=1.0)
@@ -273,8 +313,12 @@ def _pick_epochs(count: int, columns: int) -> list[int]:
     return sorted({round(i * (count - 1) / (columns - 1)) for i in range(columns)})
 
 
-def plot_attention_history(histories: list[AttentionHistory], path: str | Path, columns: int = 5,
-                           title: str = "Manual and attention-based feature links during training") -> None:
+def plot_attention_history(
+    histories: list[AttentionHistory],
+    path: str | Path,
+    columns: int = 5,
+    title: str = "Manual and attention-based feature links during training",
+) -> None:
     """Figure 3: per pair (row), the manual links, then alpha averaged over chosen training epochs.
 
     ``columns`` epochs are shown per pair, evenly spaced from the first to the last recorded.
@@ -282,32 +326,45 @@ def plot_attention_history(histories: list[AttentionHistory], path: str | Path, 
     if not histories:
         raise ValueError("plot_attention_history: no pairs to draw")
     width = 1 + min(columns, max(len(h.epochs) for h in histories))
-    figure, axes = plt.subplots(len(histories), width, figsize=(2.3 * width + 1.0, 2.6 * len(histories) + 0.6),
-                                squeeze=False, constrained_layout=True)
+    figure, axes = plt.subplots(
+        len(histories),
+        width,
+        figsize=(2.3 * width + 1.0, 2.6 * len(histories) + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
     image = None
     for row, history in zip(axes, histories):
         if len(history.epochs) != len(history.attention):
             raise ValueError(f"{history.title}: {len(history.epochs)} epochs but {len(history.attention)} matrices")
-        image = _draw_links(row[0], history.manual, history.teacher_names, history.student_names,
-                            f"{history.title}\nmanual (fixed)")
+        image = _draw_links(
+            row[0], history.manual, history.teacher_names, history.student_names, f"{history.title}\nmanual (fixed)"
+        )
         picks = _pick_epochs(len(history.epochs), width - 1)
         for axis, index in zip(row[1:], picks):
-            _draw_links(axis, history.attention[index], history.teacher_names, history.student_names,
-                        f"AFD, epoch {history.epochs[index]}", ylabel=False)
-        for axis in row[1 + len(picks):]:
+            _draw_links(
+                axis,
+                history.attention[index],
+                history.teacher_names,
+                history.student_names,
+                f"AFD, epoch {history.epochs[index]}",
+                ylabel=False,
+            )
+        for axis in row[1 + len(picks) :]:
             axis.axis("off")
+    assert image is not None  # histories is not empty
     figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="link strength (alpha)")
     figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=130)
     plt.close(figure)
 
 
-def plot_accuracy_against_beta(series: list[BetaSeries], path: str | Path,
-                               title: str = "Sensitivity to beta") -> None:
+def plot_accuracy_against_beta(series: list[BetaSeries], path: str | Path, title: str = "Sensitivity to beta") -> None:
     """Figure 5: test top-1 (%) against beta on a log axis, mean +- std over seeds; the paper's values as
     open markers on a dashed line of the same colour."""
     figure, axis = plt.subplots(figsize=(6.0, 3.8), constrained_layout=True)
-    colours = plt.get_cmap("tab10").colors
+    # ignore: tab10 is a ListedColormap (its colours), get_cmap's stub says the base Colormap
+    colours = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     for index, line in enumerate(series):
         if len(line.betas) != len(line.accuracies):
             raise ValueError(f"{line.label}: {len(line.betas)} betas but {len(line.accuracies)} accuracy lists")
@@ -316,12 +373,28 @@ def plot_accuracy_against_beta(series: list[BetaSeries], path: str | Path,
         betas = np.asarray(line.betas, dtype=float)[order]
         means = np.array([100 * np.mean(line.accuracies[i]) for i in order])
         stds = np.array([100 * np.std(line.accuracies[i]) for i in order])
-        axis.errorbar(betas, means, yerr=stds, color=colour, marker="o", capsize=3, linewidth=1.5,
-                      label=f"{line.label} (ours, mean ± std)")
+        axis.errorbar(
+            betas,
+            means,
+            yerr=stds,
+            color=colour,
+            marker="o",
+            capsize=3,
+            linewidth=1.5,
+            label=f"{line.label} (ours, mean ± std)",
+        )
         if line.paper:
             paper_betas = sorted(line.paper)
-            axis.plot(paper_betas, [100 * line.paper[b] for b in paper_betas], color=colour, linestyle="--",
-                      marker="s", markerfacecolor="white", linewidth=1.0, label=f"{line.label} (paper)")
+            axis.plot(
+                paper_betas,
+                [100 * line.paper[b] for b in paper_betas],
+                color=colour,
+                linestyle="--",
+                marker="s",
+                markerfacecolor="white",
+                linewidth=1.0,
+                label=f"{line.label} (paper)",
+            )
     axis.set_xscale("log")
     ticks = sorted({float(b) for line in series for b in [*line.betas, *line.paper]})
     axis.set_xticks(ticks)
@@ -336,8 +409,12 @@ def plot_accuracy_against_beta(series: list[BetaSeries], path: str | Path,
     plt.close(figure)
 
 
-def plot_manual_against_attention(comparisons: list[LinkComparison], path: str | Path, pairs_per_row: int = 2,
-                                  title: str = "Manual and attention-based feature links") -> None:
+def plot_manual_against_attention(
+    comparisons: list[LinkComparison],
+    path: str | Path,
+    pairs_per_row: int = 2,
+    title: str = "Manual and attention-based feature links",
+) -> None:
     """Figure 6: for every pair, its manual links beside the converged attention links.
 
     At most ``pairs_per_row`` pairs a row, the rows as even as they can be (5 pairs: 2, 2, 1) and a short last
@@ -355,13 +432,19 @@ def plot_manual_against_attention(comparisons: list[LinkComparison], path: str |
         row, column = divmod(index, per_row)
         in_row = min(per_row, len(comparisons) - row * per_row)
         left = 4 * column + 2 * (per_row - in_row)
-        manual_axis = figure.add_subplot(grid[row, left:left + 2])
-        attention_axis = figure.add_subplot(grid[row, left + 2:left + 4])
-        image = _draw_links(manual_axis, pair.manual, pair.teacher_names, pair.student_names,
-                            f"{pair.title}: manual")
-        _draw_links(attention_axis, pair.attention, pair.teacher_names, pair.student_names,
-                    f"{pair.title}: attention", ylabel=False)
+        manual_axis = figure.add_subplot(grid[row, left : left + 2])
+        attention_axis = figure.add_subplot(grid[row, left + 2 : left + 4])
+        image = _draw_links(manual_axis, pair.manual, pair.teacher_names, pair.student_names, f"{pair.title}: manual")
+        _draw_links(
+            attention_axis,
+            pair.attention,
+            pair.teacher_names,
+            pair.student_names,
+            f"{pair.title}: attention",
+            ylabel=False,
+        )
         axes += [manual_axis, attention_axis]
+    assert image is not None  # comparisons is not empty
     figure.colorbar(image, ax=axes, shrink=0.6, label="link strength (alpha)")
     figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=130)

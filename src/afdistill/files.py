@@ -7,6 +7,7 @@ Writers are atomic (a temporary file beside the target, then a rename), and
 a failed write removes its temporary file; a full disk is reported as such,
 with the path.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,9 @@ class FileProblem(RuntimeError):
 
 def _unreadable(path: Path, what: str, error: BaseException, fix: str) -> FileProblem:
     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    return FileProblem(f"{path}: {what} cannot be read ({type(error).__name__}: {reason}); the file is truncated "
-                       f"or corrupt: {fix}")
+    return FileProblem(
+        f"{path}: {what} cannot be read ({type(error).__name__}: {reason}); the file is truncated or corrupt: {fix}"
+    )
 
 
 def _exists(path: Path, what: str, fix: str) -> None:
@@ -46,7 +48,7 @@ def _numpy_globals() -> list:
 
 
 def _pytorch_format(path: Path) -> str | None:
-    """"zip" (torch.save since 1.6), "legacy" (an older torch.save's pickle), or None (not a torch file)."""
+    """ "zip" (torch.save since 1.6), "legacy" (an older torch.save's pickle), or None (not a torch file)."""
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head == b"PK\x03\x04":
@@ -54,8 +56,9 @@ def _pytorch_format(path: Path) -> str | None:
     return "legacy" if head[:1] == b"\x80" else None
 
 
-def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu", fix: str = REWRITE,
-               mmap: bool = False) -> Any:
+def load_torch(
+    path: str | os.PathLike, what: str, map_location: Any = "cpu", fix: str = REWRITE, mmap: bool = False
+) -> Any:
     """``torch.load`` of a file this project (or RepDistiller, mdistiller, torchvision) wrote, with
     ``weights_only=True``: tensors, numbers, strings, plain containers and NumPy arrays only, so a downloaded
     file cannot run code while it is read (a pickle can). A file that holds anything else is refused, saying
@@ -80,10 +83,12 @@ def load_torch(path: str | os.PathLike, what: str, map_location: Any = "cpu", fi
         if "weights_only" not in str(error) and "Weights only load failed" not in str(error):
             raise _unreadable(path, what, error, fix) from None
         found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
-        raise FileProblem(f"{path}: {what} holds Python objects beyond tensors, numbers and plain containers "
-                          f"({found[:160] or 'a pickled object'}); refused, because loading it would run the code "
-                          f"it names. Use a file that holds only a state dict (torch.save(model.state_dict(), "
-                          f"path)), re-saved that way from a source you trust") from None
+        raise FileProblem(
+            f"{path}: {what} holds Python objects beyond tensors, numbers and plain containers "
+            f"({found[:160] or 'a pickled object'}); refused, because loading it would run the code "
+            f"it names. Use a file that holds only a state dict (torch.save(model.state_dict(), "
+            f"path)), re-saved that way from a source you trust"
+        ) from None
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as error:
         raise _unreadable(path, what, error, fix) from None
 
@@ -107,8 +112,10 @@ def load_npz(path: str | os.PathLike, what: str, keys: tuple[str, ...], fix: str
         with np.load(path, allow_pickle=False) as arrays:
             missing = [key for key in keys if key not in arrays.files]
             if missing:
-                raise FileProblem(f"{path}: {what} lacks the arrays {', '.join(missing)} "
-                                  f"(it holds {', '.join(arrays.files) or 'none'}); {fix}")
+                raise FileProblem(
+                    f"{path}: {what} lacks the arrays {', '.join(missing)} "
+                    f"(it holds {', '.join(arrays.files) or 'none'}); {fix}"
+                )
             return {key: arrays[key] for key in keys}
     except FileProblem:
         raise
@@ -134,8 +141,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         if _no_space(error):
-            raise FileProblem(f"no space left on {path.parent} while writing {path.name}; free some space and "
-                              f"rerun (nothing was overwritten)") from None
+            raise FileProblem(
+                f"no space left on {path.parent} while writing {path.name}; free some space and "
+                f"rerun (nothing was overwritten)"
+            ) from None
         raise
 
 

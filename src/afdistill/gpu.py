@@ -10,6 +10,7 @@ share one. Slots fill breadth-first, one job per GPU before a second on any.
 This must run before torch initialises CUDA. Under SLURM (or whenever
 ``CUDA_VISIBLE_DEVICES`` is already set) nothing is done.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -19,8 +20,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
-_held = []  # open lock files: closing them would release the GPU
+_held: list[TextIO] = []  # open lock files: closing them would release the GPU
 
 
 def visible_gpus() -> list[str]:
@@ -44,8 +46,9 @@ def jobs_per_gpu() -> int:
     return int(value)
 
 
-def claim(lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print,
-          per_gpu: int | None = None, count: int = 1) -> str | None:
+def claim(
+    lock_dir: str | None = None, wait_seconds: float = 3600.0, log=print, per_gpu: int | None = None, count: int = 1
+) -> str | None:
     """Lock a free GPU slot (``count`` whole GPUs for a data-parallel job), export the GPUs' ids in
     ``CUDA_VISIBLE_DEVICES`` and return them ("0" or "2,3").
 

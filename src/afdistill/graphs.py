@@ -9,8 +9,9 @@ once as a graph, the whole step costs one launch.
 A step qualifies when every call with the same input shapes launches the
 same kernels on the same memory: no host synchronisation, no Python state
 carried from one step to the next, no random numbers (augmentation stays
-outside the step). Methods say whether theirs does (``Method.cuda_graphs``).
+outside the step). Methods say whether theirs does (``Capabilities.cuda_graphs``).
 """
+
 from __future__ import annotations
 
 from typing import Callable

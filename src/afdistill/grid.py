@@ -1,8 +1,8 @@
-"""Experiment grids (``params/*.yaml``): validation, and the jobs a grid expands to.
+"""Experiment grids (``params/*.yaml``): the configuration, parsed and checked once.
 
 The grid file is the one place where an experiment is described; the
-pipeline (``afdistill.jobs``), ``dvc.yaml`` and the report all read it
-through this module. Its structure is declared once, in :data:`SCHEMA`
+job kinds (``afdistill.kinds``) turn it into jobs, and ``dvc.yaml`` and the
+report read it through this module. Its structure is declared once, in :data:`SCHEMA`
 (the schedule and runtime keys come from ``spec.Schedule`` and
 ``spec.Runtime``, each declared there with its range); the Snakemake config
 schema (``workflow/schemas/config.schema.yaml``) is generated from it
@@ -10,6 +10,7 @@ schema (``workflow/schemas/config.schema.yaml``) is generated from it
 naming the key and what is allowed there. ``params/default.yaml`` is a
 commented example of every key.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,17 +23,20 @@ from typing import Any
 import yaml
 
 from .data import DATASETS
-from .methods import check_method_fit, check_method_params, list_methods, method_class, method_defaults
+from .methods import check_method_params, list_methods, method_class, method_defaults
 from .models import list_models
-from .spec import JobSpec, Runtime, Schedule
+from .spec import Runtime, Schedule
 
 NO_TEACHER = "none"  # the teacher path segment of students trained without one
 
 
 def _section(cls) -> dict:
     """The JSON schema of a spec dataclass (Schedule, Runtime), from its fields' declarations."""
-    return {"type": "object", "additionalProperties": False,
-            "properties": {f.name: dict(f.metadata) for f in fields(cls)}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {f.name: dict(f.metadata) for f in fields(cls)},
+    }
 
 
 SCHEDULE = _section(Schedule)
@@ -41,79 +45,147 @@ SEED = {"type": "integer", "minimum": 0}
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "description": "An experiment grid (params/*.yaml). Generated from afdistill.grid.SCHEMA by `afdistill schema`; "
-                   "names (datasets, architectures, methods, hyper-parameters) are checked against the package's "
-                   "registries by afdistill.grid.Grid.",
+    "names (datasets, architectures, methods, hyper-parameters) are checked against the package's "
+    "registries by afdistill.grid.Grid.",
     "type": "object",
     "additionalProperties": False,
     "required": ["grid", "dataset", "pairs", "methods"],
     "properties": {
-        "grid": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$",
-                 "description": "the grid's name: MLflow experiment, results/<grid>, reports/<grid>"},
+        "grid": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]+$",
+            "description": "the grid's name: MLflow experiment, results/<grid>, reports/<grid>",
+        },
         "dataset": {"type": "string", "enum": sorted(DATASETS)},
-        "data": {"type": "object", "additionalProperties": False, "properties": {
-            "root": {"type": "string", "description": "where the raw archives are (or go)"},
-            "download": {"type": "boolean", "description": "let the data stage download the archive"},
-            "verify_checksums": {"type": "boolean"},
-            "skip_corrupt": {"type": "boolean", "description": "image archives: leave images that do not decode out "
-                             "(listed in corrupt_images.tsv, counted in meta.json) instead of refusing the data"}}},
+        "data": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "root": {"type": "string", "description": "where the raw archives are (or go)"},
+                "download": {"type": "boolean", "description": "let the data stage download the archive"},
+                "verify_checksums": {"type": "boolean"},
+                "skip_corrupt": {
+                    "type": "boolean",
+                    "description": "image archives: leave images that do not decode out "
+                    "(listed in corrupt_images.tsv, counted in meta.json) instead of refusing the data",
+                },
+            },
+        },
         "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
         "runtime": _section(Runtime),
         "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
-        "gpus_per_job": {"type": "integer", "minimum": 1,
-                         "description": "GPUs of each training job on CUDA: data-parallel processes under torchrun"},
-        "architectures": {"type": "object", "additionalProperties": {"type": "object"},
-                          "description": "architecture -> options of the networks trained with it "
-                                         "(`afdistill list` shows each architecture's)"},
+        "gpus_per_job": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "GPUs of each training job on CUDA: data-parallel processes under torchrun",
+        },
+        "architectures": {
+            "type": "object",
+            "additionalProperties": {"type": "object"},
+            "description": "architecture -> options of the networks trained with it "
+            "(`afdistill list` shows each architecture's)",
+        },
         "seeds": {"type": "array", "minItems": 1, "items": SEED, "description": "one student job per seed"},
         "train": SCHEDULE,
-        "teachers": {"type": "object", "additionalProperties": False, "properties": {
-            "seed": SEED, "train": SCHEDULE,
-            "checkpoints": {"type": "object", "additionalProperties": {"type": "string"},
-                            "description": "architecture -> published weights to evaluate instead of training: a "
-                                           "file, or torchvision's by name (torchvision:<Enum>.<member>)"},
-            "published": {"type": "string", "description": "a published teacher set (afdistill.published) that "
-                          "gives every other teacher's checkpoint, fetched once, checksummed"},
-            "init": {"type": "object", "additionalProperties": {"type": "string"},
-                     "description": "architecture -> weights of another task the teacher is fine-tuned from "
-                                    "(its classifier new)"}}},
-        "links": {"type": "object", "additionalProperties": False, "properties": {
-            "seed": SEED, "train": SCHEDULE, "params": PARAMS}},
-        "heads": {"type": "object", "additionalProperties": False, "properties": {"seed": SEED, "train": SCHEDULE}},
-        "pairs": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "additionalProperties": False, "required": ["teacher", "student"], "properties": {
-                "teacher": {"type": "string"}, "student": {"type": "string"},
-                "methods": {"type": "object", "additionalProperties": PARAMS,
-                            "description": "per-pair overrides of methods entries (and `links`); an entry's "
-                                               "`train:` changes that run's schedule on this pair"},
+        "teachers": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "seed": SEED,
                 "train": SCHEDULE,
-                "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}}}}},
-        "methods": {"type": "object", "minProperties": 1, "additionalProperties": PARAMS,
-                    "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
-                                   "the row, `sweep:` values to try, `seeds:` the run's own seeds, `init:` "
-                                   "weights of another task the student starts from, its classifier new, `train:` the "
-                                   "run's own schedule keys over its pair's, where its official recipe differs, "
-                                   "`heads_train:` those of the network it pretrains on its teacher)"},
-        "report": {"type": "object", "additionalProperties": False, "properties": {
-            "paper_table": {"type": ["string", "null"]},
-            "paper_matrices": {"type": "array", "items": {"type": "string"},
-                               "description": "the AFD paper's ablation tables to write "
-                                              "(afdistill.paper.PAPER_MATRICES)"},
-            "metric": {"type": "string", "enum": ["accuracy", "error"]}}},
+                "checkpoints": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "architecture -> published weights to evaluate instead of training: a "
+                    "file, or torchvision's by name (torchvision:<Enum>.<member>)",
+                },
+                "published": {
+                    "type": "string",
+                    "description": "a published teacher set (afdistill.published) that "
+                    "gives every other teacher's checkpoint, fetched once, checksummed",
+                },
+                "init": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "architecture -> weights of another task the teacher is fine-tuned from "
+                    "(its classifier new)",
+                },
+            },
+        },
+        "links": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"seed": SEED, "train": SCHEDULE, "params": PARAMS},
+        },
+        "heads": {"type": "object", "additionalProperties": False, "properties": {"seed": SEED, "train": SCHEDULE}},
+        "pairs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["teacher", "student"],
+                "properties": {
+                    "teacher": {"type": "string"},
+                    "student": {"type": "string"},
+                    "methods": {
+                        "type": "object",
+                        "additionalProperties": PARAMS,
+                        "description": "per-pair overrides of methods entries (and `links`); an entry's "
+                        "`train:` changes that run's schedule on this pair",
+                    },
+                    "train": SCHEDULE,
+                    "runs": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                },
+            },
+        },
+        "methods": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": PARAMS,
+            "description": "table rows: run name -> hyper-parameters (`method:` names the type, `label:` "
+            "the row, `sweep:` values to try, `seeds:` the run's own seeds, `init:` "
+            "weights of another task the student starts from, its classifier new, `train:` the "
+            "run's own schedule keys over its pair's, where its official recipe differs, "
+            "`heads_train:` those of the network it pretrains on its teacher)",
+        },
+        "report": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "paper_table": {"type": ["string", "null"]},
+                "paper_matrices": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "the AFD paper's ablation tables to write (afdistill.paper.PAPER_MATRICES)",
+                },
+                "metric": {"type": "string", "enum": ["accuracy", "error"]},
+            },
+        },
     },
 }
 
 
 def schema_yaml() -> str:
     return "# Generated by `afdistill schema` from afdistill.grid.SCHEMA; do not edit.\n" + yaml.safe_dump(
-        SCHEMA, sort_keys=False, width=120)
+        SCHEMA, sort_keys=False, width=120
+    )
 
 
 def _describe(rule: dict) -> str:
     if "enum" in rule:
         return "one of " + ", ".join(str(v) for v in rule["enum"])
-    kind = rule.get("type")
-    parts = [{"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
-              "array": "a list", "object": "a mapping"}.get(kind, str(kind))]
+    kind: Any = rule.get("type")  # a JSON-schema type name, or None
+    parts = [
+        {
+            "integer": "an integer",
+            "number": "a number",
+            "boolean": "true or false",
+            "string": "a string",
+            "array": "a list",
+            "object": "a mapping",
+        }.get(kind, str(kind))
+    ]
     for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
         if key in rule:
             parts.append(f"{word} {rule[key]}")
@@ -128,15 +200,24 @@ def _check(value: Any, rule: dict, where: str) -> None:
         if not any(value == allowed and type(value) is type(allowed) for allowed in rule["enum"]):
             raise GridError(f"{where}: {value!r} is not allowed; allowed: {', '.join(str(v) for v in rule['enum'])}")
         return
-    kind = rule.get("type")
-    ok = {"integer": isinstance(value, int) and not isinstance(value, bool),
-          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "boolean": isinstance(value, bool), "string": isinstance(value, str),
-          "array": isinstance(value, (list, tuple)), "object": isinstance(value, dict)}.get(kind, True)
-    if not ok or (kind in ("integer", "number") and (
-            ("minimum" in rule and value < rule["minimum"]) or ("maximum" in rule and value > rule["maximum"])
+    kind: Any = rule.get("type")  # a JSON-schema type name, or None
+    ok = {
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "string": isinstance(value, str),
+        "array": isinstance(value, (list, tuple)),
+        "object": isinstance(value, dict),
+    }.get(kind, True)
+    if not ok or (
+        kind in ("integer", "number")
+        and (
+            ("minimum" in rule and value < rule["minimum"])
+            or ("maximum" in rule and value > rule["maximum"])
             or ("exclusiveMinimum" in rule and value <= rule["exclusiveMinimum"])
-            or ("exclusiveMaximum" in rule and value >= rule["exclusiveMaximum"]))):
+            or ("exclusiveMaximum" in rule and value >= rule["exclusiveMaximum"])
+        )
+    ):
         raise GridError(f"{where}: {value!r} is not allowed; expected {_describe(rule)}")
     if kind == "array" and "items" in rule:
         for index, item in enumerate(value):
@@ -194,8 +275,9 @@ class Pair:
     run_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _weights(path: str, arch: str, where: str, num_classes: int | None, options: dict,
-             new_classifier: bool = False) -> int:
+def _weights(
+    path: str, arch: str, where: str, num_classes: int | None, options: dict, new_classifier: bool = False
+) -> int:
     """Check a weights file the grid names before any job: it exists, it is a safe PyTorch file
     (``weights_only``), and its tensors fit ``arch`` (built on the meta device; the file's tensors stay on disk).
     Returns its classifier's classes. ``num_classes`` None: as many as the file has (a published teacher)."""
@@ -208,9 +290,11 @@ def _weights(path: str, arch: str, where: str, num_classes: int | None, options:
     except published.FetchError as problem:
         raise GridError(str(problem)) from None
     if not Path(path).is_file():
-        raise GridError(f"{where}: {path} does not exist (relative paths start at the repository root); name "
-                        f"torchvision's weights instead (torchvision:<Enum>.<member>, fetched once), or see the "
-                        f"grid file's header for where to get published weights")
+        raise GridError(
+            f"{where}: {path} does not exist (relative paths start at the repository root); name "
+            f"torchvision's weights instead (torchvision:<Enum>.<member>, fetched once), or see the "
+            f"grid file's header for where to get published weights"
+        )
     try:
         state = weights.read(path, arch, mmap=True)
         classes = weights.classes_of(state, path, arch, options)
@@ -220,7 +304,7 @@ def _weights(path: str, arch: str, where: str, num_classes: int | None, options:
     return classes
 
 
-def _local(reference: str, where: str) -> str:
+def local_weights(reference: str, where: str) -> str:
     """The file a weights reference stands for here (a named one's place under data/weights/)."""
     from . import published
 
@@ -252,21 +336,31 @@ def _sweep_variants(sweep: Any, entry: dict, where: str) -> list[dict[str, Any]]
         raise GridError(f"{where}: expected a mapping of parameter -> non-empty list of values")
     for name, values in sweep.items():
         if name in entry:
-            raise GridError(f"{where}.{name}: the entry also sets {name}: {entry[name]!r}, which every swept run "
-                            f"replaces; drop it from the entry")
+            raise GridError(
+                f"{where}.{name}: the entry also sets {name}: {entry[name]!r}, which every swept run "
+                f"replaces; drop it from the entry"
+            )
         for value in values:
-            if not isinstance(value, (int, float, str, bool)) or (isinstance(value, float) and not math.isfinite(value)):
-                raise GridError(f"{where}.{name}: {value!r} is not allowed; a swept value is a finite number, a "
-                                f"string or true/false (it names the run's folder); write a methods entry per value "
-                                f"for anything else")
+            if not isinstance(value, (int, float, str, bool)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise GridError(
+                    f"{where}.{name}: {value!r} is not allowed; a swept value is a finite number, a "
+                    f"string or true/false (it names the run's folder); write a methods entry per value "
+                    f"for anything else"
+                )
             if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
-                raise GridError(f"{where}.{name}: {value!r} is not allowed in a sweep; a swept string uses letters, "
-                                f"digits, '_', '.' and '-' (it names the run's folder)")
+                raise GridError(
+                    f"{where}.{name}: {value!r} is not allowed in a sweep; a swept string uses letters, "
+                    f"digits, '_', '.' and '-' (it names the run's folder)"
+                )
         names = [_name_part(name, value) for value in values]
         repeated = sorted({values[i] for i, n in enumerate(names) if names.index(n) != i}, key=str)
         if repeated:
-            raise GridError(f"{where}.{name}: {values!r} repeats {repeated[0]!r} (as the same run: "
-                            f"{_name_part(name, repeated[0])}); list each value once")
+            raise GridError(
+                f"{where}.{name}: {values!r} repeats {repeated[0]!r} (as the same run: "
+                f"{_name_part(name, repeated[0])}); list each value once"
+            )
     return [dict(zip(sweep, combination)) for combination in itertools.product(*sweep.values())]
 
 
@@ -291,8 +385,11 @@ def merge_params(params: dict[str, Any], override: dict[str, Any] | None) -> dic
     (``parts: {afd: {beta: 50}}`` changes AFD's beta and keeps every other part and setting)."""
     merged = {**params, **(override or {})}
     if isinstance(params.get("parts"), dict) and isinstance((override or {}).get("parts"), dict):
-        merged["parts"] = {name: {**(params["parts"].get(name) or {}), **(part or {})}
-                           for name, part in {**params["parts"], **override["parts"]}.items()}
+        assert override is not None  # it has parts
+        merged["parts"] = {
+            name: {**(params["parts"].get(name) or {}), **(part or {})}
+            for name, part in {**params["parts"], **override["parts"]}.items()
+        }
     return merged
 
 
@@ -300,7 +397,7 @@ def _allowed(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
-def _schedule(base: Schedule, overrides: Any, where: str) -> Schedule:
+def schedule_over(base: Schedule, overrides: Any, where: str) -> Schedule:
     if overrides is None:
         return base
     if not isinstance(overrides, dict):
@@ -308,21 +405,23 @@ def _schedule(base: Schedule, overrides: Any, where: str) -> Schedule:
     _known_keys(overrides, SCHEDULE, f"{where}.")
     for key, value in overrides.items():
         _check(value, SCHEDULE["properties"][key], f"{where}.{key}")
-    schedule = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    changes: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}  # checked above
+    schedule = replace(base, **changes)
     late = [epoch for epoch in schedule.lr_decay_epochs if epoch > schedule.epochs]
     if late:
-        raise GridError(f"{where}.lr_decay_epochs: {list(schedule.lr_decay_epochs)} decays after the last epoch "
-                        f"({schedule.epochs}) at {late}; list epochs from 1 to {schedule.epochs}")
+        raise GridError(
+            f"{where}.lr_decay_epochs: {list(schedule.lr_decay_epochs)} decays after the last epoch "
+            f"({schedule.epochs}) at {late}; list epochs from 1 to {schedule.epochs}"
+        )
     return schedule
 
 
 class Grid:
-    def __init__(self, config: dict[str, Any], source: str = "config", check_fit: bool = True):
-        """``check_fit``: also check every run against the shapes of its networks (about a second per grid);
-        a job started by the pipeline skips it, its grid having been checked when the pipeline planned it."""
+    def __init__(self, config: dict[str, Any], source: str = "config"):
+        """Parse and check ``config``; what needs the jobs (a method's fit to its networks) the plan checks
+        (:class:`afdistill.jobs.Plan`)."""
         self.source = source
         self.config = config
-        self.check_fit = check_fit
         try:
             self._parse(config)
         except GridError as error:
@@ -365,18 +464,20 @@ class Grid:
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
         self.gpus_per_job = config.get("gpus_per_job", 1)
         if self.jobs_per_gpu > 1 and self.gpus_per_job > 1:
-            raise GridError(f"jobs_per_gpu: {self.jobs_per_gpu} with gpus_per_job: {self.gpus_per_job}; a job "
-                            f"either shares a GPU or spans several, not both: set one of them to 1")
+            raise GridError(
+                f"jobs_per_gpu: {self.jobs_per_gpu} with gpus_per_job: {self.gpus_per_job}; a job "
+                f"either shares a GPU or spans several, not both: set one of them to 1"
+            )
         self.seeds = list(self._parse_seeds(config.get("seeds", [0]), "seeds"))
         if self.runtime.cuda_graphs is True and self.device == "cpu":
             raise GridError("runtime.cuda_graphs: true needs CUDA, and device is cpu; use auto or false")
 
-        self.schedule = _schedule(Schedule(), config.get("train"), "train")
+        self.schedule = schedule_over(Schedule(), config.get("train"), "train")
         self.architectures = self._parse_architectures(config.get("architectures"))
 
         teachers = self._section(config, "teachers")
         self.teacher_seed = teachers.get("seed", 0)
-        self.teacher_schedule = _schedule(self.schedule, teachers.get("train"), "teachers.train")
+        self.teacher_schedule = schedule_over(self.schedule, teachers.get("train"), "teachers.train")
         # Named weights (afdistill.published) are checked, and fetched where missing, by _weights below; the
         # jobs read their files at the local paths.
         self.teacher_checkpoint_names = dict(teachers.get("checkpoints") or {})
@@ -385,28 +486,39 @@ class Grid:
 
         links = self._section(config, "links")
         self.links_seed = links.get("seed", 0)
-        self.links_schedule = _schedule(self.schedule, links.get("train"), "links.train")
+        self.links_schedule = schedule_over(self.schedule, links.get("train"), "links.train")
         self.links_params = links.get("params") or {}
         if not isinstance(self.links_params, dict):
             raise GridError(f"links.params: expected a mapping of AFD hyper-parameters, got {self.links_params!r}")
-        self._check_links_params(self.links_params, "links.params")
 
         self.runs = self._parse_methods(config["methods"])
         self.pairs = self._parse_pairs(config["pairs"])
         if self.published_teachers is not None:
             self._add_published_teachers(self.published_teachers, "teachers.published")
-        self.teacher_checkpoints = {arch: _local(ref, f"teachers.checkpoints.{arch}")
-                                    for arch, ref in self.teacher_checkpoint_names.items()}
-        self.teacher_init = {arch: _local(ref, f"teachers.init.{arch}") for arch, ref in self.teacher_init_names.items()}
+        self.teacher_checkpoints = {
+            arch: local_weights(ref, f"teachers.checkpoints.{arch}")
+            for arch, ref in self.teacher_checkpoint_names.items()
+        }
+        self.teacher_init = {
+            arch: local_weights(ref, f"teachers.init.{arch}") for arch, ref in self.teacher_init_names.items()
+        }
         for arch, path in self.teacher_init_names.items():
             where = f"teachers.init.{arch}"
             self._check_arch(arch, where)
             if arch not in self.teachers() or arch in self.teacher_checkpoint_names:
-                raise GridError(f"{where}: {arch} is not a teacher of any pair, or is listed under "
-                                f"teachers.checkpoints too (evaluated as published, not fine-tuned); teachers: "
-                                f"{_allowed(self.teachers())}")
-            _weights(path, arch, where, DATASETS[self.dataset].num_classes, self.architectures.get(arch, {}),
-                     new_classifier=True)
+                raise GridError(
+                    f"{where}: {arch} is not a teacher of any pair, or is listed under "
+                    f"teachers.checkpoints too (evaluated as published, not fine-tuned); teachers: "
+                    f"{_allowed(self.teachers())}"
+                )
+            _weights(
+                path,
+                arch,
+                where,
+                DATASETS[self.dataset].num_classes,
+                self.architectures.get(arch, {}),
+                new_classifier=True,
+            )
         self.teacher_classes: dict[str, int] = {}
         for arch, path in self.teacher_checkpoint_names.items():
             where = f"teachers.checkpoints.{arch}"
@@ -421,21 +533,7 @@ class Grid:
         heads = self._section(config, "heads")
         self.heads_seed = heads.get("seed", 0)
         self.heads_train = heads.get("train") or {}
-        _schedule(self.schedule, self.heads_train, "heads.train")
-
-        if self.gpus_per_job > 1:
-            schedules = [("train", self.schedule), ("teachers.train", self.teacher_schedule),
-                         ("links.train", self.links_schedule)]
-            schedules += [(f"heads ({run}) train", self.heads_schedule(run)) for _, run in self.heads_jobs()]
-            schedules += [(f"pairs[{i}] ({self.runs[name].group}) train", self.run_schedule(pair, name))
-                          for i, pair in enumerate(self.pairs) for name in pair.runs]
-            for where, schedule in schedules:
-                if schedule.batch_size % self.gpus_per_job:
-                    raise GridError(f"{where}.batch_size: {schedule.batch_size} does not split over gpus_per_job: "
-                                    f"{self.gpus_per_job} processes (each takes an equal slice of the global "
-                                    f"batch); use a multiple of {self.gpus_per_job}")
-        if self.check_fit:
-            self._check_fits()
+        schedule_over(self.schedule, self.heads_train, "heads.train")
 
         report = self._section(config, "report")
         self.metric = report.get("metric", "accuracy")
@@ -444,24 +542,31 @@ class Grid:
             from .paper import PAPER_TABLES
 
             if self.paper_table not in PAPER_TABLES:
-                raise GridError(f"report.paper_table: unknown table {self.paper_table!r}; "
-                                f"allowed: {_allowed(sorted(PAPER_TABLES))}")
+                raise GridError(
+                    f"report.paper_table: unknown table {self.paper_table!r}; allowed: {_allowed(sorted(PAPER_TABLES))}"
+                )
         from .paper import PAPER_MATRICES
 
         self.paper_matrices = list(report.get("paper_matrices") or [])
         for index, name in enumerate(self.paper_matrices):
             if name not in PAPER_MATRICES:
-                raise GridError(f"report.paper_matrices[{index}]: unknown table {name!r}; "
-                                f"allowed: {_allowed(sorted(PAPER_MATRICES))}")
+                raise GridError(
+                    f"report.paper_matrices[{index}]: unknown table {name!r}; "
+                    f"allowed: {_allowed(sorted(PAPER_MATRICES))}"
+                )
             matrix = PAPER_MATRICES[name]
             pair = next((p for p in self.pairs if (p.teacher, p.student) == matrix.pair), None)
             if matrix.dataset != self.dataset or pair is None:
-                raise GridError(f"report.paper_matrices[{index}]: {name} is on {matrix.dataset} "
-                                f"{matrix.pair[0]} -> {matrix.pair[1]}, which this grid does not train")
+                raise GridError(
+                    f"report.paper_matrices[{index}]: {name} is on {matrix.dataset} "
+                    f"{matrix.pair[0]} -> {matrix.pair[1]}, which this grid does not train"
+                )
             missing = sorted(set(matrix.runs.values()) - set(pair.runs))
             if missing:
-                raise GridError(f"report.paper_matrices[{index}]: {name} needs the runs {', '.join(missing)} "
-                                f"on {pair.teacher} -> {pair.student}, which the grid does not train there")
+                raise GridError(
+                    f"report.paper_matrices[{index}]: {name} needs the runs {', '.join(missing)} "
+                    f"on {pair.teacher} -> {pair.student}, which the grid does not train there"
+                )
 
     def check_machine(self) -> None:
         """Refuse, before any job, what this machine cannot run: CUDA asked for where there is none, more GPUs per
@@ -471,20 +576,28 @@ class Grid:
 
         gpus = len(visible_gpus())
         if self.device == "cuda" and not gpus:
-            raise GridError(f"{self.source}: device: cuda, but this machine has no CUDA GPU (none visible); use "
-                            f"device: auto (CUDA where there is one, else the CPU) or cpu, or submit to a cluster "
-                            f"(profiles/slurm)")
+            raise GridError(
+                f"{self.source}: device: cuda, but this machine has no CUDA GPU (none visible); use "
+                f"device: auto (CUDA where there is one, else the CPU) or cpu, or submit to a cluster "
+                f"(profiles/slurm)"
+            )
         on_cuda = self.device == "cuda" or (self.device == "auto" and gpus > 0)
         if self.gpus_per_job > 1 and not on_cuda:
-            raise GridError(f"{self.source}: gpus_per_job: {self.gpus_per_job}, but the jobs run on the CPU here "
-                            f"(device: {self.device}, no CUDA GPU visible); set gpus_per_job: 1, or run where "
-                            f"there are GPUs")
+            raise GridError(
+                f"{self.source}: gpus_per_job: {self.gpus_per_job}, but the jobs run on the CPU here "
+                f"(device: {self.device}, no CUDA GPU visible); set gpus_per_job: 1, or run where "
+                f"there are GPUs"
+            )
         if on_cuda and self.gpus_per_job > gpus:
-            raise GridError(f"{self.source}: gpus_per_job: {self.gpus_per_job}, but this machine has {gpus} GPU(s); "
-                            f"expected at most {gpus}")
+            raise GridError(
+                f"{self.source}: gpus_per_job: {self.gpus_per_job}, but this machine has {gpus} GPU(s); "
+                f"expected at most {gpus}"
+            )
         if self.runtime.cuda_graphs is True and not on_cuda:
-            raise GridError(f"{self.source}: runtime.cuda_graphs: true needs CUDA, and the jobs run on the CPU here "
-                            f"(device: {self.device}); use auto (CUDA graphs wherever they can run) or false")
+            raise GridError(
+                f"{self.source}: runtime.cuda_graphs: true needs CUDA, and the jobs run on the CPU here "
+                f"(device: {self.device}); use auto (CUDA graphs wherever they can run) or false"
+            )
 
     def _check_student_init(self) -> None:
         """A run's ``init:`` weights, against every student architecture the run trains."""
@@ -496,19 +609,30 @@ class Grid:
                 if run.init is None or (run.init, pair.student) in checked:
                     continue
                 checked.add((run.init, pair.student))
-                _weights(run.init, pair.student, f"methods.{run.group}.init", classes,
-                         self.architectures.get(pair.student, {}), new_classifier=True)
+                _weights(
+                    run.init,
+                    pair.student,
+                    f"methods.{run.group}.init",
+                    classes,
+                    self.architectures.get(pair.student, {}),
+                    new_classifier=True,
+                )
 
     def _add_published_teachers(self, name: Any, where: str) -> None:
         """``teachers.published: <set>``: every teacher not given otherwise, from the set, fetched once."""
         from . import published
 
-        teachers = [arch for arch in self.teachers()
-                    if arch not in self.teacher_checkpoint_names and arch not in self.teacher_init_names]
+        teachers = [
+            arch
+            for arch in self.teachers()
+            if arch not in self.teacher_checkpoint_names and arch not in self.teacher_init_names
+        ]
         try:
             if not isinstance(name, str):
-                raise published.FetchError(f"{where}: expected the name of a published teacher set, got {name!r}; "
-                                           f"known: {', '.join(published.TEACHER_SETS)}")
+                raise published.FetchError(
+                    f"{where}: expected the name of a published teacher set, got {name!r}; "
+                    f"known: {', '.join(published.TEACHER_SETS)}"
+                )
             paths = published.teacher_paths(name, teachers, where)
             if teachers:
                 published.fetch_teacher_set(name, teachers, where)
@@ -528,74 +652,30 @@ class Grid:
                 for name in pair.runs:
                     run = self.runs[name]
                     cls = method_class(run.method)
-                    params = {**method_defaults(run.method), **run.params,
-                              **self.run_params(pair, name)}
-                    if cls.reads_teacher_logits(params) or params.get("alpha", 0):
-                        why = ("its method reads the teacher's logits" if cls.reads_teacher_logits(params)
-                               else f"alpha: {params['alpha']} adds KD on the teacher's logits")
-                        raise GridError(f"methods.{run.group}: {why}, but teacher {arch} ({path}) has {own} "
-                                        f"classes, not {self.dataset}'s {classes} (a teacher of another task); "
-                                        f"use a feature method with alpha: 0 on {arch} -> {pair.student}")
+                    params = {**method_defaults(run.method), **run.params, **self.run_params(pair, name)}
+                    caps = cls.capabilities(params)
+                    if caps.reads_teacher_logits or (caps.kd_on_top and params.get("alpha", 0)):
+                        why = (
+                            "its method reads the teacher's logits"
+                            if caps.reads_teacher_logits
+                            else f"alpha: {params['alpha']} adds KD on the teacher's logits"
+                        )
+                        raise GridError(
+                            f"methods.{run.group}: {why}, but teacher {arch} ({path}) has {own} "
+                            f"classes, not {self.dataset}'s {classes} (a teacher of another task); "
+                            f"use a feature method with alpha: 0 on {arch} -> {pair.student}"
+                        )
 
     def _check_views(self) -> None:
         """A second, strongly augmented view (MLKD) needs a dataset held on the device: refused on streamed ones."""
         if DATASETS[self.dataset].storage == "device":
             return
         for run in self.runs.values():
-            if method_class(run.method).uses_strong_view({**method_defaults(run.method), **run.params}):
-                raise GridError(f"methods.{run.group}: trains on a second, strongly augmented view, which the "
-                                f"streamed dataset {self.dataset} does not provide; set strong_view: false")
-
-    def _check_fits(self) -> None:
-        """Checks that need shapes and dataset sizes (hint layers, negatives, stage widths): every run on every
-        pair it trains on, and every pre-stage, from the architectures and the dataset's metadata."""
-        info = DATASETS[self.dataset]
-        dataset = dict(num_classes=info.num_classes, image_size=info.image_size, n_train=info.n_train)
-        for pair in self.pairs:
-            for name in pair.runs:
-                run = self.runs[name]
-                teacher = pair.teacher if method_class(run.method).needs_teacher else None
-                params = self.run_params(pair, name)
-                where = f"methods.{name}" + (f" (pair {pair.teacher} -> {pair.student})" if len(self.pairs) > 1 else "")
-                self._fit(run.method, params, where, student=pair.student, teacher=teacher,
-                          batch_size=self.run_schedule(pair, name).batch_size, **dataset)
-        for pair in self.link_pairs():
-            params = self.pair_links_params(pair)
-            self._fit("afd", params, "links.params", student=pair.student, teacher=pair.teacher,
-                      batch_size=self.links_schedule.batch_size, **dataset)
-            self._check_links_readers(pair, {**method_defaults("afd"), **params})
-        for teacher, name in self.heads_jobs():
-            method = method_class(self.runs[name].method)
-            params = {k: v for k, v in self.runs[name].params.items() if k in method.heads_params}
-            self._fit(method.heads_method, params, f"methods.{name} (its heads on {teacher})", student=None,
-                      teacher=teacher, batch_size=self.heads_schedule(name).batch_size, **dataset)
-
-    def _check_links_readers(self, pair: Pair, links: dict) -> None:
-        """A run that reads the links run's links must choose the same candidate blocks (the links' shape)."""
-        from .methods.afd import AFD
-
-        for name in pair.runs:
-            if self.run_needs(name) != "links":
-                continue
-            method, params = self.runs[name].method, self.run_params(pair, name)
-            reader = getattr(method_class(method), "pre_stage_part", None)
-            if reader is not None:  # a combination: the part that reads the links
-                _, method, params = reader(params)
-            params = {**method_defaults(method), **params}
-            for key in AFD.link_params:
-                if params.get(key) != links.get(key):
-                    raise GridError(f"methods.{self.runs[name].group}.{key}: {params.get(key)!r} on "
-                                    f"{pair.teacher} -> {pair.student}, but the links run it reads uses "
-                                    f"{links.get(key)!r}; a run with pre-trained links shares "
-                                    f"{', '.join(AFD.link_params)} with links.params")
-
-    def _fit(self, method: str, params: dict, where: str, **shapes) -> None:
-        options = {f"{role}_options": self.architectures.get(shapes[role], {}) if shapes[role] else None
-                   for role in ("student", "teacher")}
-        try:
-            check_method_fit(method, params, where, **shapes, **options)
-        except ValueError as error:
-            raise GridError(str(error)) from None
+            if method_class(run.method).capabilities({**method_defaults(run.method), **run.params}).strong_view:
+                raise GridError(
+                    f"methods.{run.group}: trains on a second, strongly augmented view, which the "
+                    f"streamed dataset {self.dataset} does not provide; set strong_view: false"
+                )
 
     def _parse_architectures(self, architectures: Any) -> dict[str, dict]:
         from .models.registry import model_options
@@ -608,11 +688,15 @@ class Grid:
             allowed = model_options(arch)
             for key, value in (options or {}).items():
                 if key not in allowed:
-                    raise GridError(f"architectures.{arch}.{key}: unknown option; allowed: "
-                                    f"{_allowed(allowed) if allowed else f'none ({arch} takes no options)'}")
+                    raise GridError(
+                        f"architectures.{arch}.{key}: unknown option; allowed: "
+                        f"{_allowed(allowed) if allowed else f'none ({arch} takes no options)'}"
+                    )
                 if type(value) is not type(allowed[key]):
-                    raise GridError(f"architectures.{arch}.{key}: {value!r} is not allowed; expected "
-                                    f"{type(allowed[key]).__name__} like the default {allowed[key]!r}")
+                    raise GridError(
+                        f"architectures.{arch}.{key}: {value!r} is not allowed; expected "
+                        f"{type(allowed[key]).__name__} like the default {allowed[key]!r}"
+                    )
             _buildable(arch, options or {}, f"architectures.{arch}")
         return {arch: dict(options or {}) for arch, options in architectures.items()}
 
@@ -624,8 +708,10 @@ class Grid:
         rule = SCHEMA["properties"][key]
         _known_keys(value, rule, f"{key}.")
         for name, item in value.items():
-            if rule["properties"][name].get("type") in ("integer", "number", "boolean", "string") \
-                    or "enum" in rule["properties"][name]:
+            if (
+                rule["properties"][name].get("type") in ("integer", "number", "boolean", "string")
+                or "enum" in rule["properties"][name]
+            ):
                 _check(item, rule["properties"][name], f"{key}.{name}")
         return value
 
@@ -651,8 +737,11 @@ class Grid:
 
     @staticmethod
     def _parse_seeds(seeds: Any, where: str) -> tuple[int, ...]:
-        if not isinstance(seeds, list) or not seeds or not all(
-                isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds):
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds)
+        ):
             raise GridError(f"{where}: expected a non-empty list of seeds (integers >= 0), got {seeds!r}")
         if len(set(seeds)) != len(seeds):
             raise GridError(f"{where}: {seeds!r} repeats a seed")
@@ -669,36 +758,44 @@ class Grid:
             entry = dict(entry or {})
             method = entry.pop("method", key)
             if method not in list_methods():
-                raise GridError(f"{where}.method: unknown method {method!r}; allowed: {_allowed(list_methods())}"
-                                if "method" in (methods[key] or {}) else
-                                f"{where}: unknown method {key!r} (name the type with `method:`); "
-                                f"allowed: {_allowed(list_methods())}")
+                raise GridError(
+                    f"{where}.method: unknown method {method!r}; allowed: {_allowed(list_methods())}"
+                    if "method" in (methods[key] or {})
+                    else f"{where}: unknown method {key!r} (name the type with `method:`); "
+                    f"allowed: {_allowed(list_methods())}"
+                )
             label = str(entry.pop("label", method_class(method).label))
             train = entry.pop("train", None) or {}
-            _schedule(self.schedule, train, f"{where}.train")  # its keys and values; combinations: _parse_pairs
+            schedule_over(self.schedule, train, f"{where}.train")  # its keys and values; combinations: _parse_pairs
             heads_train = entry.pop("heads_train", None) or {}
-            _schedule(self.schedule, heads_train, f"{where}.heads_train")
+            schedule_over(self.schedule, heads_train, f"{where}.heads_train")
             init = entry.pop("init", None)
             if init is not None and not isinstance(init, str):
-                raise GridError(f"{where}.init: {init!r} is not allowed; expected the path of a weights file or "
-                                f"torchvision weights by name (the student's starting weights, e.g. "
-                                f"torchvision:ResNet18_Weights.IMAGENET1K_V1)")
+                raise GridError(
+                    f"{where}.init: {init!r} is not allowed; expected the path of a weights file or "
+                    f"torchvision weights by name (the student's starting weights, e.g. "
+                    f"torchvision:ResNet18_Weights.IMAGENET1K_V1)"
+                )
             sweep = entry.pop("sweep", None) or {}
             seeds = self._parse_seeds(entry.pop("seeds", self.seeds), f"{where}.seeds")
             if not sweep:
                 self._check_params(method, entry, where)
-                runs[key] = Run(key, method, entry, label, key, seeds=seeds, init=init, train=train,
-                                heads_train=heads_train)
+                runs[key] = Run(
+                    key, method, entry, label, key, seeds=seeds, init=init, train=train, heads_train=heads_train
+                )
                 continue
             for variant in _sweep_variants(sweep, entry, f"{where}.sweep"):
                 suffix = "_".join(_name_part(n, v) for n, v in variant.items())
                 name = f"{key}_{suffix}"
                 if name in runs or name in methods:
-                    raise GridError(f"{where}.sweep: the run it generates for {variant} is named {name!r}, like "
-                                    f"another run of the grid; rename one of the entries")
+                    raise GridError(
+                        f"{where}.sweep: the run it generates for {variant} is named {name!r}, like "
+                        f"another run of the grid; rename one of the entries"
+                    )
                 self._check_params(method, {**entry, **variant}, f"{where}.sweep ({_show(variant)})")
-                runs[name] = Run(name, method, {**entry, **variant}, label, key, variant, seeds, init, train,
-                                 heads_train)
+                runs[name] = Run(
+                    name, method, {**entry, **variant}, label, key, variant, seeds, init, train, heads_train
+                )
         return runs
 
     def _parse_pairs(self, pairs: Any) -> list[Pair]:
@@ -734,30 +831,35 @@ class Grid:
             for group, params in overrides.items():
                 if not isinstance(params, (dict, type(None))):
                     raise GridError(f"{where}.methods.{group}: expected a mapping of hyper-parameters, got {params!r}")
-                if group == "links":
-                    self._check_links_params(merge_params(self.links_params, params), f"{where}.methods.links")
+                if group == "links":  # the links run's hyper-parameters: afdistill.kinds.links checks them
                     continue
                 members = [run for run in self.runs.values() if run.group == group]
                 if not members:
-                    raise GridError(f"{where}.methods.{group}: no such entry under methods; "
-                                    f"allowed: {_allowed(list(dict.fromkeys(r.group for r in self.runs.values())) + ['links'])}")
+                    raise GridError(
+                        f"{where}.methods.{group}: no such entry under methods; "
+                        f"allowed: {_allowed(list(dict.fromkeys(r.group for r in self.runs.values())) + ['links'])}"
+                    )
                 swept = set(members[0].sweep) & set(params or {})
                 if swept:
-                    raise GridError(f"{where}.methods.{group}.{sorted(swept)[0]}: this parameter is swept under "
-                                    f"methods.{group}.sweep; override it there or drop the sweep")
+                    raise GridError(
+                        f"{where}.methods.{group}.{sorted(swept)[0]}: this parameter is swept under "
+                        f"methods.{group}.sweep; override it there or drop the sweep"
+                    )
                 parts = (params or {}).get("parts")
                 known = members[0].params.get("parts")
                 if isinstance(parts, dict) and isinstance(known, dict) and set(parts) - set(known):
-                    raise GridError(f"{where}.methods.{group}.parts.{sorted(set(parts) - set(known))[0]}: no such part "
-                                    f"of methods.{group}; an override changes the parts it has "
-                                    f"({_allowed(known)}), part by part")
+                    raise GridError(
+                        f"{where}.methods.{group}.parts.{sorted(set(parts) - set(known))[0]}: no such part "
+                        f"of methods.{group}; an override changes the parts it has "
+                        f"({_allowed(known)}), part by part"
+                    )
                 for run in members:
                     self._check_params(run.method, merge_params(run.params, params), f"{where}.methods.{group}")
-            pair = (entry["teacher"], entry["student"])
-            if pair in seen:
-                raise GridError(f"{where}: the pair {pair[0]} -> {pair[1]} is listed twice")
-            seen.add(pair)
-            schedule = _schedule(self.schedule, entry.get("train"), f"{where}.train")
+            names = (entry["teacher"], entry["student"])
+            if names in seen:
+                raise GridError(f"{where}: the pair {names[0]} -> {names[1]} is listed twice")
+            seen.add(names)
+            schedule = schedule_over(self.schedule, entry.get("train"), f"{where}.train")
             pair = Pair(entry["teacher"], entry["student"], overrides, schedule, tuple(runs or self.runs), run_train)
             for group, train in run_train.items():
                 if group == "links":
@@ -767,7 +869,7 @@ class Grid:
             parsed.append(pair)
         return parsed
 
-    # ------------------------------------------------------------ jobs
+    # ------------------------------------------------------------ what a run trains with
 
     def pair(self, teacher: str, student: str) -> Pair:
         for pair in self.pairs:
@@ -779,107 +881,15 @@ class Grid:
         """The schedule run ``run`` trains with on ``pair``: the pair's, with the run's own ``train:`` keys and the
         pair's ``methods.<entry>.train`` over it."""
         group = self.runs[run].group
-        return _schedule(pair.schedule, {**self.runs[run].train, **pair.run_train.get(group, {})}, where)
-
-    def heads_schedule(self, run: str) -> Schedule:
-        """The schedule of the network run ``run`` pretrains on its teacher: the grid's, with its method's
-        pre-stage recipe (``Method.heads_train``: MHGD's attention network 20 epochs at a fixed lr, FT's paraphraser
-        RepDistiller's 30 at 0.01), the grid's ``heads.train`` and the entry's own ``heads_train:`` over it."""
-        method = method_class(self.runs[run].method)
-        schedule = _schedule(self.schedule, method.heads_train, f"{method.method_name}.heads_train")
-        schedule = _schedule(schedule, self.heads_train, "heads.train")
-        return _schedule(schedule, self.runs[run].heads_train, f"methods.{self.runs[run].group}.heads_train")
+        return schedule_over(pair.schedule, {**self.runs[run].train, **pair.run_train.get(group, {})}, where)
 
     def run_params(self, pair: Pair, run: str) -> dict[str, Any]:
         """The hyper-parameters run ``run`` trains with on ``pair``: its entry's, with the pair's override."""
         return merge_params(self.runs[run].params, pair.overrides.get(self.runs[run].group))
-
-    def pair_links_params(self, pair: Pair) -> dict[str, Any]:
-        """The link-finding AFD run's hyper-parameters on ``pair``."""
-        return merge_params(self.links_params, pair.overrides.get("links"))
-
-    def _check_links_params(self, params: dict, where: str) -> None:
-        self._check_params("afd", params, where)
-        if params.get("linking", "afd") != "afd":
-            raise GridError(f"{where}.linking: {params['linking']!r} is not allowed; the links run learns its links "
-                            f"(linking: afd) for the runs with linking: pretrained to read; a run with fixed links "
-                            f"is a methods entry")
 
     def teachers(self) -> list[str]:
         return list(dict.fromkeys(pair.teacher for pair in self.pairs))
 
     def run_needs(self, run: str) -> str | None:
         """The pre-stage a run consumes (``"links"`` or ``"heads"``), if any: the method says, from its params."""
-        return method_class(self.runs[run].method).pre_stage(self.runs[run].params)
-
-    def heads_jobs(self) -> list[tuple[str, str]]:
-        """(teacher, run) of every network a method pretrains on a teacher."""
-        jobs = [(p.teacher, run) for p in self.pairs for run in p.runs if self.run_needs(run) == "heads"]
-        return list(dict.fromkeys(jobs))
-
-    def link_pairs(self) -> list[Pair]:
-        """Pairs that need a link-finding run (some run of the grid consumes its links)."""
-        return [p for p in self.pairs if any(self.run_needs(run) == "links" for run in p.runs)]
-
-    def student_jobs(self) -> list[tuple[str, str, str, int]]:
-        """(teacher, student, run, seed) of every student job. Methods that use no teacher (the plain
-        student) train once per student architecture, under the teacher name ``none``."""
-        jobs = [(self.teacher_of(p.teacher, run), p.student, run, seed)
-                for p in self.pairs for run in p.runs for seed in self.runs[run].seeds]
-        return list(dict.fromkeys(jobs))
-
-    def teacher_of(self, teacher: str, run: str) -> str:
-        return teacher if method_class(self.runs[run].method).needs_teacher else NO_TEACHER
-
-    def teacher_spec(self, arch: str) -> JobSpec:
-        if arch not in self.teachers():
-            raise GridError(f"{self.source}: {arch} is not a teacher of grid {self.name!r}")
-        checkpoint = self.teacher_checkpoints.get(arch)
-        # A published checkpoint is evaluated, not trained; weights of another task (init) are fine-tuned.
-        schedule = replace(self.teacher_schedule, epochs=0) if checkpoint else self.teacher_schedule
-        return JobSpec(kind="teacher", grid=self.name, dataset=self.dataset, arch=arch, method="vanilla",
-                       run="teacher", seed=self.teacher_seed, schedule=schedule, device=self.device,
-                       checkpoint=checkpoint or self.teacher_init.get(arch), new_classifier=arch in self.teacher_init,
-                       runtime=self.runtime, model_options=self.architectures.get(arch, {}))
-
-    def student_spec(self, teacher: str, student: str, run: str, seed: int) -> JobSpec:
-        if run not in self.runs:
-            raise GridError(f"{self.source}: no run {run!r}; allowed: {_allowed(self.runs)}")
-        spec = self.runs[run]
-        if teacher == NO_TEACHER:
-            if method_class(spec.method).needs_teacher:
-                raise GridError(f"{self.source}: run {run!r} needs a teacher")
-            pairs = [p for p in self.pairs if p.student == student]
-            if not pairs:
-                raise GridError(f"{self.source}: {student} is not a student of grid {self.name!r}")
-            params, schedule = spec.params, self.run_schedule(pairs[0], run)
-        else:
-            pair = self.pair(teacher, student)
-            if run not in pair.runs:
-                raise GridError(f"{self.source}: run {run!r} is not listed for {teacher} -> {student}")
-            params, schedule = self.run_params(pair, run), self.run_schedule(pair, run)
-        return JobSpec(kind="student", grid=self.name, dataset=self.dataset, arch=student, method=spec.method,
-                       run=run, seed=int(seed), schedule=schedule, method_params=params,
-                       teacher=None if teacher == NO_TEACHER else teacher, device=self.device, runtime=self.runtime,
-                       model_options=self.architectures.get(student, {}),
-                       checkpoint=_local(spec.init, f"methods.{spec.group}.init") if spec.init else None,
-                       new_classifier=spec.init is not None,
-                       teacher_options={} if teacher == NO_TEACHER else self.architectures.get(teacher, {}))
-
-    def heads_spec(self, teacher: str, run: str) -> JobSpec:
-        if (teacher, run) not in self.heads_jobs():
-            raise GridError(f"{self.source}: no heads are pretrained for {teacher} and run {run!r}")
-        method = method_class(self.runs[run].method)
-        params = {k: v for k, v in self.runs[run].params.items() if k in method.heads_params}
-        return JobSpec(kind="heads", grid=self.name, dataset=self.dataset, arch=None, teacher=teacher,
-                       method=method.heads_method, run=run, seed=self.heads_seed, schedule=self.heads_schedule(run),
-                       method_params=params, device=self.device, runtime=self.runtime,
-                       teacher_options=self.architectures.get(teacher, {}))
-
-    def links_spec(self, teacher: str, student: str) -> JobSpec:
-        pair = self.pair(teacher, student)
-        params = self.pair_links_params(pair)
-        return JobSpec(kind="links", grid=self.name, dataset=self.dataset, arch=student, method="afd", run="links",
-                       seed=self.links_seed, schedule=self.links_schedule, method_params=params, teacher=teacher,
-                       device=self.device, runtime=self.runtime, model_options=self.architectures.get(student, {}),
-                       teacher_options=self.architectures.get(teacher, {}))
+        return method_class(self.runs[run].method).capabilities(self.runs[run].params).pre_stage

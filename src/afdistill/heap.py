@@ -9,6 +9,7 @@ cores). Raising the mmap and trim thresholds lets freed blocks be reused
 step after step (``tests/test_runtime.py`` counts the faults); the memory
 stays with the process until it ends, which a training job wants anyway.
 """
+
 from __future__ import annotations
 
 import ctypes

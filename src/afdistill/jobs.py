@@ -1,9 +1,9 @@
-"""The pipeline's job kinds, declared once, and the jobs a grid expands to.
+"""The jobs a grid expands to, each with its inputs and fingerprint: the plan.
 
+The job kinds are declared in :mod:`afdistill.kinds`, one module each;
 Snakemake's rules and targets (``workflow/rules/jobs.smk``), the DVC
 pipelines (``afdistill dvc``) and the report's inputs are all derived from
-:data:`KINDS` and :class:`Plan`; nothing else lists a kind's folder, files or
-inputs.
+them and from :class:`Plan`.
 
 Every job has a **fingerprint**: a hash of what decides its result (its spec,
 or the dataset for data and the grid for the report), of the code it runs
@@ -13,7 +13,12 @@ fingerprints of the jobs it reads. A finished job writes
 file, so a job whose inputs, parameters or code changed is simply missing and
 runs, from tracked content alone: no timestamps, no ``.snakemake/`` metadata
 (which a fresh clone or a DVC experiment's workspace does not have).
+
+A job travels to its process as JSON (:meth:`Job.to_json`, :meth:`Job.from_json`):
+its planned record, its inputs' folders and its settings, so that the process
+runs what was planned and never reads the grid again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,57 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from . import code
-from .grid import NO_TEACHER, Grid
+from .grid import Grid, GridError
+from .kinds import KINDS, Kind
 from .spec import JobSpec
 
 MARKER = "fingerprint-{fingerprint}.json"
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    rule: str  # Snakemake rule that runs one job of this kind
-    target: str  # Snakemake target rule and DVC stage running all jobs of this kind
-    folder: str  # where a job writes, with the kind's wildcards in braces (and {results}, {reports})
-    files: tuple[str, ...]  # what a job writes there, besides its fingerprint marker
-    trains: bool  # a training job: takes a GPU slot when the grid runs on CUDA
-    grid_keys: tuple[str, ...]  # grid keys its jobs read: DVC lists them as the stage's params
-    doc: str
-
-    @property
-    def wildcards(self) -> list[str]:
-        import string
-
-        return [name for _, name, _, _ in string.Formatter().parse(self.folder)
-                if name and name not in ("results", "reports")]
-
-
-#: In pipeline order. A kind's jobs read only jobs of earlier kinds.
-KINDS: dict[str, Kind] = {kind.name: kind for kind in [
-    Kind("data", "prepare_data", "data", "data/{dataset}", ("meta.json",), False,  # and the dataset's own files
-         ("dataset", "data"),
-         "Prepared dataset (uint8 arrays + meta.json), the input of every training job."),
-    Kind("teacher", "train_teacher", "teachers", "{results}/teachers/{dataset}/{teacher}", ("model.pt", "metrics.json"),
-         True, ("device", "runtime", "train", "architectures", "teachers", "pairs"),
-         "Pretrain a teacher with cross-entropy (or evaluate a published checkpoint named in the grid)."),
-    Kind("links", "find_links", "links", "{results}/links/{dataset}/{teacher}/{student}",
-         ("model.pt", "metrics.json", "links.json", "links.csv", "links.png"), True,
-         ("device", "runtime", "train", "architectures", "links", "pairs"),
-         "A link-finding AFD run; writes its converged attention (S x T) and a heatmap like the paper's Figure 3."),
-    Kind("heads", "pretrain_heads", "heads", "{results}/heads/{dataset}/{teacher}/{run}", ("model.pt", "metrics.json"),
-         True, ("device", "runtime", "train", "heads", "methods", "pairs"),
-         "Train a method's own network on the frozen teacher before distillation (MHGD's multi-head attention)."),
-    Kind("student", "distill", "students", "{results}/students/{dataset}/{teacher}/{student}/{run}/seed{seed}",
-         ("model.pt", "metrics.json"), True, ("device", "runtime", "seeds", "train", "architectures", "pairs",
-                                              "methods"),
-         "Train one student with one method and seed: a cell entry of the table."),
-    Kind("report", "make_report", "report", "{reports}",
-         ("table.md", "table.csv", "ablations.csv", "table.html", "timings.md", "metrics", "curves", "figures"), False,
-         ("grid", "dataset", "seeds", "pairs", "methods", "report"),
-         "The grid's tables (Markdown, CSV, HTML; the ablation tables' cells in ablations.csv), the measured "
-         "timings apart (timings.md), DVC metrics (a file per cell) and plots (curves/), and figures, from the "
-         "jobs' metrics files."),
-]}
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +45,10 @@ class Job:
     modules: tuple[str, ...]  # the package modules that compute it
     spec: JobSpec | None = None  # training jobs
     payload: dict[str, Any] = field(default_factory=dict)  # what else decides the result (data, report)
+    #: what the job needs to run that does not change its result (where the raw archive is, its row's label,
+    #: how many jobs share a GPU): not in the fingerprint
+    settings: dict[str, Any] = field(default_factory=dict)
+    planned: dict[str, Any] | None = None  # the record as planned, for a job read back from JSON
 
     @cached_property
     def fingerprint(self) -> str:
@@ -93,10 +56,16 @@ class Job:
 
     def record(self) -> dict[str, Any]:
         """What the fingerprint hashes; written into the marker so a person can see what ran."""
-        return {"kind": self.kind.name, "folder": self.folder,
-                "spec": self.spec.to_dict() if self.spec else None, "payload": self.payload,
-                "code": code.fingerprint(list(self.modules)),
-                "inputs": {role: job.fingerprint for role, job in sorted(self.inputs.items())}}
+        if self.planned is not None:
+            return self.planned
+        return {
+            "kind": self.kind.name,
+            "folder": self.folder,
+            "spec": self.spec.to_dict() if self.spec else None,
+            "payload": self.payload,
+            "code": code.fingerprint(list(self.modules)),
+            "inputs": {role: job.fingerprint for role, job in sorted(self.inputs.items())},
+        }
 
     @property
     def marker(self) -> str:
@@ -108,6 +77,29 @@ class Job:
     def path(self, name: str) -> str:
         return f"{self.folder}/{name}"
 
+    def to_json(self) -> str:
+        """The job as its process receives it: planned record, inputs (kind and folder), settings."""
+        inputs = {role: [job.kind.name, job.folder] for role, job in self.inputs.items()}
+        # Keys in their order, not sorted: a combination's parts train in the grid's order (its fingerprint, a
+        # hash of the sorted record, does not see the order).
+        return json.dumps({"record": self.record(), "inputs": inputs, "settings": self.settings}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        """A job as :meth:`to_json` wrote it; its fingerprint and record are the planned ones."""
+        try:
+            message = json.loads(text)
+            record = message["record"]
+            kind = KINDS[record["kind"]]
+            inputs = {role: cls(KINDS[name], {}, folder, {}, ()) for role, (name, folder) in message["inputs"].items()}
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"--job: not a job as the pipeline writes one ({type(error).__name__}: {error}); "
+                f"run a job by its folder instead: afdistill run --grid FILE FOLDER"
+            ) from None
+        spec = JobSpec.from_dict(record["spec"]) if record["spec"] else None
+        return cls(kind, {}, record["folder"], inputs, (), spec, record["payload"], message["settings"], record)
+
 
 def _sha256(path: str) -> str | None:
     file = Path(path)
@@ -115,62 +107,53 @@ def _sha256(path: str) -> str | None:
 
 
 class Plan:
-    """Every job of one grid, with its inputs and fingerprint."""
+    """Every job of one grid, with its inputs and fingerprint: each kind of :data:`afdistill.kinds.KINDS`
+    first checks the grid (``check``: what the grid's parse cannot see, such as a method's fit to its
+    networks), then adds its jobs (``expand``), in pipeline order."""
 
     def __init__(self, grid: Grid, results: str | None = None, reports: str | None = None):
-        from .methods import method_class
-        from .models.registry import model_factory
-
         self.grid = grid
         self.results = results or f"results/{grid.name}"
         self.reports = reports or f"reports/{grid.name}"
         self.jobs: list[Job] = []
-        engine = code.closure(["afdistill.engine"])
+        for kind in KINDS.values():
+            try:
+                kind.code.check(grid)
+            except GridError as error:
+                raise GridError(f"{grid.source}: {error}") from None
+        for kind in KINDS.values():
+            kind.code.expand(self)
 
-        def training(kind: str, spec: JobSpec, inputs: dict[str, Job], **wildcards) -> Job:
-            methods = method_class(spec.method).methods_used(spec.method_params)
-            named = [code.defining_module(method_class(name)) for name in methods]
-            named += [code.defining_module(model_factory(arch)) for arch in (spec.arch, spec.teacher) if arch]
-            modules = code.closure(engine + named + (["afdistill.links"] if kind == "links" else []))
-            payload = {"checkpoint_sha256": _sha256(spec.checkpoint)} if spec.checkpoint else {}
-            return self._add(kind, wildcards, inputs, modules, spec, payload)
-
-        data = self._add("data", {"dataset": grid.dataset}, {}, code.closure(["afdistill.data"]),
-                         payload={"dataset": grid.dataset})
-        teachers = {arch: training("teacher", grid.teacher_spec(arch), {"data": data}, dataset=grid.dataset,
-                                   teacher=arch) for arch in grid.teachers()}
-        links = {(p.teacher, p.student): training("links", grid.links_spec(p.teacher, p.student),
-                                                  {"data": data, "teacher": teachers[p.teacher]},
-                                                  dataset=grid.dataset, teacher=p.teacher, student=p.student)
-                 for p in grid.link_pairs()}
-        heads = {(teacher, run): training("heads", grid.heads_spec(teacher, run),
-                                          {"data": data, "teacher": teachers[teacher]},
-                                          dataset=grid.dataset, teacher=teacher, run=run)
-                 for teacher, run in grid.heads_jobs()}
-        students = []
-        for teacher, student, run, seed in grid.student_jobs():
-            inputs = {"data": data}
-            if teacher != NO_TEACHER:
-                inputs["teacher"] = teachers[teacher]
-            stage = grid.run_needs(run)
-            if stage == "links":
-                inputs["links"] = links[(teacher, student)]
-            elif stage == "heads":
-                inputs["heads"] = heads[(teacher, run)]
-            students.append(training("student", grid.student_spec(teacher, student, run, seed), inputs,
-                                     dataset=grid.dataset, teacher=teacher, student=student, run=run,
-                                     seed=str(seed)))
-        reported = [*teachers.values(), *links.values(), *students]
-        self._add("report", {}, {job.folder: job for job in reported}, code.closure(["afdistill.report"]),
-                  payload={"grid": grid.config})
-
-    def _add(self, kind: str, wildcards: dict[str, Any], inputs: dict[str, Job], modules: list[str],
-             spec: JobSpec | None = None, payload: dict | None = None) -> Job:
+    def add(
+        self,
+        kind: Kind,
+        wildcards: dict[str, Any],
+        inputs: dict[str, Job],
+        modules: list[str],
+        spec: JobSpec | None = None,
+        payload: dict | None = None,
+        settings: dict | None = None,
+    ) -> Job:
         wildcards = {k: str(v) for k, v in wildcards.items()}
-        folder = KINDS[kind].folder.format(results=self.results, reports=self.reports, **wildcards)
-        job = Job(KINDS[kind], wildcards, folder, inputs, tuple(modules), spec, payload or {})
+        folder = kind.folder.format(results=self.results, reports=self.reports, **wildcards)
+        job = Job(kind, wildcards, folder, inputs, tuple(modules), spec, payload or {}, settings or {})
         self.jobs.append(job)
         return job
+
+    def add_training(
+        self, kind: Kind, spec: JobSpec, inputs: dict[str, Job], settings: dict | None = None, **wildcards
+    ) -> Job:
+        """A training job: its code is the engine's, the methods' it names and its networks'."""
+        from .methods import method_class
+        from .models.registry import model_factory
+
+        methods = method_class(spec.method).capabilities(spec.method_params).methods_used
+        named = [code.defining_module(method_class(name)) for name in methods]
+        named += [code.defining_module(model_factory(arch)) for arch in (spec.arch, spec.teacher) if arch]
+        modules = code.closure(["afdistill.engine"] + named + (["afdistill.links"] if kind.name == "links" else []))
+        payload = {"checkpoint_sha256": _sha256(spec.checkpoint)} if spec.checkpoint else {}
+        settings = {"jobs_per_gpu": self.grid.jobs_per_gpu, **(settings or {})}
+        return self.add(kind, wildcards, inputs, modules, spec, payload, settings)
 
     def of_kind(self, kind: str) -> list[Job]:
         return [job for job in self.jobs if job.kind.name == kind]
@@ -191,8 +174,11 @@ class Plan:
 
     def unmark_incomplete(self) -> list[Job]:
         """Remove the marker of every job some of whose files are missing; returns those jobs."""
-        broken = [job for job in self.jobs if Path(job.marker).is_file()
-                  and not all(Path(job.path(name)).exists() for name in job.kind.files)]
+        broken = [
+            job
+            for job in self.jobs
+            if Path(job.marker).is_file() and not all(Path(job.path(name)).exists() for name in job.kind.files)
+        ]
         for job in broken:
             Path(job.marker).unlink()
         return broken
@@ -200,8 +186,12 @@ class Plan:
     def stage_output(self, kind: str) -> str:
         """The folder holding every job of a kind (a DVC stage's output): its folder up to the first wildcard
         other than the grid's dataset."""
-        folder = KINDS[kind].folder.format(results=self.results, reports=self.reports, dataset=self.grid.dataset,
-                                           **{name: "\0" for name in KINDS[kind].wildcards if name != "dataset"})
+        folder = KINDS[kind].folder.format(
+            results=self.results,
+            reports=self.reports,
+            dataset=self.grid.dataset,
+            **{name: "\0" for name in KINDS[kind].wildcards if name != "dataset"},
+        )
         return folder.split("\0", 1)[0].rstrip("/")
 
     def code_files(self, kind: str) -> list[str]:
@@ -225,15 +215,16 @@ def preflight(plan: Plan, jobs_run_here: bool) -> None:
     """What the grid check cannot see from the grid alone, before any job: the image archive the data stage
     will read is where the grid says (unless that stage is done), and, where the jobs run on this machine, that
     it can run them (``Grid.check_machine``). ``afdistill check`` and the Snakefile both call it."""
-    from .archives import STORAGE, ArchiveError, check_present
-    from .grid import GridError
+    from .archives import ArchiveError, check_present
+    from .data import DATASETS
 
     grid = plan.grid
     if jobs_run_here:
         grid.check_machine()
     (data,) = plan.of_kind("data")
-    if grid.dataset in STORAGE and not Path(data.marker).exists():
+    info = DATASETS[grid.dataset]
+    if info.archive is not None and not Path(data.marker).exists():
         try:
-            check_present(grid.dataset, grid.data_root)
+            check_present(grid.dataset, grid.data_root, info)
         except ArchiveError as error:
             raise GridError(f"{grid.source}: data.root: {error}") from None

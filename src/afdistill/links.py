@@ -7,11 +7,13 @@ transposed to S x T (rows student features, columns teacher features, as in
 the paper's Figure 3), and ``links.png`` draws it beside snapshots from
 training.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -20,21 +22,26 @@ from .engine import Result
 from .figures import plot_links
 from .files import atomic_write
 
+if TYPE_CHECKING:
+    from .methods.afd import AFD
+
 FILES = ("links.json", "links.csv", "links.png")
 
 
 @torch.inference_mode()
 def converged_attention(result: Result) -> torch.Tensor:
     """alpha averaged over the training set (no augmentation), networks in eval mode: T x S."""
+    assert result.model is not None and result.teacher is not None  # a link-finding run trains a student
     result.model.eval()
     result.method.eval()
     total, count = None, 0
     for images, _ in result.data.eval_batches("train"):
         student = result.model(images, with_features=True)
         teacher = result.teacher(images, with_features=True)
-        alpha = result.method.links(student, teacher).sum(0)
+        alpha = cast("AFD", result.method).links(student, teacher).sum(0)  # the links run's method is AFD
         total = alpha if total is None else total + alpha
         count += len(images)
+    assert total is not None  # the training split is not empty
     return (total / count).cpu()
 
 
@@ -67,18 +74,27 @@ def write(result: Result, out_dir: str | Path) -> dict:
         panels = [(f"epoch {i + 1} (train mean)", np.asarray(history[i]).T) for i in picks]
     panels.append(("converged (train set)", matrix.numpy().T))
     last = result.record["summaries"][-1] if result.record["summaries"] else {}
-    plot_links(panels, f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})", out_dir / "links.png",
-               teacher_names=last.get("teacher_names"), student_names=last.get("student_names"))
+    plot_links(
+        panels,
+        f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})",
+        out_dir / "links.png",
+        teacher_names=last.get("teacher_names"),
+        student_names=last.get("student_names"),
+    )
     return record
 
 
-def read(path: str | Path, teacher: str, student: str) -> dict:
+def read(path: str | Path, teacher: str | None, student: str | None) -> dict:
     """Load a links file and check it belongs to this pair."""
     from .files import load_json
 
-    record = load_json(path, f"the links of {teacher} -> {student}",
-                       fix=f"delete it and rerun the links stage for {teacher} -> {student}")
+    record = load_json(
+        path,
+        f"the links of {teacher} -> {student}",
+        fix=f"delete it and rerun the links stage for {teacher} -> {student}",
+    )
     if (record.get("teacher"), record.get("student")) != (teacher, student):
-        raise ValueError(f"{path} holds links for {record.get('teacher')} -> {record.get('student')}, "
-                         f"not {teacher} -> {student}")
+        raise ValueError(
+            f"{path} holds links for {record.get('teacher')} -> {record.get('student')}, not {teacher} -> {student}"
+        )
     return record

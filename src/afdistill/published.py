@@ -17,6 +17,7 @@ A file fetched once is reused, so the pipeline fetches before any job (where the
 pins the files as the jobs' dependencies. ``$AFDISTILL_WEIGHTS_MIRROR`` (a base URL) replaces the scheme and
 host of every URL: a mirror on a cluster without internet, or a test's local server.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,10 +54,19 @@ class TeacherSet:
 TEACHER_SETS: dict[str, TeacherSet] = {
     "mdistiller_cifar100": TeacherSet(
         url="https://github.com/megvii-research/mdistiller/releases/download/checkpoints/cifar_teachers.tar",
-        members={arch: f"cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth" for arch, name in [
-            ("resnet56", "resnet56"), ("resnet110", "resnet110"), ("resnet32x4", "resnet32x4"),
-            ("resnet50", "ResNet50"), ("wrn_40_2", "wrn_40_2"), ("vgg13", "vgg13")]},
-        source="megvii-research/mdistiller@a08d46f: README.md and mdistiller/models/cifar/__init__.py"),
+        members={
+            arch: f"cifar_teachers/{name}_vanilla/ckpt_epoch_240.pth"
+            for arch, name in [
+                ("resnet56", "resnet56"),
+                ("resnet110", "resnet110"),
+                ("resnet32x4", "resnet32x4"),
+                ("resnet50", "ResNet50"),
+                ("wrn_40_2", "wrn_40_2"),
+                ("vgg13", "vgg13"),
+            ]
+        },
+        source="megvii-research/mdistiller@a08d46f: README.md and mdistiller/models/cifar/__init__.py",
+    ),
 }
 
 
@@ -75,13 +85,15 @@ def torchvision_weights(reference: str, where: str):
     """The enum member ``reference`` names (``torchvision:ResNet34_Weights.IMAGENET1K_V1``)."""
     from torchvision.models import get_weight
 
-    name = reference[len(TORCHVISION):]
+    name = reference[len(TORCHVISION) :]
     try:
         return get_weight(name)
     except (ValueError, KeyError, AttributeError) as error:
-        raise FetchError(f"{where}: {reference!r} is not one of torchvision's weights ({error}); name one as "
-                         f"torchvision:<Enum>.<member>, e.g. torchvision:ResNet34_Weights.IMAGENET1K_V1 "
-                         f"(torchvision.models.list_models() and get_model_weights(name) list them)") from None
+        raise FetchError(
+            f"{where}: {reference!r} is not one of torchvision's weights ({error}); name one as "
+            f"torchvision:<Enum>.<member>, e.g. torchvision:ResNet34_Weights.IMAGENET1K_V1 "
+            f"(torchvision.models.list_models() and get_model_weights(name) list them)"
+        ) from None
 
 
 def local_path(reference: str, where: str) -> str:
@@ -98,8 +110,7 @@ def teacher_paths(name: str, teachers: list[str], where: str) -> dict[str, str]:
     members = TEACHER_SETS[name].members
     missing = [arch for arch in teachers if arch not in members]
     if missing:
-        raise FetchError(f"{where}: set {name!r} has no teacher {', '.join(missing)}; it has "
-                         f"{', '.join(members)}")
+        raise FetchError(f"{where}: set {name!r} has no teacher {', '.join(missing)}; it has {', '.join(members)}")
     return {arch: str(ROOT / name / members[arch]) for arch in teachers}
 
 
@@ -121,8 +132,10 @@ def _download(url: str, target: Path, where: str, final: Path | None = None) -> 
     try:
         download_url_to_file(url, str(target), progress=sys.stderr.isatty())
     except OSError as error:  # URLError, HTTPError and refused connections are OSErrors
-        raise FetchError(f"{where}: could not fetch {url} ({error}); download it by hand to {final or target}, or set "
-                         f"${MIRROR_ENV} to a mirror") from None
+        raise FetchError(
+            f"{where}: could not fetch {url} ({error}); download it by hand to {final or target}, or set "
+            f"${MIRROR_ENV} to a mirror"
+        ) from None
 
 
 def fetch(reference: str, where: str) -> Path:
@@ -143,9 +156,11 @@ def fetch(reference: str, where: str) -> Path:
     if not actual.startswith(expected):
         bad = target.with_name(target.name + ".corrupt")
         partial.replace(bad)
-        raise FetchError(f"{where}: the download of {target.name} from {_url(weights.url)} has SHA-256 "
-                         f"{actual[:16]}..., not the {expected}... its name promises; kept aside as {bad}. Fetch "
-                         f"it again, or check the mirror in ${MIRROR_ENV}")
+        raise FetchError(
+            f"{where}: the download of {target.name} from {_url(weights.url)} has SHA-256 "
+            f"{actual[:16]}..., not the {expected}... its name promises; kept aside as {bad}. Fetch "
+            f"it again, or check the mirror in ${MIRROR_ENV}"
+        )
     partial.replace(target)
     return target
 
@@ -169,19 +184,24 @@ def fetch_teacher_set(name: str, teachers: list[str], where: str) -> Path:
     if recorded is not None and actual != recorded:
         bad = archive.with_name(archive.name + ".corrupt")
         archive.replace(bad)
-        raise FetchError(f"{where}: {archive} (from {url}) has SHA-256 {actual}, not the {recorded} recorded "
-                         f"in {sums if sums.is_file() else 'afdistill.published for ' + name}; kept aside as {bad}")
+        raise FetchError(
+            f"{where}: {archive} (from {url}) has SHA-256 {actual}, not the {recorded} recorded "
+            f"in {sums if sums.is_file() else 'afdistill.published for ' + name}; kept aside as {bad}"
+        )
     try:
         with tarfile.open(archive) as tar:
             names = set(tar.getnames())
             missing = [member for member in members if member not in names]
             if missing:
-                raise FetchError(f"{where}: {archive} (from {url}) lacks {', '.join(missing)}; the set's layout: "
-                                 f"{teacher_set.source}")
+                raise FetchError(
+                    f"{where}: {archive} (from {url}) lacks {', '.join(missing)}; the set's layout: "
+                    f"{teacher_set.source}"
+                )
             tar.extractall(folder, members=[tar.getmember(member) for member in members], filter="data")
     except tarfile.TarError as error:
-        raise FetchError(f"{where}: {archive} (from {url}) is not a readable tar archive ({error}); delete it "
-                         f"to fetch it again") from None
+        raise FetchError(
+            f"{where}: {archive} (from {url}) is not a readable tar archive ({error}); delete it to fetch it again"
+        ) from None
     if not sums.is_file():
         sums.write_text(f"{actual}  {archive.name}\n")
     return folder

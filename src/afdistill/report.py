@@ -34,6 +34,7 @@ The AFD paper's ablations (:mod:`afdistill.ablations`)
     ``figures/manual_vs_attention.png`` (Figure 6) where AFD runs co-trained
     their links, ``figures/beta_sensitivity.png`` (Figure 5) where AFD sweeps beta.
 """
+
 from __future__ import annotations
 
 import csv
@@ -98,12 +99,15 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
 
     teachers = {r["spec"]["arch"]: r for r in records if r["spec"]["kind"] == "teacher"}
     cells: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    record: dict | None  # a job's metrics; None below where a teacher has none
     for record in records:
         spec = record["spec"]
         if spec["kind"] != "student":
             continue
         # A student trained without a teacher fills that row for every pair with its architecture.
-        teachers_of = [spec["teacher"]] if spec["teacher"] else [p.teacher for p in grid.pairs if p.student == spec["arch"]]
+        teachers_of = (
+            [spec["teacher"]] if spec["teacher"] else [p.teacher for p in grid.pairs if p.student == spec["arch"]]
+        )
         for teacher in teachers_of:
             cells[(teacher, spec["arch"], spec["run"])].append(record)
 
@@ -112,7 +116,7 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         paper = None
     # Published tables mix the last epoch's test accuracy and the best epoch's: the main table shows the one
     # the paper used (the last where unknown), the second table the other.
-    compared = (paper.epoch if paper is not None and paper.epoch else "last")
+    compared = paper.epoch if paper is not None and paper.epoch else "last"
 
     def score(record: dict, epoch: str) -> float:
         history = record.get("history") or []
@@ -128,9 +132,19 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
         if record is not None and record["test_top1"] is None:
             record = None  # a teacher of another task (transfer): no accuracy on this dataset
         value = [record["test_top1"]] if record else []
-        rows.append({"row": "Teacher", "run": "teacher", "teacher": teacher, "student": student, "values": value,
-                     "last": value, "best": [score(record, "best")] if record else [],
-                     "variant": "", "epoch_seconds": None})
+        rows.append(
+            {
+                "row": "Teacher",
+                "run": "teacher",
+                "teacher": teacher,
+                "student": student,
+                "values": value,
+                "last": value,
+                "best": [score(record, "best")] if record else [],
+                "variant": "",
+                "epoch_seconds": None,
+            }
+        )
     for group in groups:
         members = [run for run in grid.runs.values() if run.group == group]
         label = members[0].label
@@ -138,24 +152,48 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
             pair_runs = grid.pair(teacher, student).runs
             if not any(run.name in pair_runs for run in members):
                 continue  # this column has no such row
-            candidates = [(run, [score(r, compared) for r in cells.get((teacher, student, run.name), [])])
-                          for run in members]
+            candidates = [
+                (run, [score(r, compared) for r in cells.get((teacher, student, run.name), [])]) for run in members
+            ]
             candidates = [(run, values) for run, values in candidates if values]
             if not candidates:
-                rows.append({"row": label, "run": group, "teacher": teacher, "student": student, "values": [],
-                             "last": [], "best": [], "variant": "", "epoch_seconds": None})
+                rows.append(
+                    {
+                        "row": label,
+                        "run": group,
+                        "teacher": teacher,
+                        "student": student,
+                        "values": [],
+                        "last": [],
+                        "best": [],
+                        "variant": "",
+                        "epoch_seconds": None,
+                    }
+                )
                 continue
             # A sweep keeps its best variant per pair, as the paper chose beta ("choose the best performer").
             run, values = max(candidates, key=lambda item: statistics.fmean(item[1]))
             chosen[(group, teacher, student)] = run.name
-            seconds = [statistics.fmean(h["epoch_seconds"] for h in r["history"])
-                       for r in cells[(teacher, student, run.name)] if r["history"]]
+            seconds = [
+                statistics.fmean(h["epoch_seconds"] for h in r["history"])
+                for r in cells[(teacher, student, run.name)]
+                if r["history"]
+            ]
             records = cells[(teacher, student, run.name)]
-            rows.append({"row": label, "run": run.name, "teacher": teacher, "student": student, "values": values,
-                         "last": [score(r, "last") for r in records], "best": [score(r, "best") for r in records],
-                         "variant": run.variant,
-                         "epoch_seconds": statistics.fmean(seconds) if seconds else None,
-                         "epochs": grid.run_schedule(grid.pair(teacher, student), run.name).epochs})
+            rows.append(
+                {
+                    "row": label,
+                    "run": run.name,
+                    "teacher": teacher,
+                    "student": student,
+                    "values": values,
+                    "last": [score(r, "last") for r in records],
+                    "best": [score(r, "best") for r in records],
+                    "variant": run.variant,
+                    "epoch_seconds": statistics.fmean(seconds) if seconds else None,
+                    "epochs": grid.run_schedule(grid.pair(teacher, student), run.name).epochs,
+                }
+            )
 
     seeds_of_group = {run.group: len(run.seeds) for run in grid.runs.values()}
     for row in rows:
@@ -190,13 +228,17 @@ def build(grid: Grid, inputs: list[str], out_dir: str | Path) -> dict[str, Any]:
                 for step, epoch in enumerate(record["history"], start=1):
                     curves.setdefault(label, {}).setdefault(step, []).append(epoch["test_top1"])
                     by_column.setdefault(_curve_column(label, record["spec"]["seed"]), {})[step] = epoch["test_top1"]
-        _write_curves(by_column, curve_columns(grid, grid.pair(teacher, student)),
-                      out_dir / "curves" / f"{teacher}_{student}.csv")
+        _write_curves(
+            by_column, curve_columns(grid, grid.pair(teacher, student)), out_dir / "curves" / f"{teacher}_{student}.csv"
+        )
         if curves:
             record = teachers.get(teacher)
-            plot_curves(curves, f"{teacher} → {student} ({grid.dataset}): test top-1 per epoch, mean and range "
-                        "over seeds", figures / f"curves_{teacher}_{student}.png",
-                        teacher=record["test_top1"] if record else None)
+            plot_curves(
+                curves,
+                f"{teacher} → {student} ({grid.dataset}): test top-1 per epoch, mean and range over seeds",
+                figures / f"curves_{teacher}_{student}.png",
+                teacher=record["test_top1"] if record else None,
+            )
     # The AFD paper's Figures 3, 5 and 6, wherever the grid's runs allow them
     ablations.link_figures(grid, cells, figures)
     ablations.beta_figures(grid, cells, score, compared, figures)
@@ -219,8 +261,13 @@ def _write_metrics(rows: list[dict], matrix_cells: list[dict], folder: Path) -> 
     written: dict[str, dict] = {}
 
     def write(relative: str, last: list[float], best: list[float]) -> None:
-        values = {"last": _mean_std(last)[0], "last_std": _mean_std(last)[1], "best": _mean_std(best)[0],
-                  "best_std": _mean_std(best)[1], "seeds": len(last)}
+        values = {
+            "last": _mean_std(last)[0],
+            "last_std": _mean_std(last)[1],
+            "best": _mean_std(best)[0],
+            "best_std": _mean_std(best)[1],
+            "seeds": len(last),
+        }
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values, indent=2) + "\n")
@@ -231,8 +278,9 @@ def _write_metrics(rows: list[dict], matrix_cells: list[dict], folder: Path) -> 
             write(f"{row['teacher']}_{row['student']}/{row['run']}.json", row["last"], row["best"])
     for cell in matrix_cells:
         if cell["last"]:
-            write(f"{_slug(cell['table'])}/{_slug(cell['row'])}/{_slug(cell['column'])}.json", cell["last"],
-                  cell["best"])
+            write(
+                f"{_slug(cell['table'])}/{_slug(cell['row'])}/{_slug(cell['column'])}.json", cell["last"], cell["best"]
+            )
     return written
 
 
@@ -259,58 +307,131 @@ def _write_curves(by_column: dict[str, dict[int, float]], columns: list[str], pa
         writer = csv.writer(handle)
         writer.writerow(["epoch", *columns])
         for epoch in epochs:
-            writer.writerow([epoch, *(f"{by_column[c][epoch]:.6f}" if epoch in by_column.get(c, {}) else ""
-                                      for c in columns)])
+            writer.writerow(
+                [epoch, *(f"{by_column[c][epoch]:.6f}" if epoch in by_column.get(c, {}) else "" for c in columns)]
+            )
 
 
 def _write_csv(rows: list[dict], path: Path, paper, compared: str) -> None:
     """One row per cell; ``unit`` says what mean, std and values are, ``paper_unit`` what paper is; ``epoch``
     whether mean, std and values are the last or the best epoch's (``last_*`` and ``best_*`` give both)."""
-    paper_unit = "" if paper is None else ("fraction correct (top-1)" if paper.metric == "accuracy"
-                                           else "top-1 error (%)")
+    paper_unit = (
+        "" if paper is None else ("fraction correct (top-1)" if paper.metric == "accuracy" else "top-1 error (%)")
+    )
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "run", "teacher", "student", "variant", "n", "n_expected", "epoch", "mean", "std",
-                         "unit", "paper", "paper_unit", "values", "last_mean", "last_std",
-                         "best_mean", "best_std", "best_values"])
+        writer.writerow(
+            [
+                "row",
+                "run",
+                "teacher",
+                "student",
+                "variant",
+                "n",
+                "n_expected",
+                "epoch",
+                "mean",
+                "std",
+                "unit",
+                "paper",
+                "paper_unit",
+                "values",
+                "last_mean",
+                "last_std",
+                "best_mean",
+                "best_std",
+                "best_values",
+            ]
+        )
         for row in rows:
             mean, std = _mean_std(row["values"]) if row["values"] else (None, None)
             last = _mean_std(row["last"]) if row["last"] else (None, None)
             best = _mean_std(row["best"]) if row["best"] else (None, None)
-            writer.writerow([row["row"], row["run"], row["teacher"], row["student"], row["variant"],
-                             len(row["values"]), row["expected"], compared, mean, std, "fraction correct (top-1)",
-                             row["paper"], paper_unit if row["paper"] is not None else "",
-                             " ".join(f"{v:.6f}" for v in row["values"]), *last, *best,
-                             " ".join(f"{v:.6f}" for v in row["best"])])
+            writer.writerow(
+                [
+                    row["row"],
+                    row["run"],
+                    row["teacher"],
+                    row["student"],
+                    row["variant"],
+                    len(row["values"]),
+                    row["expected"],
+                    compared,
+                    mean,
+                    std,
+                    "fraction correct (top-1)",
+                    row["paper"],
+                    paper_unit if row["paper"] is not None else "",
+                    " ".join(f"{v:.6f}" for v in row["values"]),
+                    *last,
+                    *best,
+                    " ".join(f"{v:.6f}" for v in row["best"]),
+                ]
+            )
 
 
 def _write_matrix_csv(cells: list[dict], path: Path, compared: str) -> None:
     """The ablation tables' cells (``report.paper_matrices``), one row each; empty but for its header if none."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["table", "row", "column", "run", "teacher", "student", "n", "n_expected", "epoch", "mean",
-                         "std", "paper", "last_mean", "best_mean", "values"])
+        writer.writerow(
+            [
+                "table",
+                "row",
+                "column",
+                "run",
+                "teacher",
+                "student",
+                "n",
+                "n_expected",
+                "epoch",
+                "mean",
+                "std",
+                "paper",
+                "last_mean",
+                "best_mean",
+                "values",
+            ]
+        )
         for cell in cells:
             mean, std = _mean_std(cell["values"]) if cell["values"] else (None, None)
-            writer.writerow([cell["table"], cell["row"], cell["column"], cell["run"], cell["teacher"],
-                             cell["student"], len(cell["values"]), cell["expected"], compared, mean, std,
-                             cell["paper"], _mean_std(cell["last"])[0] if cell["last"] else None,
-                             _mean_std(cell["best"])[0] if cell["best"] else None,
-                             " ".join(f"{v:.6f}" for v in cell["values"])])
+            writer.writerow(
+                [
+                    cell["table"],
+                    cell["row"],
+                    cell["column"],
+                    cell["run"],
+                    cell["teacher"],
+                    cell["student"],
+                    len(cell["values"]),
+                    cell["expected"],
+                    compared,
+                    mean,
+                    std,
+                    cell["paper"],
+                    _mean_std(cell["last"])[0] if cell["last"] else None,
+                    _mean_std(cell["best"])[0] if cell["best"] else None,
+                    " ".join(f"{v:.6f}" for v in cell["values"]),
+                ]
+            )
 
 
-def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], paper, metric: str,
-              compared: str) -> list[str]:
+def _markdown(
+    grid: Grid, rows: list[dict], columns: list[tuple[str, str]], paper, metric: str, compared: str
+) -> list[str]:
     by_cell = {(r["row"], r["teacher"], r["student"]): r for r in rows}
     labels = list(dict.fromkeys(r["row"] for r in rows))
     unit = "top-1 error (%)" if metric == "error" else "top-1 accuracy"
     lines = [f"# Grid `{grid.name}`: {grid.dataset}, {unit}", ""]
-    lines.append(f"Test accuracy of the **{compared} epoch**, mean ± std over seeds {grid.seeds}"
-                 + (f"; *paper* = {paper.title}." if paper else ".")
-                 + " A cell with fewer seeds says how many it holds (n=done/asked).")
+    lines.append(
+        f"Test accuracy of the **{compared} epoch**, mean ± std over seeds {grid.seeds}"
+        + (f"; *paper* = {paper.title}." if paper else ".")
+        + " A cell with fewer seeds says how many it holds (n=done/asked)."
+    )
     sweeps = [r for r in rows if r["variant"]]
     if sweeps:
         lines.append("Swept rows show the best setting per pair (in brackets), as the paper chose β.")
+
     def main_cell(label: str, teacher: str, student: str) -> str:
         row = by_cell.get((label, teacher, student))
         if row is None:
@@ -328,9 +449,13 @@ def _markdown(grid: Grid, rows: list[dict], columns: list[tuple[str, str]], pape
         lines += ["", f"*Paper values:* {paper.note}"]
 
     other = "best" if compared == "last" else "last"
-    lines += ["", f"## Test accuracy of the {other} epoch", "",
-              f"The same runs: {'the highest test accuracy over the epochs' if other == 'best' else 'after training'}.",
-              ""]
+    lines += [
+        "",
+        f"## Test accuracy of the {other} epoch",
+        "",
+        f"The same runs: {'the highest test accuracy over the epochs' if other == 'best' else 'after training'}.",
+        "",
+    ]
 
     def other_cell(label: str, teacher: str, student: str) -> str:
         row = by_cell.get((label, teacher, student))
@@ -345,16 +470,22 @@ def _timings(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]) -> li
     """Each row's training time per epoch relative to KD on the same pair (``timings.md``)."""
     by_cell = {(r["row"], r["teacher"], r["student"]): r for r in rows}
     labels = list(dict.fromkeys(r["row"] for r in rows))
-    lines = [f"# Grid `{grid.name}`: training cost per epoch, relative to KD on the same pair", "",
-             "Measured on the machine that trained each job (mean of its epochs' wall time), so these figures "
-             "differ from run to run; the results are in table.md.", "",
-             "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = [
+        f"# Grid `{grid.name}`: training cost per epoch, relative to KD on the same pair",
+        "",
+        "Measured on the machine that trained each job (mean of its epochs' wall time), so these figures "
+        "differ from run to run; the results are in table.md.",
+        "",
+        "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for label in labels[1:]:
         cells = []
         for teacher, student in columns:
             row = by_cell.get((label, teacher, student))
-            kd = next((r for r in rows if r["run"] == "kd" and r["teacher"] == teacher and r["student"] == student),
-                      None)
+            kd = next(
+                (r for r in rows if r["run"] == "kd" and r["teacher"] == teacher and r["student"] == student), None
+            )
             if row is None or row["epoch_seconds"] is None:
                 cells.append("")
             elif kd is None or not kd["epoch_seconds"]:
@@ -362,7 +493,8 @@ def _timings(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]) -> li
             else:
                 cells.append(f"{row['epoch_seconds'] / kd['epoch_seconds']:.2f}× ({row['epoch_seconds']:.2f} s)")
             pair_epochs = grid.pair(teacher, student).schedule.epochs
-            if cells[-1] and row.get("epochs", pair_epochs) != pair_epochs:  # a run with its own schedule
+            # a run with its own schedule (a non-empty cell has a row)
+            if cells[-1] and row is not None and row.get("epochs", pair_epochs) != pair_epochs:
                 cells[-1] += f", {row['epochs']} epochs"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -374,8 +506,10 @@ def _cells_table(labels: list[str], columns: list[tuple[str, str]], cell, transp
     pairs = [f"{t} → {s}" for t, s in columns]
     if transpose:
         lines = ["| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-        lines += [f"| {name} | " + " | ".join(cell(label, *pair) for label in labels) + " |"
-                  for name, pair in zip(pairs, columns)]
+        lines += [
+            f"| {name} | " + " | ".join(cell(label, *pair) for label in labels) + " |"
+            for name, pair in zip(pairs, columns)
+        ]
         return lines
     lines = ["| | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(columns)]
     return lines + [f"| {label} | " + " | ".join(cell(label, *pair) for pair in columns) + " |" for label in labels]
@@ -399,9 +533,13 @@ def _html(markdown: list[str]) -> str:
             continue
         if table:
             head, *rest = [r for r in table if not all(set(c) <= set("-") for c in r)]
-            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
-                        + "</tbody></table>")
+            body.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                + "</tbody></table>"
+            )
             table = []
         if line.startswith("## "):
             body.append(f"<h2>{inline(line[3:])}</h2>")
@@ -409,10 +547,15 @@ def _html(markdown: list[str]) -> str:
             body.append(f"<h1>{inline(line[2:])}</h1>")
         elif line:
             body.append(f"<p>{inline(line)}</p>")
-    style = ("body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
-             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}")
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>" + \
-        "\n".join(body) + "</body></html>\n"
+    style = (
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;"
+        "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
 
 
 def combine(report_dirs: list[str | Path], out_dir: str | Path, title: str) -> list[str]:
@@ -421,11 +564,14 @@ def combine(report_dirs: list[str | Path], out_dir: str | Path, title: str) -> l
     whenever the reports exist; rows in first-seen order, the paper's value beside ours where the CSV has one.
     Writes ``table.md`` and ``table.csv`` under ``out_dir``; returns the Markdown lines."""
     columns, cells, rows = [], {}, []
+    record: dict[str, str] | None  # a row of a table.csv; None below where a column has none
     for folder in map(Path, report_dirs):
         path = folder / "table.csv"
         if not path.is_file():
-            raise ReportError(f"{path} does not exist: run that grid's report first "
-                              f"(snakemake make_report --configfile params/{folder.name}.yaml)")
+            raise ReportError(
+                f"{path} does not exist: run that grid's report first "
+                f"(snakemake make_report --configfile params/{folder.name}.yaml)"
+            )
         with open(path, newline="") as handle:
             records = list(csv.DictReader(handle))
         columns.append(folder.name)
@@ -433,9 +579,15 @@ def combine(report_dirs: list[str | Path], out_dir: str | Path, title: str) -> l
             if record["row"] not in rows:
                 rows.append(record["row"])
             cells[(record["row"], folder.name)] = record
-    lines = [f"# {title}", "", f"Mean ± std over seeds of each grid's compared epoch (see each report); "
-             f"*paper* beside ours. Columns: the reports under {', '.join(f'`{c}`' for c in columns)}.", "",
-             "| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = [
+        f"# {title}",
+        "",
+        f"Mean ± std over seeds of each grid's compared epoch (see each report); "
+        f"*paper* beside ours. Columns: the reports under {', '.join(f'`{c}`' for c in columns)}.",
+        "",
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for row in rows:
         texts = []
         for column in columns:
@@ -461,6 +613,17 @@ def combine(report_dirs: list[str | Path], out_dir: str | Path, title: str) -> l
             for column in columns:
                 record = cells.get((row, column))
                 if record is not None:
-                    writer.writerow([row, column, record["run"], record["n"], record["n_expected"], record["epoch"],
-                                     record["mean"], record["std"], record["paper"]])
+                    writer.writerow(
+                        [
+                            row,
+                            column,
+                            record["run"],
+                            record["n"],
+                            record["n_expected"],
+                            record["epoch"],
+                            record["mean"],
+                            record["std"],
+                            record["paper"],
+                        ]
+                    )
     return lines

@@ -1,4 +1,5 @@
 """What one training job is: the hyper-parameters that decide its result, as one JSON-able record."""
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,29 @@ class Schedule:
     lr: float = option(0.05, "initial learning rate", type="number", exclusiveMinimum=0)
     momentum: float = option(0.9, "SGD momentum", type="number", minimum=0, exclusiveMaximum=1)
     weight_decay: float = option(5e-4, "L2 weight decay", type="number", minimum=0)
-    lr_decay_epochs: tuple[int, ...] = option((150, 180, 210), "epochs at whose start the learning rate decays",
-                                              type="array", items={"type": "integer", "minimum": 1})
-    lr_decay_rate: float = option(0.1, "factor applied at each decay epoch", type="number", exclusiveMinimum=0,
-                                  maximum=1)
+    lr_decay_epochs: tuple[int, ...] = option(
+        (150, 180, 210),
+        "epochs at whose start the learning rate decays",
+        type="array",
+        items={"type": "integer", "minimum": 1},
+    )
+    lr_decay_rate: float = option(
+        0.1, "factor applied at each decay epoch", type="number", exclusiveMinimum=0, maximum=1
+    )
     nesterov: bool = option(False, "Nesterov momentum", type="boolean")
-    restart_momentum: bool = option(False, "clear SGD's momentum at each decay epoch, as a new optimiser would "
-                                    "(szagoruyko/attention-transfer builds one at each decay)", type="boolean")
-    lr_schedule: str = option("step", "step: x lr_decay_rate at each of lr_decay_epochs; cosine: lr (1 + cos(pi e / "
-                              "epochs)) / 2 in epoch e (L2T-ww's transfer protocol)", type="string",
-                              enum=["step", "cosine"])
+    restart_momentum: bool = option(
+        False,
+        "clear SGD's momentum at each decay epoch, as a new optimiser would "
+        "(szagoruyko/attention-transfer builds one at each decay)",
+        type="boolean",
+    )
+    lr_schedule: str = option(
+        "step",
+        "step: x lr_decay_rate at each of lr_decay_epochs; cosine: lr (1 + cos(pi e / "
+        "epochs)) / 2 in epoch e (L2T-ww's transfer protocol)",
+        type="string",
+        enum=["step", "cosine"],
+    )
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``.
@@ -81,7 +95,7 @@ class Runtime:
     passes, loss, backward, optimiser step) as one CUDA graph and replay it
     for every full batch, removing the per-kernel launch cost that dominates
     small CIFAR networks at batch 64; ``auto`` does so on CUDA for methods
-    whose step qualifies (``Method.cuda_graphs``); other steps run eagerly.
+    whose step qualifies (``Capabilities.cuda_graphs``); other steps run eagerly.
     It changes no result. Naming a ``compile`` mode as well puts compiled
     networks inside the graph (about 20% faster on an H100 for AFD
     resnet56 -> resnet20), but their kernels then depend on what the process
@@ -96,12 +110,13 @@ class Runtime:
     precision: str = option("auto", "bf16 autocast where the hardware has bf16 units, else fp32", enum=list(PRECISIONS))
     channels_last: str | bool = option("auto", "NHWC layout for convolutions (auto: on)", enum=["auto", True, False])
     compile: str = option("auto", "a torch.compile mode (auto: none)", enum=list(COMPILE_MODES))
-    deterministic: bool = option(True, "deterministic CUDA kernels: a seed reproduces a run's metrics",
-                                 type="boolean")
-    cuda_graphs: str | bool = option("auto", "replay each training step as one CUDA graph where the method allows it",
-                                     enum=["auto", True, False])
-    keep_freed_memory: str | bool = option("auto", "keep freed heap memory for the next step (auto: on CPU)",
-                                           enum=["auto", True, False])
+    deterministic: bool = option(True, "deterministic CUDA kernels: a seed reproduces a run's metrics", type="boolean")
+    cuda_graphs: str | bool = option(
+        "auto", "replay each training step as one CUDA graph where the method allows it", enum=["auto", True, False]
+    )
+    keep_freed_memory: str | bool = option(
+        "auto", "keep freed heap memory for the next step (auto: on CPU)", enum=["auto", True, False]
+    )
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ workers or how batches are scheduled among them. The random stream differs
 from torchvision's (which draws from the global torch RNG), the distribution
 does not.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,9 @@ def train_transform(image, rng: np.random.Generator, size: int):
 
     top, left, h, w = random_resized_crop_box(image.width, image.height, rng)
     # crop, then resize (as torchvision): resize(box=...) would blend in pixels from outside the box
-    out = image.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
+    out = image.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
     if rng.uniform() < 0.5:  # drawn after the box: the crop, then the flip
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return out
 
 
@@ -86,7 +87,7 @@ def eval_transform(image, size: int, resize: int):
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = resize, int(resize * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    image = image.resize((new_w, new_h), Image.BILINEAR)
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
@@ -153,8 +154,14 @@ def _default_workers() -> int:
 class StreamingData:
     """A prepared streaming dataset (``meta["format"] == "stream"``), served like :class:`DeviceData`."""
 
-    def __init__(self, data_dir: str | os.PathLike, device: torch.device | str = "cpu", train_split: str = "train",
-                 test_split: str = "test", workers: int | None = None):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        train_split: str = "train",
+        test_split: str = "test",
+        workers: int | None = None,
+    ):
         data_dir = Path(data_dir)
         meta_path = data_dir / "meta.json"
         if not meta_path.is_file():
@@ -188,8 +195,14 @@ class StreamingData:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
 
     def _loader(self, dataset: _Decode, batches: list[list[tuple[int, int | None]]]) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
-                          pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+        )
 
     def _batches(self, dataset: _Decode, loader_batches):
         for images, index in self._loader(dataset, loader_batches):
@@ -200,7 +213,7 @@ class StreamingData:
         n = len(self.train.labels)
         order = torch.randperm(n, generator=generator, device=generator.device).cpu().tolist()
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        plan = [[(i, seed) for i in order[start:start + batch_size]] for start in range(0, n, batch_size)]
+        plan = [[(i, seed) for i in order[start : start + batch_size]] for start in range(0, n, batch_size)]
         if len(plan[-1]) == 1 and n > 1:
             plan.pop()  # a batch of one would break BatchNorm (as DeviceData)
         return plan

@@ -5,7 +5,8 @@ Snakemake runs a grid, :class:`GridWatch` prints the grid line to its terminal
 whenever a job finishes or starts, and at least every ``interval`` seconds
 (a job counts as running once it has checkpointed its first epoch)::
 
-    grid 'default': 9/28 done, 2 running (resnet20/resnet8/kd/seed0 epoch 3/8, resnet20/resnet8/crd/seed1 epoch 1/8), 17 to run; about 6 min of training left at 2 at a time
+    grid 'default': 9/28 done, 2 running (resnet20/resnet8/kd/seed0 epoch 3/8, resnet20/resnet8/crd/seed1 epoch 1/8),
+    17 to run; about 6 min of training left at 2 at a time
 
 The estimate is each unfinished job's epochs left times the mean epoch time
 measured for the most similar jobs (same run and pair, else same run, else
@@ -14,6 +15,7 @@ divided by the number of jobs running now. It counts training epochs only
 (not start-up, evaluation or logging) and ignores the order the DAG
 imposes, so it is a guide, not a promise.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,28 +79,37 @@ class Survey:
         parts = [f"{counts.get('done', 0)}/{total} done"]
         running = self.running()
         if running:
-            shown = ", ".join(f"{_short(job)} epoch {self.states[job.folder].split('at epoch ')[1]}"
-                              for job in running[:3])
+            shown = ", ".join(
+                f"{_short(job)} epoch {self.states[job.folder].split('at epoch ')[1]}" for job in running[:3]
+            )
             parts.append(f"{len(running)} running ({shown}{', ...' if len(running) > 3 else ''})")
         parts += [f"{count} {state}" for state, count in counts.items() if state not in ("done", "running")]
         text = f"grid {self.plan.grid.name!r}: " + ", ".join(parts)
         if counts.get("done", 0) < total:
             at_once = max(1, len(running))
             left = self.remaining_seconds(at_once)
-            text += "; time left unknown until a first epoch is timed" if left is None else \
-                f"; about {_duration(left)} of training left at {at_once} at a time"
+            text += (
+                "; time left unknown until a first epoch is timed"
+                if left is None
+                else f"; about {_duration(left)} of training left at {at_once} at a time"
+            )
         return text
 
 
 def _timing_keys(job: Job) -> list[tuple]:
     spec = job.spec
+    assert spec is not None  # only training jobs are timed
     return [(job.kind.name, spec.run, spec.teacher, spec.arch), (job.kind.name, spec.run), (job.kind.name,), ()]
 
 
 def _short(job: Job) -> str:
     """The job by its wildcards, dataset left out: ``resnet20/resnet8/kd/seed0``."""
-    return "/".join(f"seed{value}" if name == "seed" else value
-                    for name, value in job.wildcards.items() if name != "dataset") or job.kind.name
+    return (
+        "/".join(
+            f"seed{value}" if name == "seed" else value for name, value in job.wildcards.items() if name != "dataset"
+        )
+        or job.kind.name
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -118,7 +129,7 @@ def survey(plan: Plan) -> Survey:
     now = time.time()
     for job in plan.jobs:
         checkpoint = Path(job.folder) / "checkpoint.pt"
-        history = []
+        history: list[dict] = []
         if Path(job.marker).is_file():
             state = "done"
             metrics = Path(job.path("metrics.json"))
@@ -155,7 +166,7 @@ class GridWatch:
         self.stream = stream or sys.stderr
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="afdistill-grid-watch", daemon=True)
-        self._last_key = None
+        self._last_key: tuple | None = None
         self._last_time = 0.0
 
     def start(self) -> "GridWatch":
@@ -185,6 +196,7 @@ class GridWatch:
         return done, tuple(running)
 
     def print_line(self, force: bool = False) -> None:
+        key: tuple | None  # None: no key read yet
         try:
             key = self._key()
             if not (force or key != self._last_key or time.monotonic() - self._last_time >= self.interval):

@@ -5,6 +5,7 @@ Both the grid check (before any job, on a network built on the meta device, tens
 :func:`afdistill.engine.load_network` (in the job) go through :func:`match`, so a file of another
 architecture is refused by ``afdistill check`` with the same message the job would give.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,9 @@ from .files import FileProblem, load_torch
 from .models import classifier_name, create_model
 
 #: what to do about a weights file the user named (not one a job of the pipeline wrote)
-GIVEN = ("for a file the grid names, check its path or download it again; for one a job wrote, delete it and rerun "
-         "that job")
+GIVEN = (
+    "for a file the grid names, check its path or download it again; for one a job wrote, delete it and rerun that job"
+)
 
 
 class WeightsMismatch(FileProblem):
@@ -28,8 +30,9 @@ def state_dict_of(loaded: Any, path: str | Path) -> dict:
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
         loaded = loaded["model"]
     if not isinstance(loaded, dict) or not loaded or not all(hasattr(v, "shape") for v in loaded.values()):
-        raise WeightsMismatch(f"{path}: holds no state dict (a mapping of parameter names to tensors, alone or "
-                              f"under 'model'); {GIVEN}")
+        raise WeightsMismatch(
+            f"{path}: holds no state dict (a mapping of parameter names to tensors, alone or under 'model'); {GIVEN}"
+        )
     return loaded
 
 
@@ -43,13 +46,21 @@ def classes_of(state: dict, path: str | Path, arch: str, options: dict | None = 
     head = classifier_name(arch, **(options or {}))
     weight = state.get(f"{head}.weight")
     if weight is None or len(weight.shape) != 2:
-        raise WeightsMismatch(f"{path}: does not hold {arch} weights: no classifier {head}.weight "
-                              f"(it holds {_sample(state)}); {GIVEN}")
+        raise WeightsMismatch(
+            f"{path}: does not hold {arch} weights: no classifier {head}.weight (it holds {_sample(state)}); {GIVEN}"
+        )
     return int(weight.shape[0])
 
 
-def match(state: dict, path: str | Path, arch: str, num_classes: int, options: dict | None = None,
-          new_classifier: bool = False, network=None) -> None:
+def match(
+    state: dict,
+    path: str | Path,
+    arch: str,
+    num_classes: int,
+    options: dict | None = None,
+    new_classifier: bool = False,
+    network=None,
+) -> None:
     """Raise :class:`WeightsMismatch` unless ``state`` loads into ``arch`` strictly (every tensor but the
     classifier's with ``new_classifier``), naming missing, unexpected and mis-shaped tensors. ``network``: the
     architecture already built (the job's); otherwise one is built on the meta device (no memory)."""
@@ -63,16 +74,23 @@ def match(state: dict, path: str | Path, arch: str, num_classes: int, options: d
     skip = (lambda key: key.startswith(head)) if new_classifier else (lambda key: False)
     missing = [k for k in expected if k not in state and not skip(k)]
     unexpected = [k for k in state if k not in expected and not skip(k)]
-    shapes = [f"{k} {tuple(state[k].shape)} (the network's {expected[k]})" for k in expected
-              if k in state and not skip(k) and tuple(state[k].shape) != expected[k]]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (the network's {expected[k]})"
+        for k in expected
+        if k in state and not skip(k) and tuple(state[k].shape) != expected[k]
+    ]
     if not (missing or unexpected or shapes):
         return
-    problems = [f"{label} {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("other shapes:", shapes))
-                if items]
+    problems = [
+        f"{label} {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("other shapes:", shapes))
+        if items
+    ]
     what = "" if new_classifier else f" for {num_classes} classes"
-    raise WeightsMismatch(f"{path}: does not hold {arch} weights{what} ({'; '.join(problems)}): a file of another "
-                          f"architecture or options; {GIVEN}")
+    raise WeightsMismatch(
+        f"{path}: does not hold {arch} weights{what} ({'; '.join(problems)}): a file of another "
+        f"architecture or options; {GIVEN}"
+    )
 
 
 def _sample(state: dict) -> str:

@@ -1,16 +1,15 @@
 # Configuration: one grid file (params/*.yaml), validated before any job starts, and the plan of its jobs.
-import json
 import os
-import shlex
 import sys
 
 import yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
-from afdistill.jobs import KINDS, Plan, preflight
+from afdistill.jobs import Plan, preflight
+from afdistill.kinds import KINDS
 from afdistill.watch import GridWatch
 
 min_version("9.0")
@@ -26,24 +25,21 @@ with open(GRID_FILE) as _handle:
 # `--config key=value` overrides a grid key (the SLURM profile sets device=cuda); jobs get the same overrides.
 OVERRIDES = dict(workflow.config_settings.config)
 _grid_config.update(OVERRIDES)
-# The grid's own check first: its messages name the key and what is allowed. Snakemake's schema check
-# then confirms the same structure (the schema is generated from the grid's declarations).
+# The grid is checked here, once, before any job: parsed against its declaration (afdistill.grid.SCHEMA, from
+# which workflow/schemas/config.schema.yaml is generated), then each job kind's checks as the plan is made.
+# Every job gets its planned, checked record on its command line and never reads the grid again.
 GRID = Grid(_grid_config, source=GRID_FILE)
-validate(_grid_config, "../schemas/config.schema.yaml")
 PLAN = Plan(GRID)
 WATCH = GridWatch(PLAN, interval=float(os.environ.get("AFDISTILL_PROGRESS_INTERVAL", 60)))
 config["grid"] = GRID.name  # for the HTML report's caption
-# Each override as JSON (which YAML reads back as it was), quoted for the shell.
-GRID_ARGS = f"--grid {GRID_FILE}" + "".join(
-    f" --set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in OVERRIDES.items()
-)
 
 # A training job takes one GPU slot when it will run on CUDA; the default profile caps
 # `gpu` at 1 and `--resources gpu=N` raises it. With `jobs_per_gpu: k` each GPU has k
 # slots (`--resources gpu=<GPUs x k>`); k is not in any job's fingerprint, so changing it
 # reruns nothing.
 ON_GPU = GRID.device == "cuda" or (GRID.device == "auto" and bool(visible_gpus()))
-# `gpus_per_job: N` (grid): each training job runs as N data-parallel processes under torchrun.
+# `gpus_per_job: N` (grid): each training job runs as N data-parallel processes under torchrun, which its
+# rule starts (jobs.smk).
 GPUS_PER_JOB = GRID.gpus_per_job if ON_GPU else 0
 # On CPU every training job is one torch thread, so `--cores N` runs N jobs at once; on CUDA two per GPU.
 THREADS_PER_JOB = 2 * GPUS_PER_JOB if ON_GPU else 1
@@ -63,8 +59,9 @@ def upstream_markers(kind):
     return lambda wildcards: [upstream.marker for upstream in PLAN.by_wildcards(kind, wildcards).inputs.values()]
 
 
-def fingerprint_of(kind):
-    return lambda wildcards: PLAN.by_wildcards(kind, wildcards).fingerprint
+def job_of(kind):
+    """The job with these wildcards as its process receives it (afdistill.jobs.Job.to_json)."""
+    return lambda wildcards: PLAN.by_wildcards(kind, wildcards).to_json()
 
 
 def _submits_to_slurm(argv):
@@ -103,8 +100,11 @@ if not workflow.remote_exec:
 
 
 onstart:
-    # The MLflow store and the grid's experiment are created here, before concurrent jobs race to, and one
-    # parent run holds this invocation's job runs (jobs inherit its id from the environment) and the report.
+    # MLflow's tracking server on ./mlflow.db for this invocation (unless MLFLOW_TRACKING_URI names one): one
+    # writer for every job, artifacts under ./mlartifacts (tracking.serve). The jobs inherit its URI and the
+    # grid's parent run, which holds this invocation's job runs and the report.
+    global MLFLOW_SERVER
+    MLFLOW_SERVER = tracking.serve(os.getcwd(), public=_submits_to_slurm(sys.argv))
     tracking.start_grid(GRID.name, grid_file=GRID_FILE, config=_grid_config)
     # The grid's progress (jobs done, running, time left) on this terminal, beside Snakemake's job lines.
     WATCH.start()
@@ -113,8 +113,12 @@ onstart:
 onsuccess:
     WATCH.stop()
     tracking.finish_grid("FINISHED")
+    tracking.stop(globals().get("MLFLOW_SERVER"))
 
 
 onerror:
     WATCH.stop()
-    tracking.finish_grid("FAILED")
+    try:
+        tracking.finish_grid("FAILED")
+    finally:
+        tracking.stop(globals().get("MLFLOW_SERVER"))

@@ -1,4 +1,4 @@
-# One rule per job kind, one target rule per kind, all derived from afdistill.jobs.KINDS.
+# One rule per job kind, one target rule per kind, all derived from afdistill.kinds.KINDS.
 # A rule's output is the fingerprint marker its job writes last; the job's other files (listed
 # in KINDS) sit beside it. A job reruns exactly when its marker is missing: its inputs,
 # parameters or code changed (so did its fingerprint), or its outputs were deleted. Keeping
@@ -100,6 +100,16 @@ def rule_inputs(kind):
     return sorted({upstream.marker for job in PLAN.of_kind(kind.name) for upstream in job.inputs.values()})
 
 
+def launcher(kind):
+    """How a job of this kind starts: ``afdistill``, or, for a training job over N GPUs, N ranks under torchrun
+    (as torchvision's references start them) on N GPUs this job holds (afdistill with-gpus: a SLURM job's
+    allocation, or N GPUs of this machine locked for the job's life)."""
+    if not kind.trains or GPUS_PER_JOB <= 1:
+        return "afdistill"
+    return (f"afdistill with-gpus {GPUS_PER_JOB} "
+            f"torchrun --standalone --nproc-per-node {GPUS_PER_JOB} -m afdistill")
+
+
 for kind in KINDS.values():
     if not PLAN.of_kind(kind.name):
         continue  # this grid has no such job (no method reads links, say)
@@ -116,13 +126,12 @@ for kind in KINDS.values():
             f"logs/{folder}.{{fingerprint}}.log" if kind.wildcards else f"logs/{folder}.log",
         params:
             folder=lambda wildcards, output: os.path.dirname(output.marker),
-            fingerprint=fingerprint_of(kind.name),
+            job=job_of(kind.name),
         threads: THREADS_PER_JOB if kind.trains else 1
         resources:
             gpu=GPUS_PER_JOB if kind.trains else 0,
         shell:
-            f"afdistill run {GRID_ARGS} {{params.folder}} --fingerprint {{params.fingerprint}}"
-            " --threads {threads} --log-file {log} > {log} 2>&1"
+            launcher(kind) + " run {params.folder} --job {params.job:q} --threads {threads} --log-file {log} > {log} 2>&1"
 
     rule:
         name:

@@ -50,15 +50,16 @@ is not followed either: a 1x1 convolution (no bias) + batch norm on every
 stage, post-ReLU features, the batch mean of the per-image sums, stage weights
 2^i (1 for the first stage, doubling with depth), times 3e-3.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Sequence, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 from .fitnet import ConvRegressor
 
 
@@ -77,11 +78,13 @@ def _preact(features: Features, who: str) -> Sequence[Tensor]:
 
 def _connectors(context: Context) -> list[nn.Module]:
     """One connector per stage: identity where channels and height agree, else a ``BoundaryConnector``."""
+    assert context.student_sample is not None and context.teacher_sample is not None  # AB needs both networks
     student, teacher = _preact(context.student_sample, "student"), _preact(context.teacher_sample, "teacher")
     if len(student) != len(teacher):
-        raise ValueError(f"AB pairs the stages one to one; the teacher has {len(teacher)} and the student "
-                         f"{len(student)}")
-    connectors = []
+        raise ValueError(
+            f"AB pairs the stages one to one; the teacher has {len(teacher)} and the student {len(student)}"
+        )
+    connectors: list[nn.Module] = []
     for index, (s, t) in enumerate(zip(student, teacher), start=1):
         if s.shape[1] == t.shape[1] and s.shape[2] == t.shape[2]:
             connectors.append(nn.Identity())
@@ -106,13 +109,20 @@ def _arch(network) -> str:
 
 @register_method("ab")
 class ActivationBoundaries(Method):
-    cuda_graphs = True
     label = "AB"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 margin: Annotated[float, Range(ge=0)] = 1.0, alpha: Annotated[float, Range(ge=0)] = 0.0,
-                 **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        margin: Annotated[float, Range(ge=0)] = 1.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta, self.margin = float(beta), float(margin)
         self.connectors = nn.ModuleList(_connectors(context))
         n = len(self.connectors)
@@ -124,13 +134,13 @@ class ActivationBoundaries(Method):
             try:
                 _connectors(context)
             except ValueError as error:
-                raise ValueError(f"{where}: {_arch(context.teacher)} -> {_arch(context.student)}: "
-                                 f"{error}") from None
+                raise ValueError(f"{where}: {_arch(context.teacher)} -> {_arch(context.student)}: {error}") from None
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         sources = _preact(student, "student")
         targets = _preact(teacher, "teacher")
-        loss = 0.0
+        loss: float | Tensor = 0.0
         for weight, connector, s, t in zip(self.stage_weights, self.connectors, sources, targets):
             loss = loss + weight * boundary_loss(connector(s), t, self.margin)
-        return {"ab": self.beta * loss / len(batch.labels) * 3 / 1000}
+        return {"ab": cast(Tensor, self.beta * loss / len(batch.labels) * 3 / 1000)}  # a tensor: >= 1 stage

@@ -67,19 +67,20 @@ Records: ``teacher_candidates`` / ``student_candidates`` (block indices) and
 links; :meth:`AFD.epoch_summary` returns them every epoch beside the epoch's
 mean attention, so each run's metrics.json holds them.
 """
+
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from typing import Annotated, Any
-
 from ..models import Features
 from ..models.features import as_computed, block_names
-from .base import Batch, Choice, Context, Method, Range, register_method, select
+from .base import Batch, Capabilities, Choice, Context, KDOnTop, Method, Range, register_method, select
 from .maps import POOLINGS, pooled_and_mean, resize_to
 
 LINKINGS = ("afd", "pretrained", "ordered", "random")
@@ -136,6 +137,9 @@ class AFDAttention(nn.Module):
         BatchNorm does.
         """
         linear, bn = self.bilinear.linear, self.bilinear.bn
+        # a BatchNorm1d with its defaults: it tracks running statistics, with a momentum
+        assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
+        assert bn.momentum is not None
         dim = key.shape[2]
         weight = linear.weight  # (T d) x d
         if bn.training:
@@ -168,7 +172,9 @@ class PairDistance(nn.Module):
     instead of a Python loop over t and a B x T x S x HW difference tensor).
     """
 
-    def __init__(self, teacher_sizes: list[tuple[int, int]], distance: str = "l2"):
+    unpermute: Tensor  # a buffer (register_buffer: mypy would see Tensor | Module)
+
+    def __init__(self, teacher_sizes: list[tuple[int, ...]], distance: str = "l2"):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"distance {distance!r} is not allowed; allowed: {', '.join(DISTANCES)}")
@@ -207,8 +213,9 @@ class PairDistance(nn.Module):
         return negative_entropy - torch.bmm(p_t, p_s.clamp_min(KL_FLOOR).log().transpose(1, 2))
 
 
-def candidate_statistics(features: Features, candidates: list[int], pooling: str = "a2"
-                         ) -> tuple[list[Tensor], list[Tensor]]:
+def candidate_statistics(
+    features: Features, candidates: list[int], pooling: str = "a2"
+) -> tuple[list[Tensor], list[Tensor]]:
     """Channel-pooled maps and channel means (fp32) of the AFD candidates, read in the precision the network ran in."""
     pairs = [pooled_and_mean(f, pooling) for f in select(as_computed(features.blocks), candidates)]
     return [pooled for pooled, _ in pairs], [mean for _, mean in pairs]
@@ -249,34 +256,63 @@ def _check_option(method: str, key: str, value: Any, allowed: tuple) -> None:
 
 @register_method("afd")
 class AFD(Method):
-    cuda_graphs = True
     label = "AFD"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
     #: hyper-parameters a link-finding run must share with a ``linking: pretrained`` run (its links' shape)
     link_params = ("teacher_candidates", "student_candidates", "teacher_selection", "student_selection")
+    # buffers (register_buffer: mypy would see Tensor | Module); fixed_alpha only with fixed links
+    fixed_alpha: Tensor
+    attention_sum: Tensor
+    attention_count: Tensor
 
-    def __init__(self, context: Context,
-                 beta: Annotated[float, Range(ge=0)] = 200.0,
-                 qk_dim: Annotated[int, Range(ge=1, integer=True)] = 128,
-                 linking: Annotated[str, Choice(*LINKINGS)] = "afd",
-                 distance: Annotated[str, Choice(*DISTANCES)] = "l2",
-                 pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
-                 teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
-                 student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
-                 teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
-        super().__init__(context, alpha=alpha, **base)
-        for key, value, allowed in (("linking", linking, LINKINGS), ("distance", distance, DISTANCES),
-                                    ("pooling", pooling, POOLINGS),
-                                    ("teacher_selection", teacher_selection, SELECTIONS),
-                                    ("student_selection", student_selection, SELECTIONS)):
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 200.0,
+        qk_dim: Annotated[int, Range(ge=1, integer=True)] = 128,
+        linking: Annotated[str, Choice(*LINKINGS)] = "afd",
+        distance: Annotated[str, Choice(*DISTANCES)] = "l2",
+        pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
+        teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+        student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+        teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+        student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
+        self.caps = type(self).capabilities({"linking": linking})
+        for key, value, allowed in (
+            ("linking", linking, LINKINGS),
+            ("distance", distance, DISTANCES),
+            ("pooling", pooling, POOLINGS),
+            ("teacher_selection", teacher_selection, SELECTIONS),
+            ("student_selection", student_selection, SELECTIONS),
+        ):
             _check_option(self.method_name, key, value, allowed)
         self.beta = float(beta)
         self.linking, self.pooling = linking, pooling
-        self.teacher_candidates = self._choose(context.teacher.afd_candidates, teacher_candidates, teacher_selection,
-                                               context.seed, 1, f"methods.{self.method_name}.teacher_candidates")
-        self.student_candidates = self._choose(context.student.afd_candidates, student_candidates, student_selection,
-                                               context.seed, 2, f"methods.{self.method_name}.student_candidates")
+        assert context.teacher is not None and context.student is not None  # it needs both networks
+        # (the casts: every registered architecture sets afd_candidates, a list of block indices)
+        self.teacher_candidates = self._choose(
+            cast(list[int], context.teacher.afd_candidates),
+            teacher_candidates,
+            teacher_selection,
+            context.seed,
+            1,
+            f"methods.{self.method_name}.teacher_candidates",
+        )
+        self.student_candidates = self._choose(
+            cast(list[int], context.student.afd_candidates),
+            student_candidates,
+            student_selection,
+            context.seed,
+            2,
+            f"methods.{self.method_name}.student_candidates",
+        )
+        assert context.student_sample is not None and context.teacher_sample is not None  # and their features
         teacher = select(context.teacher_sample.blocks, self.teacher_candidates)
         student = select(context.student_sample.blocks, self.student_candidates)
         self.teacher_names = select(block_names(context.teacher_sample.blocks), self.teacher_candidates)
@@ -289,8 +325,11 @@ class AFD(Method):
             if linking == "pretrained":
                 matrix = self._pretrained(context.artifact, (n_teacher, n_student))
             else:
-                targets = (ordered_links(n_teacher, n_student) if linking == "ordered"
-                           else random_links(n_teacher, n_student, context.seed))
+                targets = (
+                    ordered_links(n_teacher, n_student)
+                    if linking == "ordered"
+                    else random_links(n_teacher, n_student, context.seed)
+                )
                 matrix = torch.zeros(n_teacher, n_student)
                 matrix[torch.arange(n_teacher), torch.tensor(targets)] = 1.0
                 self.fixed_links = [(self.teacher_names[t], self.student_names[s]) for t, s in enumerate(targets)]
@@ -301,34 +340,42 @@ class AFD(Method):
         self.register_buffer("attention_count", torch.zeros(()), persistent=False)
 
     @classmethod
-    def pre_stage(cls, params: dict[str, Any]) -> str | None:
-        return "links" if params.get("linking") == "pretrained" else cls.needs_artifact
+    def capabilities(cls, params: dict[str, Any]) -> Capabilities:
+        """With ``linking: pretrained`` it reads the links of the links stage."""
+        caps = super().capabilities(params)
+        return replace(caps, pre_stage="links") if params.get("linking") == "pretrained" else caps
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
         for side, network in (("teacher", context.teacher), ("student", context.student)):
-            count, pool = params[f"{side}_candidates"], network.afd_candidates
+            assert network is not None  # it needs both networks
+            # (the cast: every registered architecture sets afd_candidates, a list of block indices)
+            count, pool = params[f"{side}_candidates"], cast(list[int], network.afd_candidates)
             if count > len(pool):
-                raise ValueError(f"{where}.{side}_candidates: {count} is not allowed for {network.arch}; expected "
-                                 f"an integer from 0 to {len(pool)} (its candidate blocks; 0 takes all)")
+                raise ValueError(
+                    f"{where}.{side}_candidates: {count} is not allowed for {network.arch}; expected "
+                    f"an integer from 0 to {len(pool)} (its candidate blocks; 0 takes all)"
+                )
 
     @staticmethod
     def _choose(pool: list[int], count: int, selection: str, seed: int, salt: int, key: str) -> list[int]:
         if not 0 <= count <= len(pool):
-            raise ValueError(f"{key}: {count} candidates asked; this network has {len(pool)} "
-                             f"(0 takes all)")
+            raise ValueError(f"{key}: {count} candidates asked; this network has {len(pool)} (0 takes all)")
         return select_candidates(list(pool), int(count), selection, seed, salt)
 
     def _pretrained(self, links: Any, expected: tuple[int, int]) -> Tensor:
         if links is None:
-            raise ValueError(f"{self.method_name} with pre-trained links needs a links file "
-                             f"(the output of the links stage)")
+            raise ValueError(
+                f"{self.method_name} with pre-trained links needs a links file (the output of the links stage)"
+            )
         for side in ("teacher", "student"):
             found, ours = links.get(f"{side}_candidates"), getattr(self, f"{side}_candidates")
             if found is not None and list(found) != ours:
-                raise ValueError(f"links file for {links.get('teacher')}->{links.get('student')} links {side} "
-                                 f"blocks {list(found)}; this run uses {ours} (the link-finding run must share "
-                                 f"{', '.join(self.link_params)})")
+                raise ValueError(
+                    f"links file for {links.get('teacher')}->{links.get('student')} links {side} "
+                    f"blocks {list(found)}; this run uses {ours} (the link-finding run must share "
+                    f"{', '.join(self.link_params)})"
+                )
         matrix = torch.tensor(links["alpha"], dtype=torch.float32)  # T x S
         if tuple(matrix.shape) != expected:
             raise ValueError(
@@ -341,10 +388,13 @@ class AFD(Method):
         """alpha for this batch, B x T x S."""
         if self.linking != "afd":
             return self.fixed_alpha.expand(student.logits.shape[0], -1, -1)
-        return self.attention(candidate_statistics(student, self.student_candidates, self.pooling)[1],
-                              candidate_statistics(teacher, self.teacher_candidates, self.pooling)[1])
+        return self.attention(
+            candidate_statistics(student, self.student_candidates, self.pooling)[1],
+            candidate_statistics(teacher, self.teacher_candidates, self.pooling)[1],
+        )
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         s_maps, s_mean = candidate_statistics(student, self.student_candidates, self.pooling)
         t_maps, t_mean = candidate_statistics(teacher, self.teacher_candidates, self.pooling)
         distances = self.distance(s_maps, t_maps)
@@ -359,9 +409,12 @@ class AFD(Method):
 
     def choices(self) -> dict[str, Any]:
         """The candidates (block indices and names) and fixed links this run uses, for reports."""
-        record = {"teacher_candidates": list(self.teacher_candidates),
-                  "student_candidates": list(self.student_candidates),
-                  "teacher_names": list(self.teacher_names), "student_names": list(self.student_names)}
+        record = {
+            "teacher_candidates": list(self.teacher_candidates),
+            "student_candidates": list(self.student_candidates),
+            "teacher_names": list(self.teacher_names),
+            "student_names": list(self.student_names),
+        }
         if self.fixed_links:
             record["links"] = [list(pair) for pair in self.fixed_links]
         return record
@@ -380,27 +433,37 @@ class AFDPretrainedLinks(AFD):
     """The AFD distance with alpha fixed to the links a link-finding AFD run converged to (paper's Table 4):
     ``afd`` with ``linking: pretrained``."""
 
-    needs_artifact = "links"
     label = "AFD (pre-trained links)"
+    declared_capabilities = replace(AFD.declared_capabilities, pre_stage="links")
 
-    def __init__(self, context: Context,
-                 beta: Annotated[float, Range(ge=0)] = 200.0,
-                 distance: Annotated[str, Choice(*DISTANCES)] = "l2",
-                 pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
-                 teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
-                 student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
-                 teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, gamma: Annotated[float, Range(ge=0)] = 1.0,
-                 temperature: Annotated[float, Range(gt=0)] = 4.0):
-        super().__init__(context, beta=beta, linking="pretrained", distance=distance, pooling=pooling,
-                         teacher_candidates=teacher_candidates, student_candidates=student_candidates,
-                         teacher_selection=teacher_selection, student_selection=student_selection,
-                         alpha=alpha, gamma=gamma, temperature=temperature)
-
-    @classmethod
-    def pre_stage(cls, params: dict[str, Any]) -> str | None:
-        return "links"
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 200.0,
+        distance: Annotated[str, Choice(*DISTANCES)] = "l2",
+        pooling: Annotated[str, Choice(*POOLINGS)] = "a2",
+        teacher_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+        student_candidates: Annotated[int, Range(ge=0, integer=True)] = 0,
+        teacher_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+        student_selection: Annotated[str, Choice(*SELECTIONS)] = "interval",
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        gamma: Annotated[float, Range(ge=0)] = 1.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+    ):
+        super().__init__(
+            context,
+            beta=beta,
+            linking="pretrained",
+            distance=distance,
+            pooling=pooling,
+            teacher_candidates=teacher_candidates,
+            student_candidates=student_candidates,
+            teacher_selection=teacher_selection,
+            student_selection=student_selection,
+            alpha=alpha,
+            gamma=gamma,
+            temperature=temperature,
+        )
 
 
 def stage_output_links(teacher_names: list[str], student_names: list[str]) -> list[tuple[int, int]]:
@@ -410,6 +473,7 @@ def stage_output_links(teacher_names: list[str], student_names: list[str]) -> li
     candidate of the student's stage ``k``, for the stages both have. What the
     paper's Figures 3 and 6 draw as "manual" links.
     """
+
     def stage_ends(names: list[str]) -> dict[str, int]:
         return {name.split(".")[0]: index for index, name in enumerate(names)}  # the last index wins
 

@@ -20,16 +20,17 @@ reference code was released for it; we take per-image gradients of the
 summed cross-entropy and average the per-image L2 distances over the batch,
 so beta does not depend on the batch size.
 """
+
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Choice, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Choice, Context, KDOnTop, Method, Range, register_method
 from .maps import resize_to
 
 MAPPINGS = ("sum", "max")
@@ -43,21 +44,30 @@ def attention_map(features: Tensor, p: float, mapping: str) -> Tensor:
 
 @register_method("at")
 class AttentionTransfer(Method):
-    cuda_graphs = True
     label = "ATT"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1000.0,
-                 p: Annotated[float, Range(gt=0)] = 2.0, mapping: Annotated[str, Choice(*MAPPINGS)] = "sum",
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1000.0,
+        p: Annotated[float, Range(gt=0)] = 2.0,
+        mapping: Annotated[str, Choice(*MAPPINGS)] = "sum",
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         if mapping not in MAPPINGS:
             raise ValueError(f"methods.at.mapping: {mapping!r} is not allowed; allowed: {', '.join(MAPPINGS)}")
         if p <= 0:
             raise ValueError(f"methods.at.p: must be positive, got {p}")
         self.beta, self.p, self.mapping = float(beta), float(p), mapping
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        loss = 0.0
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
+        loss: float | Tensor = 0.0
         for f_s, f_t in zip(student.stages, teacher.stages):
             s_size, t_size = f_s.shape[-2:], f_t.shape[-2:]
             if s_size[0] > t_size[0]:
@@ -66,21 +76,29 @@ class AttentionTransfer(Method):
                 f_t = resize_to(f_t, tuple(s_size))
             difference = attention_map(f_s, self.p, self.mapping) - attention_map(f_t, self.p, self.mapping)
             loss = loss + difference.pow(2).mean()
-        return {"at": self.beta * loss}
+        return {"at": cast(Tensor, self.beta * loss)}  # a tensor: there is at least one stage
 
 
 @register_method("at_grad")
 class GradientAttentionTransfer(Method):
     label = "Grad-AT"
-    needs_input_grad = True
+    declared_capabilities = Capabilities(needs_input_grad=True, kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta = float(beta)
-        self._teacher = (context.teacher,)  # a reference, not a submodule: the teacher is not trained
+        # a reference, not a submodule: the teacher is not trained (a run of a method that needs one has one)
+        self._teacher = (cast(nn.Module, context.teacher),)
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         images, labels = batch.images, batch.labels
         loss_s = F.cross_entropy(student.logits, labels, reduction="sum")
         grad_s = torch.autograd.grad(loss_s, images, create_graph=True)[0]

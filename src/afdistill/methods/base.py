@@ -8,18 +8,26 @@ minimises:
 
     total = gamma * CE + alpha * KD + beta * <method term>
 
-``gamma`` and ``alpha`` (Hinton's KD at ``temperature``) are handled here so
-every method can add KD on top, as the AFD paper does for all baselines ("KD
-is applied to all baselines").
+``gamma`` (the cross-entropy's weight) is handled here. ``alpha`` and
+``temperature``, Hinton's KD added on top as the AFD paper does for all
+baselines ("KD is applied to all baselines"), are the hyper-parameters of the
+methods that offer it: each declares them in its own constructor and builds a
+:class:`KDOnTop` from them.
+
+What a method needs and allows (a teacher, a pre-stage, the input gradient, a
+CUDA graph, a second view, ...) is one :class:`Capabilities` record:
+``method_class(name).capabilities(params)`` for a run with these
+hyper-parameters, ``method.caps`` for a built method.
 
 The engine's loop calls, per batch: ``forward``, ``backward`` (plain
 ``loss.backward()`` unless a method shapes its gradients, like MHGD's
 clipping), the optimiser step, then ``after_step`` (L2T's meta-update), and
 ``begin_epoch`` before each epoch; on CUDA the per-batch calls run as one
-replayed CUDA graph for methods that set ``cuda_graphs``. Methods that need
-the input gradient (AT's
-gradient-based variant) set ``needs_input_grad``.
+replayed CUDA graph for methods whose record allows ``cuda_graphs``. Methods
+that need the input gradient (AT's gradient-based variant) set
+``needs_input_grad``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +36,8 @@ import inspect
 import math
 import types
 import typing
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Iterator, Union
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, ClassVar, Iterator, Mapping, Sequence, TypeVar, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +45,8 @@ from torch import Tensor, nn
 
 from ..models import Features, create_model
 from ..models.registry import UnknownNameError
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -55,15 +65,22 @@ class Range:
     integer: bool = False
 
     def describe(self) -> str:
-        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-                 if bound is not None]
+        parts = [
+            f"{op} {bound:g}"
+            for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if bound is not None
+        ]
         return ("an integer" if self.integer else "a number") + (" " + " and ".join(parts) if parts else "")
 
     def admits(self, value: float) -> bool:
         """Whether a finite number lies in the range (its type is checked by the caller)."""
-        return ((not self.integer or float(value).is_integer())
-                and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return (
+            (not self.integer or float(value).is_integer())
+            and (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +97,9 @@ class Choice:
 
     def admits(self, value: Any) -> bool:
         # True is not 1 and 1 is not '1'; an integer stands for the float it equals
-        return any(value == v and (type(value) is type(v) or (type(value) is int and type(v) is float))
-                   for v in self.values)
+        return any(
+            value == v and (type(value) is type(v) or (type(value) is int and type(v) is float)) for v in self.values
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +119,15 @@ class Parameter:
         elif isinstance(self.rule, Choice):
             text = self.rule.describe()
         else:
-            words = {bool: "True or False", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-                     list: "a list", None: "any value"}
+            words: dict[type | None, str] = {
+                bool: "True or False",
+                int: "an integer",
+                float: "a number",
+                str: "a string",
+                dict: "a mapping",
+                list: "a list",
+                None: "any value",
+            }
             text = words.get(self.kind) or f"a {getattr(self.kind, '__name__', self.kind)}"
         return text + (" or None" if self.optional else "")
 
@@ -159,8 +184,10 @@ def method_parameters(cls: type) -> dict[str, Parameter]:
                 try:
                     annotation = eval(annotation, function.__globals__)  # what typing.get_type_hints does
                 except Exception as error:
-                    raise TypeError(f"{klass.__qualname__}.__init__: the annotation of {parameter.name!r} "
-                                    f"({annotation}) does not evaluate: {error}") from None
+                    raise TypeError(
+                        f"{klass.__qualname__}.__init__: the annotation of {parameter.name!r} "
+                        f"({annotation}) does not evaluate: {error}"
+                    ) from None
             found[parameter.name] = _declared_parameter(parameter.name, annotation, parameter.default)
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break  # this constructor does not forward further keywords to its base
@@ -201,18 +228,90 @@ class Context:
     artifact: Any = None  # what the method's pre-stage produced (AFD links, MHGD's attention network)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+@dataclass(frozen=True)
+class Heads:
+    """A network a method pretrains on the frozen teacher, as a job of its own, before its runs (the "heads"
+    pre-stage: MHGD's attention network, FT's paraphraser)."""
+
+    method: str  # the registered method whose job trains it
+    shared_params: tuple[str, ...] = ()  # the run's hyper-parameters that job takes too (its network's shape)
+    train: Mapping[str, Any] = field(default_factory=dict)  # its recipe: schedule keys over the grid's
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs and allows, for given hyper-parameters: the one record the grid, the pipeline, the
+    engine and combinations read (:meth:`Method.capabilities`; ``method.caps`` for a built method)."""
+
+    #: it distils from a teacher (the plain student, DML and the teacher-free regularisers do not)
+    needs_teacher: bool = True
+    #: the pipeline stage whose output the run reads: "links" (AFD's links) or "heads" (:class:`Heads`), if any
+    pre_stage: str | None = None
+    #: for ``pre_stage == "heads"``: that network's job
+    heads: Heads | None = None
+    #: the engine makes the input images require grad before the student's forward pass
+    needs_input_grad: bool = False
+    #: the step (forward, backward, after_step) may be captured and replayed as a CUDA graph
+    #: (``afdistill.graphs``): no host synchronisation, no random numbers, and any state kept across
+    #: steps updated in place in tensors. Opt-in, since a method that breaks this would silently
+    #: train on stale values; never with ``needs_input_grad``.
+    cuda_graphs: bool = False
+    #: the engine adds a second, strongly augmented view of every batch (``afdistill.augment``) and both
+    #: networks' features of it as ``Batch.strong``: one more forward pass of each per step; only datasets
+    #: held on the device provide it
+    strong_view: bool = False
+    #: its own term reads the teacher's logits, so it needs a teacher of the same classes: logit methods do;
+    #: feature methods, which a teacher of another task allows, do not (KD on top is ``kd_on_top``)
+    reads_teacher_logits: bool = False
+    #: it adds Hinton's KD on top at its own ``alpha`` and ``temperature`` (:class:`KDOnTop`)
+    kd_on_top: bool = False
+    #: the registered methods a run computes with (its code fingerprint's)
+    methods_used: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.pre_stage not in (None, "links", "heads"):
+            raise ValueError(f"pre_stage: {self.pre_stage!r}; expected 'links', 'heads' or None")
+        if (self.pre_stage == "heads") != (self.heads is not None):
+            raise ValueError("a 'heads' pre-stage and its Heads come together")
+        if self.cuda_graphs and self.needs_input_grad:
+            raise ValueError("a step that makes the input require grad cannot be a CUDA graph")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:
     """Hinton et al.: KL(teacher || student) at temperature T, scaled by T^2, averaged over the batch."""
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
     p_teacher = F.softmax(teacher_logits / temperature, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="sum") * temperature**2 / student_logits.shape[0]
 
 
-def clip_transfer_gradients(terms: dict[str, Tensor], transfer: str, params: list[Tensor], epoch: int) -> None:
+@dataclass(frozen=True)
+class KDOnTop:
+    """Hinton's KD added on top of a method's own terms, ``alpha * KD(temperature)``: RepDistiller's recipe and
+    the AFD paper's for every baseline.
+
+    A method that offers it declares ``alpha`` and ``temperature`` in its own constructor, builds one from
+    them (``self.kd = KDOnTop(alpha, temperature)``) and says ``kd_on_top`` in its capabilities;
+    :meth:`Method.forward` adds the term as ``kd`` (none at ``alpha`` 0). The unweighted term is the method's
+    :meth:`Method.kd_term`, which the logit modifiers (:class:`~afdistill.methods.logits.LogitMethod`) alter.
+    """
+
+    alpha: float
+    temperature: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    def loss(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """Hinton's KD at ``temperature``, unweighted."""
+        return kd_loss(student_logits, teacher_logits, self.temperature)
+
+
+def clip_transfer_gradients(terms: dict[str, Tensor], transfer: str, params: Sequence[Tensor], epoch: int) -> None:
     """Set each parameter's ``.grad`` to its task gradient plus its transfer gradient (``terms[transfer]``) clipped
     to the task gradient's norm x sigmoid(epoch - 1): the "adaptive constraint multi-task learning via gradient
     clipping" of sseung0703/KD_methods_with_TF (op_util.py), which MHGD and KD-SVD train with."""
-    main = sum(value for name, value in terms.items() if name != transfer)
+    main = cast(Tensor, sum(value for name, value in terms.items() if name != transfer))  # a tensor: CE at least
     main_grads = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
     transfer_grads = torch.autograd.grad(terms[transfer], params, allow_unused=True)
     ramp = 1.0 / (1.0 + math.exp(-(epoch - 1)))
@@ -227,38 +326,23 @@ def clip_transfer_gradients(terms: dict[str, Tensor], transfer: str, params: lis
 
 
 class Method(nn.Module):
-    """Cross-entropy plus optional KD; subclasses add their term in :meth:`distill`."""
+    """Cross-entropy, optional KD on top (:class:`KDOnTop`); subclasses add their term in :meth:`distill`."""
 
-    needs_teacher = True
     #: the row label in reports (the paper's name for the method)
     label = "?"
-    #: the pipeline stage whose output this method reads: "links" (AFD links) or "heads" (a network
-    #: pretrained on the teacher, MHGD), if any
-    needs_artifact: str | None = None
-    #: (``pre_stage`` below reads it; a method whose pre-stage depends on its hyper-parameters overrides that)
-    #: for needs_artifact == "heads": the method type that pretrains them, and which of this
-    #: method's hyper-parameters it shares
-    heads_method: str | None = None
-    heads_params: tuple[str, ...] = ()
-    #: the pre-stage's recipe, schedule keys over the grid's (its paper's or official code's)
-    heads_train: dict[str, Any] = {}
-    #: the engine makes the input images require grad before the student's forward pass
-    needs_input_grad = False
-    #: the step (forward, backward, after_step) may be captured and replayed as a CUDA graph
-    #: (``afdistill.graphs``): no host synchronisation, no random numbers, and any state kept across
-    #: steps updated in place in tensors. Opt-in, since a method that breaks this would silently
-    #: train on stale values.
-    cuda_graphs = False
-    #: the engine adds a second, strongly augmented view of every batch (``afdistill.augment``) and both
-    #: networks' features of it as ``Batch.strong``: one more forward pass of each per step
-    strong_view = False
+    #: the registered name (set by :func:`register_method`; absent on an unregistered class)
+    method_name: ClassVar[str]
+    #: what the method needs and allows whatever its hyper-parameters; :meth:`capabilities` reads it, and a
+    #: method whose hyper-parameters decide some of it overrides that
+    declared_capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, temperature: Annotated[float, Range(gt=0)] = 4.0):
+    def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0):
         super().__init__()
         self.gamma = float(gamma)
-        self.alpha = float(alpha)
-        self.temperature = float(temperature)
+        #: Hinton's KD on top, for a method that offers it (built from its own ``alpha`` and ``temperature``)
+        self.kd: KDOnTop | None = None
+        #: this method's capabilities; a method whose hyper-parameters decide them sets it from its own
+        self.caps = type(self).capabilities({})
         self.epoch = 0
 
     @classmethod
@@ -268,12 +352,14 @@ class Method(nn.Module):
 
         A method whose parameters nest (a combination of methods) overrides this.
         """
-        declared = method_parameters(cls)
+        declared = method_parameters(cls)  # type: ignore[arg-type]  # mypy: a class object is Hashable
         for key, value in params.items():
             if key not in declared:
                 name = getattr(cls, "method_name", cls.__name__)
-                raise ValueError(f"{where}.{key}: method {name!r} has no parameter {key!r}; "
-                                 f"allowed: {', '.join(sorted(declared)) or 'none (it takes no hyper-parameters)'}")
+                raise ValueError(
+                    f"{where}.{key}: method {name!r} has no parameter {key!r}; "
+                    f"allowed: {', '.join(sorted(declared)) or 'none (it takes no hyper-parameters)'}"
+                )
             declared[key].check(value, f"{where}.{key}")
 
     @classmethod
@@ -291,36 +377,17 @@ class Method(nn.Module):
         """
 
     @classmethod
-    def pre_stage(cls, params: dict[str, Any]) -> str | None:
-        """The pipeline stage whose output a run with these hyper-parameters reads ("links", "heads"), if any."""
-        return cls.needs_artifact
-
-    @classmethod
-    def allows_cuda_graphs(cls, params: dict[str, Any]) -> bool:
-        """Whether a run with these hyper-parameters may step as a replayed CUDA graph."""
-        return cls.cuda_graphs and not cls.needs_input_grad
-
-    @classmethod
-    def uses_strong_view(cls, params: dict[str, Any]) -> bool:
-        """Whether a run with these hyper-parameters trains on a second, strongly augmented view (``strong_view``),
-        which only datasets held on the device provide."""
-        return False
-
-    @classmethod
-    def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
-        """Whether the method's own term reads the teacher's logits (beyond KD's ``alpha``), so needs a teacher
-        of the same classes: logit methods do; feature methods, which a teacher of another task allows, do not."""
-        return False
-
-    @classmethod
-    def methods_used(cls, params: dict[str, Any]) -> list[str]:
-        """The registered methods a run with these hyper-parameters computes with (its code fingerprint's)."""
-        return [cls.method_name]
+    def capabilities(cls, params: dict[str, Any]) -> Capabilities:
+        """What a run with these hyper-parameters (any subset of them; the defaults stand for the rest) needs
+        and allows: :attr:`declared_capabilities`, for a method whose hyper-parameters change none of it."""
+        name = getattr(cls, "method_name", None)  # (set by register_method)
+        return replace(cls.declared_capabilities, methods_used=(name,) if name else ())
 
     def forward(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         terms = {"ce": self.gamma * F.cross_entropy(student.logits, batch.labels)}
-        if self.alpha:
-            terms["kd"] = self.alpha * self.kd_term(student.logits, teacher.logits)
+        if self.kd is not None and self.kd.alpha:
+            assert teacher is not None  # KD on top distils from a teacher
+            terms["kd"] = self.kd.alpha * self.kd_term(student.logits, teacher.logits)
         terms.update(self.distill(student, teacher, batch))
         return terms
 
@@ -329,8 +396,9 @@ class Method(nn.Module):
 
     # -- hook for the logit modifiers of methods/logits.py (logit standardisation, CTKD's temperature) --
     def kd_term(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        """Hinton's KD term, unweighted; :class:`~afdistill.methods.logits.LogitMethod` overrides it."""
-        return kd_loss(student_logits, teacher_logits, self.temperature)
+        """The KD-on-top term, unweighted; :class:`~afdistill.methods.logits.LogitMethod` overrides it."""
+        assert self.kd is not None  # called only for a method with KD on top
+        return self.kd.loss(student_logits, teacher_logits)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """What the engine's optimiser updates together with the student."""
@@ -340,10 +408,11 @@ class Method(nn.Module):
         self.epoch = epoch
 
     def backward(self, terms: dict[str, Tensor]) -> None:
-        sum(terms.values()).backward()
+        cast(Tensor, sum(terms.values())).backward()  # a method returns at least its CE term
 
-    def after_step(self, batch: Batch, student: nn.Module, teacher: Features | None,
-                   optimizer: torch.optim.Optimizer) -> None:
+    def after_step(
+        self, batch: Batch, student: nn.Module | None, teacher: Features | None, optimizer: torch.optim.Optimizer
+    ) -> None:
         pass
 
     def epoch_summary(self) -> dict[str, Any]:
@@ -377,14 +446,23 @@ def method_class(name: str) -> type[Method]:
 
 def method_defaults(name: str) -> dict[str, Any]:
     """Hyper-parameters a method takes, with their defaults (from its constructor's signature)."""
-    return {key: parameter.default for key, parameter in method_parameters(method_class(name)).items()
-            if parameter.default is not inspect.Parameter.empty}
+    return {
+        key: parameter.default
+        for key, parameter in method_parameters(
+            method_class(name)  # type: ignore[arg-type]  # mypy: a class object is Hashable
+        ).items()
+        if parameter.default is not inspect.Parameter.empty
+    }
 
 
 def describe_method(name: str) -> list[tuple[str, Any, str]]:
     """(parameter, default, what is allowed) for each hyper-parameter of method ``name``, in signature order."""
-    return [(key, parameter.default, parameter.allowed())
-            for key, parameter in method_parameters(method_class(name)).items()]
+    return [
+        (key, parameter.default, parameter.allowed())
+        for key, parameter in method_parameters(
+            method_class(name)  # type: ignore[arg-type]  # mypy: a class object is Hashable
+        ).items()
+    ]
 
 
 def check_method_params(name: str, params: dict[str, Any], where: str) -> None:
@@ -404,7 +482,8 @@ def _batch_norms_pass_through(network: nn.Module) -> Iterator[None]:
     (where BatchNorm runs as a Python decomposition) about 40% less time for a shape-only dry run."""
     norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
-        norm.forward = _identity  # an instance attribute, shadowing the class's forward
+        # an instance attribute, shadowing the class's forward (mypy: methods are not assignable)
+        norm.forward = _identity  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -437,9 +516,20 @@ def _network_sample(arch: str, num_classes: int, image_size: int, options: tuple
             return network, dry_run(network, images)
 
 
-def check_method_fit(name: str, params: dict[str, Any], where: str, *, student: str | None, teacher: str | None,
-                     num_classes: int, image_size: int, n_train: int, batch_size: int | None = None,
-                     student_options: dict | None = None, teacher_options: dict | None = None) -> None:
+def check_method_fit(
+    name: str,
+    params: dict[str, Any],
+    where: str,
+    *,
+    student: str | None,
+    teacher: str | None,
+    num_classes: int,
+    image_size: int,
+    n_train: int,
+    batch_size: int | None = None,
+    student_options: dict | None = None,
+    teacher_options: dict | None = None,
+) -> None:
     """Raise a ValueError, before any job starts, if run ``where`` cannot train these networks on this dataset.
 
     ``student``/``teacher``: architecture names, the trained and the frozen
@@ -447,32 +537,42 @@ def check_method_fit(name: str, params: dict[str, Any], where: str, *, student: 
     heads stage no student); ``num_classes``, ``image_size`` and
     ``n_train`` (training images) from the dataset's metadata; ``batch_size``
     from the schedule, for methods whose memory grows with it. Checks the
-    parameters (:func:`check_method_params`), then the method's
+    parameters (:func:`check_method_params`: cheap, and a caller outside the grid may pass any), then the method's
     :meth:`Method.check_fit` on dry-run shapes of the real architectures, built
     once per (architecture, classes, image size) and only for their shapes
     (:func:`_network_sample`: on the meta device, holding no values).
     """
     check_method_params(name, params, where)
     cls = method_class(name)
-    if cls.needs_teacher and teacher is None:
+    params = {**method_defaults(name), **params}
+    if cls.capabilities(params).needs_teacher and teacher is None:
         raise ValueError(f"{where}: method {name!r} distils from a teacher, and this run has none")
     options = lambda given: tuple(sorted((given or {}).items()))  # noqa: E731  (hashable, for the cache)
-    student_network, student_sample = (None, None) if student is None else _network_sample(
-        student, num_classes, image_size, options(student_options))
-    teacher_network, teacher_sample = (None, None) if teacher is None else _network_sample(
-        teacher, num_classes, image_size, options(teacher_options))
-    context = Context(student=student_network, teacher=teacher_network, student_sample=student_sample,
-                      teacher_sample=teacher_sample, num_classes=num_classes, train_labels=None,
-                      batch_size=batch_size)
-    cls.check_fit({**method_defaults(name), **params}, context, where, n_train)
+    student_network, student_sample = (
+        (None, None) if student is None else _network_sample(student, num_classes, image_size, options(student_options))
+    )
+    teacher_network, teacher_sample = (
+        (None, None) if teacher is None else _network_sample(teacher, num_classes, image_size, options(teacher_options))
+    )
+    context = Context(
+        student=student_network,
+        teacher=teacher_network,
+        student_sample=student_sample,
+        teacher_sample=teacher_sample,
+        num_classes=num_classes,
+        train_labels=None,
+        batch_size=batch_size,
+    )
+    cls.check_fit(params, context, where, n_train)
 
 
 def build_method(name: str, params: dict[str, Any], context: Context) -> Method:
-    check_method_params(name, params, f"methods.{name}")
+    """The method a job trains with; ``params`` were checked where the job was planned (or by ``afdistill
+    train``), not again here."""
     return method_class(name)(context, **params)
 
 
-def select(features: list[Tensor], indices: list[int]) -> list[Tensor]:
+def select(features: Sequence[_T], indices: list[int]) -> list[_T]:
     return [features[i] for i in indices]
 
 

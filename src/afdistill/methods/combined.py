@@ -12,7 +12,9 @@ A part's key is the registered method it runs, or any name when the part says
     gamma CE + alpha KD(temperature) + sum over parts of each part's distillation terms
 
 with CE and KD counted once, from the top level (a part's own ``gamma``,
-``alpha`` and ``temperature`` are refused: they would not be used). Each
+and its ``alpha`` and ``temperature`` where they are its KD on top, are
+refused: they would not be used; DKD's ``alpha`` and ``temperature`` are its
+own term's and stay the part's). Each
 term keeps its name when it is named after its part (``crd``, ``afd``) and is
 called ``<part>.<term>`` otherwise; ``epoch_summary`` keys are
 ``<part>.<key>`` (e.g. ``afd.attention``).
@@ -23,23 +25,37 @@ What cannot be composed honestly is refused: parts that shape their own
 gradients (``backward``, MHGD's clipping would treat the other parts' terms as
 its task gradient) or replace ``forward`` (MHAN's pretraining), parts that add
 no term of their own (``vanilla``, ``kd``: CE and KD are the top level's),
-nested ``combined``, and two parts that each need a pre-stage. The run steps as
-a CUDA graph only if every part's step may (:meth:`Combined.allows_cuda_graphs`);
-it needs the input gradient if any part does.
+nested ``combined``, two parts that each need a pre-stage, and a part that
+needs a network pretrained on the teacher (FT's paraphraser: its heads job
+would not see the part's hyper-parameters). Its capabilities are its parts'
+combined (:meth:`Combined.capabilities`): it steps as a CUDA graph only if
+every part's step may, needs the input gradient if any part does, and so on.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 from itertools import chain
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Iterator, cast
 
 from torch import Tensor, nn
 
 from ..models import Features, UnknownNameError
-from .base import (Batch, Context, Method, Range, check_method_params, method_class, method_defaults,
-                   register_method)
+from .base import (
+    Batch,
+    Capabilities,
+    Context,
+    KDOnTop,
+    Method,
+    Range,
+    check_method_params,
+    method_class,
+    method_defaults,
+    method_parameters,
+    register_method,
+)
 
-TOP_LEVEL = ("gamma", "alpha", "temperature")
+TOP_LEVEL = ("gamma", "alpha", "temperature")  # CE's weight, then KD on top's (KDOnTop)
 RESERVED = ("ce", "kd", "total")  # term names of the top level and the engine
 
 
@@ -54,30 +70,41 @@ def _part_method(name: str, entry: Any, where: str) -> tuple[str, dict[str, Any]
     return method, params
 
 
+def _parts(params: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], Capabilities]]:
+    """(part name, method, its hyper-parameters, its capabilities) of every part, in order."""
+    found = []
+    for name, entry in (params.get("parts") or {}).items():
+        method, part_params = _part_method(name, entry, name)
+        found.append((name, method, part_params, method_class(method).capabilities(part_params)))
+    return found
+
+
 @register_method("combined")
 class Combined(Method):
     label = "Combined"
-    # Class-level answers for code that asks before building; a combination without a part that needs the
-    # teacher is refused, and whether its step may be a CUDA graph depends on its parts: allows_cuda_graphs.
-    needs_teacher = True
-    cuda_graphs = False
 
-    def __init__(self, context: Context, parts: dict | None = None, gamma: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, temperature: Annotated[float, Range(gt=0)] = 4.0):
-        super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature)
+    def __init__(
+        self,
+        context: Context,
+        parts: dict | None = None,
+        gamma: Annotated[float, Range(ge=0)] = 1.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+    ):
+        super().__init__(context, gamma=gamma)
+        self.kd = KDOnTop(alpha, temperature)
         where = f"methods.{self.method_name}"
         # Also checked here, so that a base.check_method_params that does not dispatch to check_params still
         # never builds an unchecked combination.
         type(self).check_params({"parts": parts}, where)
+        assert parts is not None  # check_params refuses anything but a mapping of parts
+        self.caps = type(self).capabilities({"parts": parts})
         owner = self.pre_stage_part({"parts": parts})
         self.parts = nn.ModuleDict()
         for name, entry in parts.items():
             method, params = _part_method(name, entry, f"{where}.parts.{name}")
             part_context = replace(context, artifact=context.artifact if owner and owner[0] == name else None)
             self.parts[name] = method_class(method)(part_context, **params)
-        self.needs_input_grad = any(part.needs_input_grad for part in self.parts.values())
-        self.cuda_graphs = all(part.cuda_graphs for part in self.parts.values()) and not self.needs_input_grad
-        self.strong_view = any(part.strong_view for part in self.parts.values())
 
     # ---- declaration
 
@@ -92,22 +119,25 @@ class Combined(Method):
             allowed = ("parts",) + TOP_LEVEL
             for key in top:
                 if key not in allowed:
-                    raise ValueError(f"{where}.{key}: method 'combined' has no parameter {key!r}; "
-                                     f"allowed: {', '.join(sorted(allowed))}")
+                    raise ValueError(
+                        f"{where}.{key}: method 'combined' has no parameter {key!r}; "
+                        f"allowed: {', '.join(sorted(allowed))}"
+                    )
         if "parts" not in params:
             return  # a sweep checks single values
         parts = params["parts"]
         if not isinstance(parts, dict) or len(parts) < 2:
-            raise ValueError(f"{where}.parts: expected a mapping of at least two parts, part name -> "
-                             f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}}), got {parts!r}")
+            raise ValueError(
+                f"{where}.parts: expected a mapping of at least two parts, part name -> "
+                f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}}), got {parts!r}"
+            )
         stages = []
         teacher = False
         methods: dict[str, str] = {}
         for name, entry in parts.items():
             here = f"{where}.parts.{name}"
             if not isinstance(name, str) or not name.replace("_", "").isalnum() or name in RESERVED:
-                raise ValueError(f"{here}: part names use letters, digits and '_' and are not "
-                                 f"{', '.join(RESERVED)}")
+                raise ValueError(f"{here}: part names use letters, digits and '_' and are not {', '.join(RESERVED)}")
             method, part_params = _part_method(name, entry, here)
             try:
                 part = method_class(method)
@@ -117,22 +147,41 @@ class Combined(Method):
             if reason:
                 raise ValueError(f"{here}: method {method!r} cannot be a part: {reason}")
             if method in methods:
-                raise ValueError(f"{here}: method {method!r} is already the part {methods[method]!r}; a run "
-                                 f"adds each method's term once (two of them would train two copies of its modules "
-                                 f"on one summed loss): give it one part")
+                raise ValueError(
+                    f"{here}: method {method!r} is already the part {methods[method]!r}; a run "
+                    f"adds each method's term once (two of them would train two copies of its modules "
+                    f"on one summed loss): give it one part"
+                )
             methods[method] = name
+            caps = part.capabilities(part_params)
             for key in TOP_LEVEL:
-                if key in part_params:
-                    raise ValueError(f"{here}.{key}: set {key} at the top level of the run; CE and KD are "
-                                     f"counted once, not per part")
+                # a part's alpha and temperature are refused where they would be its KD on top, not its own
+                own = (
+                    key != "gamma"
+                    and not caps.kd_on_top
+                    # (the ignore: mypy does not take a class object for Hashable)
+                    and key in method_parameters(part)  # type: ignore[arg-type]
+                )
+                if key in part_params and not own:
+                    raise ValueError(
+                        f"{here}.{key}: set {key} at the top level of the run; CE and KD are counted once, not per part"
+                    )
             check_method_params(method, part_params, here)
-            stage = part.pre_stage(part_params)
-            if stage is not None:
-                stages.append((name, stage))
-            teacher = teacher or part.needs_teacher
+            if caps.pre_stage == "heads":
+                assert caps.heads is not None  # Capabilities pairs a "heads" pre-stage with its Heads
+                raise ValueError(
+                    f"{here}: method {method!r} cannot be a part: it needs a network pretrained on "
+                    f"the teacher ({caps.heads.method}), whose job would not see the part's "
+                    f"hyper-parameters"
+                )
+            if caps.pre_stage is not None:
+                stages.append((name, caps.pre_stage))
+            teacher = teacher or caps.needs_teacher
         if len(stages) > 1:
-            raise ValueError(f"{where}.parts: parts {', '.join(n for n, _ in stages)} each need a pre-stage "
-                             f"({', '.join(s for _, s in stages)}); a run reads at most one")
+            raise ValueError(
+                f"{where}.parts: parts {', '.join(n for n, _ in stages)} each need a pre-stage "
+                f"({', '.join(s for _, s in stages)}); a run reads at most one"
+            )
         if not teacher:
             raise ValueError(f"{where}.parts: no part distils from the teacher")
 
@@ -141,71 +190,76 @@ class Combined(Method):
         """A combination needs its parts (a sweep's single values skip that in ``check_params``); each part's
         own fit check runs on the same networks (a FitNet hint layer, CRD's negatives, AFD's candidates)."""
         if not params.get("parts"):
-            raise ValueError(f"{where}.parts: missing; a combined run names at least two parts, part name -> "
-                             f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}})")
+            raise ValueError(
+                f"{where}.parts: missing; a combined run names at least two parts, part name -> "
+                f"hyper-parameters (e.g. {{crd: {{beta: 0.8}}, afd: {{beta: 200}}}})"
+            )
         cls.check_params({"parts": params["parts"]}, where)
         for name, entry in params["parts"].items():
             method, part_params = _part_method(name, entry, name)
-            method_class(method).check_fit({**method_defaults(method), **part_params}, context, f"{where}.parts.{name}", n_train)
+            method_class(method).check_fit(
+                {**method_defaults(method), **part_params}, context, f"{where}.parts.{name}", n_train
+            )
+
+    @classmethod
+    def capabilities(cls, params: dict[str, Any]) -> Capabilities:
+        """Its parts' capabilities combined: the pre-stage (and its heads) of the part that reads one; the input
+        gradient, the second view and the teacher's logits if any part needs them; a CUDA graph only if every
+        part's step may be one. It needs a teacher (a combination whose parts need none is refused) and adds
+        KD on top at its own ``alpha`` and ``temperature``."""
+        parts = _parts(params)
+        owner = next((caps for _, _, _, caps in parts if caps.pre_stage is not None), None)
+        return Capabilities(
+            needs_teacher=True,
+            pre_stage=None if owner is None else owner.pre_stage,
+            heads=None if owner is None else owner.heads,
+            needs_input_grad=any(caps.needs_input_grad for *_, caps in parts),
+            cuda_graphs=bool(parts) and all(caps.cuda_graphs for *_, caps in parts),
+            strong_view=any(caps.strong_view for *_, caps in parts),
+            reads_teacher_logits=any(caps.reads_teacher_logits for *_, caps in parts),
+            kd_on_top=True,
+            methods_used=(cls.method_name, *(method for _, method, _, _ in parts)),
+        )
 
     @classmethod
     def pre_stage_part(cls, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
         """(part name, method, its hyper-parameters) of the part that reads a pre-stage, if any."""
-        for name, entry in (params.get("parts") or {}).items():
-            method, part_params = _part_method(name, entry, name)
-            if method_class(method).pre_stage(part_params) is not None:
-                return name, method, part_params
-        return None
-
-    @classmethod
-    def pre_stage(cls, params: dict[str, Any]) -> str | None:
-        owner = cls.pre_stage_part(params)
-        return None if owner is None else method_class(owner[1]).pre_stage(owner[2])
-
-    @classmethod
-    def uses_strong_view(cls, params: dict[str, Any]) -> bool:
-        return any(method_class(method).uses_strong_view(part_params) for method, part_params in
-                   (_part_method(name, entry, name) for name, entry in (params.get("parts") or {}).items()))
-
-    @classmethod
-    def reads_teacher_logits(cls, params: dict[str, Any]) -> bool:
-        return any(method_class(method).reads_teacher_logits(part_params) for method, part_params in
-                   (_part_method(name, entry, name) for name, entry in (params.get("parts") or {}).items()))
-
-    @classmethod
-    def methods_used(cls, params: dict[str, Any]) -> list[str]:
-        return [cls.method_name] + [_part_method(n, e, n)[0] for n, e in (params.get("parts") or {}).items()]
-
-    @classmethod
-    def allows_cuda_graphs(cls, params: dict[str, Any]) -> bool:
-        """Whether a run with these parts may step as a CUDA graph: every part's step may."""
-        classes = [method_class(_part_method(n, e, n)[0]) for n, e in (params.get("parts") or {}).items()]
-        return bool(classes) and all(c.cuda_graphs and not c.needs_input_grad for c in classes)
+        return next(
+            (
+                (name, method, part_params)
+                for name, method, part_params, caps in _parts(params)
+                if caps.pre_stage is not None
+            ),
+            None,
+        )
 
     # ---- training
 
     def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         for name, part in self.parts.items():
-            for term, value in part.distill(student, teacher, batch).items():
+            for term, value in cast(Method, part).distill(student, teacher, batch).items():  # parts hold Methods
                 terms[term if term == name else f"{name}.{term}"] = value
         return terms
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return chain.from_iterable(part.trainable_parameters() for part in self.parts.values())
+        return chain.from_iterable(cast(Method, part).trainable_parameters() for part in self.parts.values())
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
         for part in self.parts.values():
-            part.begin_epoch(epoch)
+            cast(Method, part).begin_epoch(epoch)
 
     def after_step(self, batch, student, teacher, optimizer) -> None:
         for part in self.parts.values():
-            part.after_step(batch, student, teacher, optimizer)
+            cast(Method, part).after_step(batch, student, teacher, optimizer)
 
     def epoch_summary(self) -> dict[str, Any]:
-        return {f"{name}.{key}": value for name, part in self.parts.items()
-                for key, value in part.epoch_summary().items()}
+        return {
+            f"{name}.{key}": value
+            for name, part in self.parts.items()
+            for key, value in cast(Method, part).epoch_summary().items()
+        }
 
 
 def _why_not_composable(part: type[Method]) -> str | None:

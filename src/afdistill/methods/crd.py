@@ -10,6 +10,7 @@ noise-contrastive loss (eq. 18 of the paper, uniform noise 1/N) is summed
 for both anchors. RepDistiller's default is 16,384 negatives; the AFD paper
 sets their number to the batch size, which the paper grids do.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 
 EPS = 1e-7
 #: ``check_fit`` refuses settings whose memory banks and per-step gathers would need more than this
@@ -48,19 +49,35 @@ def contrast_loss(scores: Tensor, n_data: int) -> Tensor:
 @register_method("crd")
 class CRD(Method):
     label = "CRD"
+    declared_capabilities = Capabilities(kd_on_top=True)  # no CUDA graph: it draws random negatives each step
+    # buffers (register_buffer: mypy would see Tensor | Module)
+    train_labels: Tensor
+    memory_s: Tensor
+    memory_t: Tensor
+    z: Tensor
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 0.8,
-                 nce_k: Annotated[int, Range(ge=1)] = 16384,  # negatives per anchor
-                 nce_t: Annotated[float, Range(gt=0)] = 0.07,  # softmax temperature
-                 nce_m: Annotated[float, Range(ge=0, lt=1)] = 0.5,  # memory momentum; 1 would never update it
-                 feat_dim: Annotated[int, Range(ge=1)] = 128, alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 0.8,
+        nce_k: Annotated[int, Range(ge=1)] = 16384,  # negatives per anchor
+        nce_t: Annotated[float, Range(gt=0)] = 0.07,  # softmax temperature
+        nce_m: Annotated[float, Range(ge=0, lt=1)] = 0.5,  # memory momentum; 1 would never update it
+        feat_dim: Annotated[int, Range(ge=1)] = 128,
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta, self.nce_k, self.nce_t, self.nce_m = float(beta), int(nce_k), float(nce_t), float(nce_m)
         if self.nce_k < 1:
             raise ValueError(f"methods.crd.nce_k: must be at least 1, got {nce_k}")
+        assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
         self.embed_s = Embed(context.student_sample.pooled.shape[1], feat_dim)
         self.embed_t = Embed(context.teacher_sample.pooled.shape[1], feat_dim)
         labels = context.train_labels
+        assert labels is not None  # given to a method that trains (None only in a fit check, which builds none)
         self.n_data = len(labels)
         self.register_buffer("train_labels", labels.clone(), persistent=False)
         self.smallest_pool = int(self.n_data - torch.bincount(labels).max())  # fewest images of other classes
@@ -76,14 +93,18 @@ class CRD(Method):
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
         nce_k, feat_dim = params["nce_k"], params["feat_dim"]
         if nce_k >= n_train:
-            raise ValueError(f"{where}.nce_k: {nce_k} is not allowed; expected an integer from 1 to {n_train - 1}: "
-                             f"the negatives are drawn from the {n_train} training images")
+            raise ValueError(
+                f"{where}.nce_k: {nce_k} is not allowed; expected an integer from 1 to {n_train - 1}: "
+                f"the negatives are drawn from the {n_train} training images"
+            )
         needed = memory_bytes(n_train, feat_dim, nce_k, context.batch_size)
         if needed > MEMORY_LIMIT:
             per_step = "" if context.batch_size is None else f", 2 x {context.batch_size} x {nce_k + 1} per step"
-            raise ValueError(f"{where}.feat_dim: {feat_dim} is not allowed with nce_k {nce_k}: CRD would hold "
-                             f"{needed / 2**30:.0f} GiB (vectors of {feat_dim} floats: 2 x {n_train} in the memory "
-                             f"banks{per_step}); expected at most {MEMORY_LIMIT // 2**30} GiB")
+            raise ValueError(
+                f"{where}.feat_dim: {feat_dim} is not allowed with nce_k {nce_k}: CRD would hold "
+                f"{needed / 2**30:.0f} GiB (vectors of {feat_dim} floats: 2 x {n_train} in the memory "
+                f"banks{per_step}); expected at most {MEMORY_LIMIT // 2**30} GiB"
+            )
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
@@ -96,7 +117,8 @@ class CRD(Method):
         negatives = torch.multinomial(allowed, self.nce_k, replacement=replace, generator=self.generator)
         return torch.cat([indices.unsqueeze(1), negatives], dim=1)
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         v_s = self.embed_s(student.pooled)
         v_t = self.embed_t(teacher.pooled.clone())  # a normal tensor: the head's backward keeps its input
         contrast = self.sample_contrast(batch.labels, batch.indices)

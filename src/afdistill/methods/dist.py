@@ -12,6 +12,7 @@ Pearson correlation is the cosine similarity of the mean-centred vectors with
 The CIFAR-100 setting of the paper (and our defaults): tau = 4, beta = gamma
 = 2, CE weight 1, no Hinton KD term. No state, no random numbers: a CUDA graph.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 
 PEARSON_EPS = 1e-8
 
@@ -42,21 +43,24 @@ def dist_terms(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tu
 
 @register_method("dist")
 class DIST(Method):
-    cuda_graphs = True
     label = "DIST"
+    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True, kd_on_top=True)
 
-    @classmethod
-    def reads_teacher_logits(cls, params: dict) -> bool:
-        return True
-
-    def __init__(self, context: Context,
-                 inter_weight: Annotated[float, Range(ge=0)] = 2.0,
-                 intra_weight: Annotated[float, Range(ge=0)] = 2.0,
-                 tau: Annotated[float, Range(gt=0)] = 4.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        inter_weight: Annotated[float, Range(ge=0)] = 2.0,
+        intra_weight: Annotated[float, Range(ge=0)] = 2.0,
+        tau: Annotated[float, Range(gt=0)] = 4.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.inter_weight, self.intra_weight, self.tau = float(inter_weight), float(intra_weight), float(tau)
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         inter, intra = dist_terms(student.logits, teacher.logits, self.tau)
         return {"dist": self.inter_weight * inter + self.intra_weight * intra}

@@ -5,22 +5,26 @@ the binary distributions [p_target, 1 - p_target], eq. 1 and 7) and a
 non-target part (NCKD: the KL divergence between the distributions over the
 non-target classes, eq. 2 and 7), reweighted freely (eq. 7):
 
-    DKD = tckd_weight * TCKD + nckd_weight * NCKD      (alpha, beta in the paper)
+    DKD = alpha * TCKD + beta * NCKD
 
-both at temperature T and scaled by T^2, as mdistiller's ``dkd_loss`` does.
-As there, the non-target softmax is taken over all classes with 1000
-subtracted from the target's tempered logit (so its probability vanishes), and
-the whole term is multiplied by ``min(epoch / warmup_epochs, 1)`` (a linear
-warm-up over the first 20 epochs of a 1-based epoch count, mdistiller's
-``WARMUP``). mdistiller's CIFAR defaults: CE weight 1, alpha 1, beta 8, T 4;
-its per-pair configs lower beta (2 for ResNet56/110 students' teachers, 6 for
-WRN and VGG pairs), which the grid sets per pair. No Hinton KD term is added
-(``alpha = 0``, the base class's KD weight, not the paper's alpha).
+``alpha`` and ``beta`` are the paper's names (eq. 7) and mdistiller's
+(``DKD.ALPHA``, ``DKD.BETA``); DKD adds no Hinton KD on top, so ``alpha`` is
+TCKD's weight here, not the KD weight it is for the methods that offer KD on
+top (:class:`~afdistill.methods.base.KDOnTop`). Both parts are taken at
+temperature T and scaled by T^2, as mdistiller's ``dkd_loss`` does. As there,
+the non-target softmax is taken over all classes with 1000 subtracted from
+the target's tempered logit (so its probability vanishes), and the whole term
+is multiplied by ``min(epoch / warmup_epochs, 1)`` (a linear warm-up over the
+first 20 epochs of a 1-based epoch count, mdistiller's ``WARMUP``).
+mdistiller's CIFAR defaults: CE weight 1, alpha 1, beta 8, T 4; its per-pair
+configs lower beta (2 for ResNet56/110 students' teachers, 6 for WRN and VGG
+pairs), which the grid sets per pair.
 
 The logit modifiers of :mod:`afdistill.methods.logits` apply (logit
 standardisation, CTKD's temperature); the warm-up factor is a buffer updated
 in place, so the step runs as a CUDA graph.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -37,8 +41,9 @@ from .logits import LogitMethod
 TARGET_OFFSET = 1000.0
 
 
-def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-              temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float | Tensor
+) -> tuple[Tensor, Tensor]:
     """(TCKD, NCKD), each a batch mean scaled by T^2."""
     target = F.one_hot(labels, student_logits.shape[1]).to(student_logits.dtype)
     p_student = F.softmax(student_logits / temperature, dim=1)
@@ -60,19 +65,36 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
 @register_method("dkd")
 class DKD(LogitMethod):
     label = "DKD"
+    #: the names these hyper-parameters had before they took the paper's
+    renamed = {"tckd_weight": "alpha", "nckd_weight": "beta"}
+    warmup: Tensor  # a buffer (register_buffer: mypy would see Tensor | Module)
 
-    def __init__(self, context: Context,
-                 tckd_weight: Annotated[float, Range(ge=0)] = 1.0,
-                 nckd_weight: Annotated[float, Range(ge=0)] = 8.0,
-                 warmup_epochs: Annotated[int, Range(ge=0, integer=True)] = 20,
-                 temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **modifiers):
-        super().__init__(context, temperature=temperature, alpha=alpha, **modifiers)
+    def __init__(
+        self,
+        context: Context,
+        alpha: Annotated[float, Range(ge=0)] = 1.0,
+        beta: Annotated[float, Range(ge=0)] = 8.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        warmup_epochs: Annotated[int, Range(ge=0, integer=True)] = 20,
+        **modifiers,
+    ):
+        super().__init__(context, temperature=temperature, **modifiers)
         if int(warmup_epochs) < 0:
             raise ValueError(f"methods.dkd.warmup_epochs: must be >= 0, got {warmup_epochs}")
-        self.tckd_weight, self.nckd_weight = float(tckd_weight), float(nckd_weight)
+        self.alpha, self.beta = float(alpha), float(beta)
         self.warmup_epochs = int(warmup_epochs)
         self.register_buffer("warmup", torch.tensor(self.warmup_factor(0)))
+
+    @classmethod
+    def check_params(cls, params: dict, where: str) -> None:
+        """Also: a former name (``tckd_weight``, ``nckd_weight``) is refused naming the paper's."""
+        for old, new in cls.renamed.items():
+            if old in params:
+                raise ValueError(
+                    f"{where}.{old}: DKD's weights take the paper's names (eq. 7, mdistiller's "
+                    f"DKD.ALPHA and DKD.BETA): write {new}: {params[old]!r} instead of {old}"
+                )
+        super().check_params(params, where)
 
     def warmup_factor(self, epoch: int) -> float:
         return 1.0 if self.warmup_epochs == 0 else min(epoch / self.warmup_epochs, 1.0)
@@ -81,7 +103,8 @@ class DKD(LogitMethod):
         super().begin_epoch(epoch)
         self.warmup.fill_(self.warmup_factor(epoch))
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         student_logits, teacher_logits = self.prepare(student.logits, teacher.logits)
         tckd, nckd = dkd_terms(student_logits, teacher_logits, batch.labels, self.kd_temperature())
-        return {"dkd": self.warmup * (self.tckd_weight * tckd + self.nckd_weight * nckd)}
+        return {"dkd": self.warmup * (self.alpha * tckd + self.beta * nckd)}

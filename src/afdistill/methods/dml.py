@@ -41,6 +41,7 @@ the student. Its running accuracy on the training batches is recorded per epoch 
 peer is built with ``create_model(peer, num_classes)``: without the model options a grid may set for the
 student's architecture.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features, create_model, list_models
-from .base import Batch, Choice, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Choice, Context, Method, Range, register_method
 
 
 def kl_to(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
@@ -62,10 +63,10 @@ def kl_to(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
 @register_method("dml")
 class DML(Method):
     label = "DML"
-    needs_teacher = False
+    declared_capabilities = Capabilities(needs_teacher=False)
 
     @classmethod
-    def peer_arch(cls, params: dict[str, Any], context: Context) -> str:
+    def peer_arch(cls, params: dict[str, Any], context: Context) -> str | None:
         return params.get("peer") or getattr(context.student, "arch", None)
 
     @classmethod
@@ -74,15 +75,23 @@ class DML(Method):
         if arch not in list_models():
             given = params.get("peer")
             what = f"{given!r}" if given is not None else f"None (the student's architecture, {arch!r})"
-            raise ValueError(f"{where}.peer: {what} is not allowed; expected one of the architectures "
-                             f"{', '.join(list_models())}, or None for the student's own")
+            raise ValueError(
+                f"{where}.peer: {what} is not allowed; expected one of the architectures "
+                f"{', '.join(list_models())}, or None for the student's own"
+            )
 
-    def __init__(self, context: Context, peer: Annotated[str | None, Choice(*list_models())] = None,
-                 beta: Annotated[float, Range(ge=0)] = 1.0, gamma: Annotated[float, Range(ge=0)] = 1.0):
+    def __init__(
+        self,
+        context: Context,
+        peer: Annotated[str | None, Choice(*list_models())] = None,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        gamma: Annotated[float, Range(ge=0)] = 1.0,
+    ):
         super().__init__(context, gamma=gamma)
         self.check_fit({"peer": peer}, context, "methods.dml", 0)
         self.beta = float(beta)
         self.peer_name = self.peer_arch({"peer": peer}, context)
+        assert self.peer_name is not None  # check_fit refused a missing architecture
         self.peer = create_model(self.peer_name, context.num_classes)
         self._correct: Tensor | None = None
         self._seen = 0
@@ -98,11 +107,14 @@ class DML(Method):
             correct = (peer_logits.argmax(1) == batch.labels).sum()
             self._correct = correct if self._correct is None else self._correct + correct
             self._seen += len(batch.labels)
-        return {"dml": self.beta * kl_to(log_p, log_s),  # the student's mimicry term, KL(p_p || p_s)
-                "peer_ce": self.gamma * F.cross_entropy(peer_logits, batch.labels),
-                "peer_dml": self.beta * kl_to(log_s, log_p)}  # the peer's, KL(p_s || p_p)
+        return {
+            "dml": self.beta * kl_to(log_p, log_s),  # the student's mimicry term, KL(p_p || p_s)
+            "peer_ce": self.gamma * F.cross_entropy(peer_logits, batch.labels),
+            "peer_dml": self.beta * kl_to(log_s, log_p),
+        }  # the peer's, KL(p_s || p_p)
 
     def epoch_summary(self) -> dict[str, Any]:
         if not self._seen:
             return {}
+        assert self._correct is not None  # counted with every image seen
         return {"peer_train_top1": float(self._correct) / self._seen}

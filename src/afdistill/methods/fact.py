@@ -32,16 +32,17 @@ Where we had to choose:
   table's F-ActT column has no KD;
 * teacher and student must have the same number of groups (:meth:`check_fit`).
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 from .maps import resize_to
 
 
@@ -51,12 +52,17 @@ def normalised_activations(features: Tensor) -> Tensor:
 
 
 def _adapters(context: Context) -> list[nn.Module]:
+    assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
     student, teacher = context.student_sample.stages, context.teacher_sample.stages
     if len(student) != len(teacher):
-        raise ValueError(f"F-ActT pairs the groups of residual blocks one to one; the teacher has {len(teacher)} "
-                         f"and the student {len(student)}")
-    return [nn.Identity() if s.shape[1] == t.shape[1] else nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)
-            for s, t in zip(student, teacher)]
+        raise ValueError(
+            f"F-ActT pairs the groups of residual blocks one to one; the teacher has {len(teacher)} "
+            f"and the student {len(student)}"
+        )
+    return [
+        nn.Identity() if s.shape[1] == t.shape[1] else nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)
+        for s, t in zip(student, teacher)
+    ]
 
 
 def _arch(network) -> str:
@@ -65,12 +71,19 @@ def _arch(network) -> str:
 
 @register_method("fact")
 class FullActivationTransfer(Method):
-    cuda_graphs = True
     label = "F-ActT"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1000.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1000.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta = float(beta)
         self.adapters = nn.ModuleList(_adapters(context))
 
@@ -80,11 +93,11 @@ class FullActivationTransfer(Method):
             try:
                 _adapters(context)
             except ValueError as error:
-                raise ValueError(f"{where}: {_arch(context.teacher)} -> {_arch(context.student)}: "
-                                 f"{error}") from None
+                raise ValueError(f"{where}: {_arch(context.teacher)} -> {_arch(context.student)}: {error}") from None
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
-        loss = 0.0
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
+        loss: float | Tensor = 0.0
         for adapter, f_s, f_t in zip(self.adapters, student.stages, teacher.stages):
             f_s = adapter(f_s)
             s_size, t_size = f_s.shape[-2:], f_t.shape[-2:]
@@ -93,4 +106,4 @@ class FullActivationTransfer(Method):
             elif s_size[0] < t_size[0]:
                 f_t = resize_to(f_t, tuple(s_size))
             loss = loss + (normalised_activations(f_s) - normalised_activations(f_t)).pow(2).mean()
-        return {"fact": self.beta * loss}
+        return {"fact": cast(Tensor, self.beta * loss)}  # a tensor: there is at least one stage

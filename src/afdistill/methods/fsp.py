@@ -43,15 +43,16 @@ halves them and averages over the batch, weights the result by 1e-3, and
 trains it as a 40-epoch initialisation stage (``train_w_distill.py``), after
 which the optimiser's momentum is reset.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Sequence, cast
 
 import torch
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 from .maps import resize_to
 
 
@@ -78,22 +79,32 @@ def _arch(network) -> str:
 
 
 def _check_taps(context: Context) -> None:
+    assert context.student_sample is not None and context.teacher_sample is not None  # FSP needs both networks
     student = [f.shape[1] for f in fsp_taps(context.student_sample)]
     teacher = [f.shape[1] for f in fsp_taps(context.teacher_sample)]
     if student != teacher:
-        raise ValueError(f"FSP compares C x C matrices between consecutive feature maps [stem, stage 1, ...], so "
-                         f"teacher and student need the same channels at each; got teacher {teacher}, "
-                         f"student {student}")
+        raise ValueError(
+            f"FSP compares C x C matrices between consecutive feature maps [stem, stage 1, ...], so "
+            f"teacher and student need the same channels at each; got teacher {teacher}, "
+            f"student {student}"
+        )
 
 
 @register_method("fsp")
 class FSP(Method):
-    cuda_graphs = True
     label = "FSP"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         _check_taps(context)
         self.beta = float(beta)
 
@@ -104,10 +115,11 @@ class FSP(Method):
         except ValueError as error:
             raise ValueError(f"{where}: {_arch(context.teacher)} -> {_arch(context.student)}: {error}") from None
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         with torch.no_grad():
             targets = fsp_matrices(fsp_taps(teacher))
         # RepDistiller's mean over images and matrix entries; the paper's eq. 2 sums the squared entries
         # (||G_T - G_S||_2^2) and averages over images only
         loss = sum((g_s - g_t).pow(2).mean() for g_s, g_t in zip(fsp_matrices(fsp_taps(student)), targets))
-        return {"fsp": self.beta * loss}
+        return {"fsp": cast(Tensor, self.beta * loss)}  # a tensor: there are at least two maps

@@ -36,12 +36,13 @@ Where the paper and RepDistiller disagree, this follows RepDistiller:
 
 RepDistiller pretrains the paraphraser for ``--init_epochs`` 30 epochs with the student's SGD settings, at a
 fixed lr 0.01 for its CIFAR ResNet/WRN students and at the base lr otherwise (``helper/pretrain.py``): the
-heads stage's schedule :attr:`FT.heads_train` (30 epochs at 0.01, no decay), which a grid's ``heads.train`` or
-the entry's ``heads_train:`` may change.
+heads stage's schedule, ``Heads.train`` in FT's capabilities (30 epochs at 0.01, no decay), which a grid's
+``heads.train`` or the entry's ``heads_train:`` may change.
 sseung0703/KD_methods_with_TF (``nets/Response.py`` ``Factor_Transfer``) builds another paraphraser (stride
 ``1/rate`` in its middle layer, rates compounding per layer, an L2 normalisation over channels); it is not
 followed here.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, Heads, KDOnTop, Method, Range, register_method
 
 #: RepDistiller's paraphrase rate (``Paraphraser(t_shape, k=0.5)``, ``Translator(s_shape, t_shape, k=0.5)``)
 DEFAULT_RATE = 0.5
@@ -74,11 +75,13 @@ class Paraphraser(nn.Module):
         self.encoder = nn.Sequential(
             *_block(nn.Conv2d(channels, channels, 3, 1, 1), channels, batch_norm),
             *_block(nn.Conv2d(channels, factor, 3, 1, 1), factor, batch_norm),
-            *_block(nn.Conv2d(factor, factor, 3, 1, 1), factor, batch_norm))
+            *_block(nn.Conv2d(factor, factor, 3, 1, 1), factor, batch_norm),
+        )
         self.decoder = nn.Sequential(
             *_block(nn.ConvTranspose2d(factor, factor, 3, 1, 1), factor, batch_norm),
             *_block(nn.ConvTranspose2d(factor, channels, 3, 1, 1), channels, batch_norm),
-            *_block(nn.ConvTranspose2d(channels, channels, 3, 1, 1), channels, batch_norm))
+            *_block(nn.ConvTranspose2d(channels, channels, 3, 1, 1), channels, batch_norm),
+        )
 
     def encode(self, features: Tensor) -> Tensor:
         return self.encoder(features)
@@ -90,14 +93,14 @@ class Paraphraser(nn.Module):
 class Translator(nn.Module):
     """The student's encoder: its last stage output (C_S channels) to a factor of the teacher's factor width."""
 
-    def __init__(self, student_channels: int, teacher_channels: int, k: float = DEFAULT_RATE,
-                 batch_norm: bool = True):
+    def __init__(self, student_channels: int, teacher_channels: int, k: float = DEFAULT_RATE, batch_norm: bool = True):
         super().__init__()
         factor = _factor_channels(teacher_channels, k)
         self.encoder = nn.Sequential(
             *_block(nn.Conv2d(student_channels, student_channels, 3, 1, 1), student_channels, batch_norm),
             *_block(nn.Conv2d(student_channels, factor, 3, 1, 1), factor, batch_norm),
-            *_block(nn.Conv2d(factor, factor, 3, 1, 1), factor, batch_norm))
+            *_block(nn.Conv2d(factor, factor, 3, 1, 1), factor, batch_norm),
+        )
 
     def forward(self, features: Tensor) -> Tensor:
         return self.encoder(features)
@@ -121,6 +124,7 @@ def factor_loss(student_factor: Tensor, teacher_factor: Tensor) -> Tensor:
 
 
 def _teacher_channels(context: Context) -> int:
+    assert context.teacher_sample is not None  # FT reads the teacher's last stage
     stages = context.teacher_sample.stages
     if not stages:
         raise ValueError("FT paraphrases the teacher's last stage output, and the teacher has no stages")
@@ -131,9 +135,11 @@ def _check_rate(k: float, context: Context, where: str) -> None:
     channels = _teacher_channels(context)
     if _factor_channels(channels, k) < 1:
         name = getattr(context.teacher, "arch", type(context.teacher).__name__)
-        raise ValueError(f"{where}.k: {k!r} is not allowed for {name}: the factor keeps int({channels} x k) = "
-                         f"{_factor_channels(channels, k)} of the {channels} channels of the teacher's last stage; "
-                         f"expected k >= {1 / channels:g}")
+        raise ValueError(
+            f"{where}.k: {k!r} is not allowed for {name}: the factor keeps int({channels} x k) = "
+            f"{_factor_channels(channels, k)} of the {channels} channels of the teacher's last stage; "
+            f"expected k >= {1 / channels:g}"
+        )
 
 
 @register_method("ft_paraphraser")
@@ -152,7 +158,8 @@ class ParaphraserPretraining(Method):
         self.k = float(k)
         self.paraphraser = Paraphraser(_teacher_channels(context), self.k)
 
-    def forward(self, student: None, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, student: Features | None, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it trains on the teacher's features (the student is None here)
         # A copy: the engine computes the teacher in inference mode, and autograd must not save such tensors.
         target = teacher.stages[-1].detach().clone()
         return {"ft_paraphraser": F.mse_loss(self.paraphraser(target), target)}
@@ -161,34 +168,48 @@ class ParaphraserPretraining(Method):
 @register_method("ft")
 class FactorTransfer(Method):
     label = "FT"
-    cuda_graphs = True
-    needs_artifact = "heads"
-    heads_method = "ft_paraphraser"
-    heads_params = ("k",)
-    heads_train = {"epochs": 30, "lr": 0.01, "lr_decay_epochs": []}  # RepDistiller helper/pretrain.py:20-36
+    declared_capabilities = Capabilities(
+        cuda_graphs=True,
+        kd_on_top=True,
+        pre_stage="heads",
+        heads=Heads("ft_paraphraser", shared_params=("k",), train={"epochs": 30, "lr": 0.01, "lr_decay_epochs": []}),
+    )  # RepDistiller helper/pretrain.py:20-36
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
         _check_rate(params["k"], context, where)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 200.0,
-                 k: Annotated[float, Range(gt=0)] = DEFAULT_RATE, alpha: Annotated[float, Range(ge=0)] = 0.0,
-                 **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 200.0,
+        k: Annotated[float, Range(gt=0)] = DEFAULT_RATE,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         _check_rate(k, context, "methods.ft")
         self.beta, self.k = float(beta), float(k)
         teacher_channels = _teacher_channels(context)
         self.paraphraser = Paraphraser(teacher_channels, self.k)
         if context.artifact is None:
             raise ValueError("ft needs the paraphraser pretrained on the teacher (the heads stage, ft_paraphraser)")
-        state = {key.removeprefix("paraphraser."): value for key, value in context.artifact.items()
-                 if key.startswith("paraphraser.")}
+        state = {
+            key.removeprefix("paraphraser."): value
+            for key, value in context.artifact.items()
+            if key.startswith("paraphraser.")
+        }
         try:
             self.paraphraser.load_state_dict(state)
         except RuntimeError as error:
-            raise ValueError(f"ft: the pretrained paraphraser does not fit this teacher and k = {self.k:g} (was it "
-                             f"pretrained on another teacher, or with another k?): {error}") from None
+            raise ValueError(
+                f"ft: the pretrained paraphraser does not fit this teacher and k = {self.k:g} (was it "
+                f"pretrained on another teacher, or with another k?): {error}"
+            ) from None
         self.paraphraser.requires_grad_(False)
+        assert context.student_sample is not None  # FT trains a student
         self.translator = Translator(context.student_sample.stages[-1].shape[1], teacher_channels, self.k)
 
     def train(self, mode: bool = True):
@@ -196,7 +217,8 @@ class FactorTransfer(Method):
         self.paraphraser.eval()  # frozen (RepDistiller: module_list[2].eval() in every epoch)
         return self
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         with torch.no_grad():
             teacher_factor = self.paraphraser.encode(teacher.stages[-1])
         return {"ft": self.beta * factor_loss(self.translator(student.stages[-1]), teacher_factor)}

@@ -1,9 +1,11 @@
 """The two rows every table starts with: the plain student and Hinton's KD."""
+
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
-from .base import Context, Method, Range, register_method
+from .base import Capabilities, Context, KDOnTop, Method, Range, register_method
 from .logits import LogitMethod
 
 
@@ -11,9 +13,8 @@ from .logits import LogitMethod
 class Vanilla(Method):
     """Cross-entropy only: the "Student" row, and how teachers are pretrained."""
 
-    cuda_graphs = True
-    needs_teacher = False
     label = "Student"
+    declared_capabilities = Capabilities(needs_teacher=False, cuda_graphs=True)
 
     def __init__(self, context: Context):
         super().__init__(context)
@@ -27,10 +28,16 @@ class KD(LogitMethod):
     (``logit_standardization``, ``ctkd``: :class:`~afdistill.methods.logits.LogitMethod`) apply to its KD term.
     """
 
-    cuda_graphs = True
     label = "KD"
+    declared_capabilities = replace(LogitMethod.declared_capabilities, kd_on_top=True)
 
-    def __init__(self, context: Context, gamma: Annotated[float, Range(ge=0)] = 1.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 **modifiers):
-        super().__init__(context, gamma=gamma, alpha=alpha, temperature=temperature, **modifiers)
+    def __init__(
+        self,
+        context: Context,
+        gamma: Annotated[float, Range(ge=0)] = 1.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **modifiers,
+    ):
+        super().__init__(context, gamma=gamma, temperature=temperature, **modifiers)
+        self.kd = KDOnTop(alpha, temperature)

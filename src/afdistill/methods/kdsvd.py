@@ -62,16 +62,17 @@ RepDistiller's port (HobbitLong/RepDistiller@b84f547c
 ``distiller_zoo/KDSVD.py``) divides by the batch size, back-propagates
 PyTorch's analytic SVD gradient and does not clip.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Choice, Context, Method, Range, clip_transfer_gradients, register_method
+from .base import Batch, Capabilities, Choice, Context, KDOnTop, Method, Range, clip_transfer_gradients, register_method
 
 
 def _finite(x: Tensor) -> Tensor:
@@ -93,8 +94,9 @@ def svd_gradient(u: Tensor, s: Tensor, v: Tensor, grad_v: Tensor) -> Tensor:
     if channels > positions:  # the code's left_grad: the problem transposed, V in U's role
         d = grad_v / (s + 1e-8).unsqueeze(-2)
         product = k_t * (d.transpose(-1, -2) @ (v @ S))
-        inner = torch.diag_embed(torch.diagonal(v.transpose(-1, -2) @ d, dim1=-2, dim2=-1)) \
-            + 2 * S @ (product + product.transpose(-1, -2))
+        inner = torch.diag_embed(torch.diagonal(v.transpose(-1, -2) @ d, dim1=-2, dim2=-1)) + 2 * S @ (
+            product + product.transpose(-1, -2)
+        )
         return u @ (d - v @ inner).transpose(-1, -2)
     product = k_t * (v.transpose(-1, -2) @ grad_v)  # the code's right_grad
     return 2 * u @ S @ (product + product.transpose(-1, -2)) @ v.transpose(-1, -2)
@@ -116,7 +118,7 @@ class _RightSingularVectors(torch.autograd.Function):
     def backward(ctx, grad_top: Tensor):
         u, s, v = ctx.saved_tensors
         grad_v = torch.zeros_like(v)
-        grad_v[..., :ctx.n] = grad_top.double()
+        grad_v[..., : ctx.n] = grad_top.double()
         return _finite(svd_gradient(u, s, v, grad_v)).to(grad_top.dtype), None
 
 
@@ -158,24 +160,31 @@ def _arch(network) -> str:
 
 
 def _check_stages(context: Context, k: int, where: str) -> None:
+    assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
     teacher, student = context.teacher_sample.stages, context.student_sample.stages
     names = f"{_arch(context.teacher)} -> {_arch(context.student)}"
     t_widths, s_widths = [f.shape[1] for f in teacher], [f.shape[1] for f in student]
     if t_widths != s_widths:
-        raise ValueError(f"{where}: {names}: KD-SVD compares singular vectors channel by channel, so teacher and "
-                         f"student stages need the same widths; got teacher {t_widths}, student {s_widths}")
+        raise ValueError(
+            f"{where}: {names}: KD-SVD compares singular vectors channel by channel, so teacher and "
+            f"student stages need the same widths; got teacher {t_widths}, student {s_widths}"
+        )
     if len(teacher) < 2:
         raise ValueError(f"{where}: {names}: KD-SVD relates consecutive stages and needs at least two")
     # the largest k each stage allows: the student needs k + 3 singular vectors, the teacher k
-    limits = [(min(f.shape[1], f.shape[2] * f.shape[3]) - extra, who, index, f)
-              for who, stages, extra in (("student", student, 3), ("teacher", teacher, 0))
-              for index, f in enumerate(stages, start=1)]
+    limits = [
+        (min(f.shape[1], f.shape[2] * f.shape[3]) - extra, who, index, f)
+        for who, stages, extra in (("student", student, 3), ("teacher", teacher, 0))
+        for index, f in enumerate(stages, start=1)
+    ]
     largest, who, index, f = min(limits, key=lambda limit: limit[0])
     if k <= largest:
         return
     needed = "k + 3" if who == "student" else "k"
-    why = (f"the {who}'s stage {index} ({f.shape[1]} channels, {f.shape[2]} x {f.shape[3]}) has "
-           f"{min(f.shape[1], f.shape[2] * f.shape[3])} singular vectors, and needs {needed}")
+    why = (
+        f"the {who}'s stage {index} ({f.shape[1]} channels, {f.shape[2]} x {f.shape[3]}) has "
+        f"{min(f.shape[1], f.shape[2] * f.shape[3])} singular vectors, and needs {needed}"
+    )
     if largest < 1:
         raise ValueError(f"{where}: {names}: no k fits: {why}")
     raise ValueError(f"{where}.k: {k} is not allowed for {names}: {why}; expected k from 1 to {largest}")
@@ -184,20 +193,32 @@ def _check_stages(context: Context, k: int, where: str) -> None:
 @register_method("kdsvd")
 class KDSVD(Method):
     label = "KD-SVD"
+    declared_capabilities = Capabilities(kd_on_top=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 k: Annotated[int, Range(ge=1)] = 1, clip_gradients: Annotated[bool, Choice(True, False)] = True,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        k: Annotated[int, Range(ge=1)] = 1,
+        clip_gradients: Annotated[bool, Choice(True, False)] = True,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         _check_stages(context, k, f"methods.{self.method_name}")
         self.beta, self.k, self.clip_gradients = float(beta), k, bool(clip_gradients)
+        assert context.student is not None  # it trains a student
         self._student_parameters = [p for p in context.student.parameters() if p.requires_grad]
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
         _check_stages(context, params["k"], where)
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
+        loss: float | Tensor
         loss, previous = 0.0, None
         for f_s, f_t in zip(student.stages, teacher.stages):
             v_t, sigma = teacher_vectors(f_t, self.k)
@@ -208,7 +229,7 @@ class KDSVD(Method):
                 difference = (rbf(v_s, previous[0]) - rbf(v_t, previous[1])).square()
                 loss = loss + torch.where(torch.isfinite(difference), difference, 0.0).sum()
             previous = (v_s, v_t)
-        return {"kdsvd": self.beta * loss}
+        return {"kdsvd": cast(Tensor, self.beta * loss)}  # a tensor: at least two stages (_check_stages)
 
     def backward(self, terms: dict[str, Tensor]) -> None:
         """Clip each parameter's transfer gradient to its task-gradient norm x sigmoid(epoch - 1) (the code's)."""

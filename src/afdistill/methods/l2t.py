@@ -31,41 +31,47 @@ Teacher maps are resized to the student's resolution bilinearly, as the
 reference does. Hyper-parameters are the reference's defaults: beta 0.5,
 T 2, Adam with learning rate and weight decay 1e-4, ReLU6 gates starting at 1.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Annotated
+from typing import Annotated, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 
 
 class WeightedFeatureMatching(nn.Module):
     """The regressors and the two meta-networks of all pairs."""
 
-    def __init__(self, student_channels: list[int], teacher_channels: list[int], pairs: list[tuple[int, int]],
-                 gate_init: float = 1.0):
+    def __init__(
+        self,
+        student_channels: list[int],
+        teacher_channels: list[int],
+        pairs: list[tuple[int, int]],
+        gate_init: float = 1.0,
+    ):
         super().__init__()
         self.pairs = pairs
         self.regressors = nn.ModuleList(nn.Conv2d(student_channels[s], teacher_channels[t], 1) for t, s in pairs)
         self.channel_weights = nn.ModuleList(nn.Linear(teacher_channels[t], teacher_channels[t]) for t, _ in pairs)
-        for layer in self.channel_weights:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for layer in self.channel_weights:  # Linears (a ModuleList yields them as Module)
+            nn.init.zeros_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(cast(nn.Linear, layer).bias)
         self.gates = nn.ModuleList(nn.Linear(teacher_channels[t], 1) for t, _ in pairs)
         for layer in self.gates:
-            nn.init.constant_(layer.bias, gate_init)
+            nn.init.constant_(cast(nn.Linear, layer).bias, gate_init)
 
     def meta_parameters(self):
         return list(self.channel_weights.parameters()) + list(self.gates.parameters())
 
     def forward(self, student: list[Tensor], teacher: list[Tensor], gates: list[Tensor] | None = None) -> Tensor:
         """The weighted matching loss; ``gates`` (if given) receives each pair's batch-mean gate, detached."""
-        loss = 0.0
+        loss: float | Tensor = 0.0
         for i, (t, s) in enumerate(self.pairs):
             source, target = teacher[t], student[s]
             if source.shape[-1] != target.shape[-1]:
@@ -77,7 +83,7 @@ class WeightedFeatureMatching(nn.Module):
             if gates is not None:
                 gates.append(gate.detach().mean())
             loss = loss + ((difference * weights).sum(1) * gate).mean()
-        return loss
+        return cast(Tensor, loss)  # a tensor: every stage pair is matched, and there is at least one
 
 
 def _zero_gradients_in_place(params: list[Tensor]) -> None:
@@ -94,21 +100,34 @@ def _zero_gradients_in_place(params: list[Tensor]) -> None:
 @register_method("l2t")
 class L2T(Method):
     label = "L2T"
+    declared_capabilities = Capabilities(kd_on_top=True)
+    # buffers (register_buffer: mypy would see Tensor | Module)
+    gate_sum: Tensor
+    gate_count: Tensor
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 0.5,
-                 inner_steps: Annotated[int, Range(ge=1)] = 2,  # with none, the meta-networks get no gradient
-                 meta_lr: Annotated[float, Range(gt=0)] = 1e-4,
-                 meta_weight_decay: Annotated[float, Range(ge=0)] = 1e-4,
-                 alpha: Annotated[float, Range(ge=0)] = 0.9, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 0.5,
+        inner_steps: Annotated[int, Range(ge=1)] = 2,  # with none, the meta-networks get no gradient
+        meta_lr: Annotated[float, Range(gt=0)] = 1e-4,
+        meta_weight_decay: Annotated[float, Range(ge=0)] = 1e-4,
+        alpha: Annotated[float, Range(ge=0)] = 0.9,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta, self.inner_steps = float(beta), int(inner_steps)
+        assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
         student, teacher = context.student_sample.stages, context.teacher_sample.stages
         pairs = [(t, s) for t in range(len(teacher)) for s in range(len(student))]
         self.matching = WeightedFeatureMatching([f.shape[1] for f in student], [f.shape[1] for f in teacher], pairs)
         self.register_buffer("gate_sum", torch.zeros(len(teacher), len(student)), persistent=False)
         self.register_buffer("gate_count", torch.zeros(()), persistent=False)
-        self.meta_optimizer = torch.optim.Adam(self.matching.meta_parameters(), lr=meta_lr,
-                                               weight_decay=meta_weight_decay)
+        self.meta_optimizer = torch.optim.Adam(
+            self.matching.meta_parameters(), lr=meta_lr, weight_decay=meta_weight_decay
+        )
 
     # the engine's SGD trains the student and the regressors; the meta-networks have their own Adam
     def trainable_parameters(self):
@@ -121,7 +140,8 @@ class L2T(Method):
     def set_extra_state(self, state):
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         gates: list[Tensor] = []
         loss = self.matching(student.stages, teacher.stages, gates)
         with torch.no_grad():  # the links the paper's Figure 4 draws: each pair's mean gate over the epoch
@@ -137,14 +157,23 @@ class L2T(Method):
         self.gate_count.zero_()
         return summary
 
-    def after_step(self, batch: Batch, student: nn.Module, teacher: Features, optimizer: torch.optim.Optimizer):
+    def after_step(
+        self, batch: Batch, student: nn.Module | None, teacher: Features | None, optimizer: torch.optim.Optimizer
+    ):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if any(group["nesterov"] or group.get("dampening", 0) for group in optimizer.param_groups):
-            raise ValueError("l2t: the meta-gradient is derived for plain SGD with momentum (no Nesterov, no dampening)")
+            raise ValueError(
+                "l2t: the meta-gradient is derived for plain SGD with momentum (no Nesterov, no dampening)"
+            )
+
+        assert student is not None and teacher is not None  # it trains a student, from a teacher
 
         def snapshot():
-            return (copy.deepcopy(student.state_dict()), copy.deepcopy(self.matching.state_dict()),
-                    copy.deepcopy(optimizer.state_dict()))
+            return (
+                copy.deepcopy(student.state_dict()),
+                copy.deepcopy(self.matching.state_dict()),
+                copy.deepcopy(optimizer.state_dict()),
+            )
 
         def restore(state):
             student.load_state_dict(state[0])
@@ -168,7 +197,9 @@ class L2T(Method):
         # d CE / d params after the last virtual step seeds the reverse pass.
         self.meta_optimizer.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(cross_entropy(), params, allow_unused=True)
-        adjoint = [(torch.zeros_like(p) if g is None else g.detach(), torch.zeros_like(p)) for p, g in zip(params, grads)]
+        adjoint = [
+            (torch.zeros_like(p) if g is None else g.detach(), torch.zeros_like(p)) for p, g in zip(params, grads)
+        ]
         group = optimizer.param_groups[0]
         lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
         for state, objective in reversed(records):
@@ -176,16 +207,19 @@ class L2T(Method):
             # X = sum g . (a_buf - lr * a_theta); dX/dtheta is the Hessian-vector product, dX/dmeta the meta-gradient.
             restore(state)
             grads = torch.autograd.grad(objective(), params, create_graph=True, allow_unused=True)
-            inner = sum((g * (a_buf - lr * a_theta)).sum() for g, (a_theta, a_buf) in zip(grads, adjoint)
-                        if g is not None)
+            inner = sum(
+                (g * (a_buf - lr * a_theta)).sum() for g, (a_theta, a_buf) in zip(grads, adjoint) if g is not None
+            )
             hvp = torch.autograd.grad(inner, params + self.matching.meta_parameters(), allow_unused=True)
-            for meta, g in zip(self.matching.meta_parameters(), hvp[len(params):]):
+            for meta, g in zip(self.matching.meta_parameters(), hvp[len(params) :]):
                 if g is not None:
                     meta.grad = g if meta.grad is None else meta.grad + g
             adjoint = [
-                (a_theta * (1 - lr * weight_decay) + weight_decay * a_buf + (0 if h is None else h.detach()),
-                 momentum * a_buf - lr * momentum * a_theta)
-                for (a_theta, a_buf), h in zip(adjoint, hvp[:len(params)])
+                (
+                    a_theta * (1 - lr * weight_decay) + weight_decay * a_buf + (0 if h is None else h.detach()),
+                    momentum * a_buf - lr * momentum * a_theta,
+                )
+                for (a_theta, a_buf), h in zip(adjoint, hvp[: len(params)])
             ]
         # `restore` left the student where the real step put it (the reference's rollback=True).
         optimizer.zero_grad(set_to_none=True)
@@ -206,4 +240,5 @@ class L2T(Method):
             f"l2t: the meta-gradient is not finite: the virtual steps overflowed (the teacher's stage maps reach "
             f"{largest:.3g}; the matching loss grows with their square, and each virtual step moves the student by "
             f"lr {lr:g} times its gradient). A teacher whose BatchNorm statistics lag its weights does this; L2T-ww "
-            f"distils from a fully trained teacher: check the teacher checkpoint")
+            f"distils from a fully trained teacher: check the teacher checkpoint"
+        )

@@ -28,6 +28,7 @@ every logit method (KD, DKD, MLKD) rather than methods of their own:
 Both are CUDA-graph safe: the curriculum scale lives in a buffer updated in
 place by :meth:`LogitMethod.begin_epoch`, and neither draws random numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from .base import Choice, Context, Method, Range, kd_loss, method_parameters
+from .base import Capabilities, Choice, Context, Method, Range, kd_loss, method_parameters
 
 #: added to the standard deviation, as the official logit-standardisation code does
 STANDARDIZATION_EPS = 1e-7
@@ -78,41 +79,50 @@ class LogitMethod(Method):
 
     Subclasses compute their losses through :meth:`prepare` (standardised
     logits, if asked) and :meth:`kd_temperature` (CTKD's learned temperature,
-    if asked, else ``temperature``). Hinton's KD term that the base class adds
-    at ``alpha`` goes through both as well (:meth:`kd_term`).
+    if asked, else its own ``temperature``). Hinton's KD term that a method
+    offering KD on top (:class:`~afdistill.methods.base.KDOnTop`: KD, MLKD)
+    adds at its ``alpha`` goes through both as well (:meth:`kd_term`).
     """
 
-    cuda_graphs = True
-
-    @classmethod
-    def reads_teacher_logits(cls, params: dict) -> bool:
-        return True
+    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True)
+    ctkd_lambda: Tensor  # a buffer, with ctkd (register_buffer: mypy sees Tensor | Module otherwise)
 
     @classmethod
     def check_params(cls, params: dict, where: str) -> None:
         """Also: CTKD's settings only with ``ctkd: true``, and no fixed ``temperature`` beside the learned one
         (one of them would be silently ignored)."""
         super().check_params(params, where)
-        declared = method_parameters(cls)  # a value equal to the default changes nothing, whichever way it is read
+        # a value equal to the default changes nothing, whichever way it is read
+        declared = method_parameters(cls)  # type: ignore[arg-type]  # mypy: a class object is Hashable
         changed = {key for key, value in params.items() if value != declared[key].default}
         settings = sorted(key for key in changed if key.startswith("ctkd_"))
         if settings and params.get("ctkd") is not True:
-            raise ValueError(f"{where}.{settings[0]}: only read with ctkd: true (CTKD's learned temperature); "
-                             f"set ctkd: true or drop {', '.join(settings)}")
+            raise ValueError(
+                f"{where}.{settings[0]}: only read with ctkd: true (CTKD's learned temperature); "
+                f"set ctkd: true or drop {', '.join(settings)}"
+            )
         if params.get("ctkd") is True and "temperature" in changed:
-            raise ValueError(f"{where}.temperature: {params['temperature']!r} would not be used: with ctkd: true the "
-                             f"temperature is learned (ctkd_t_start + ctkd_t_range * sigmoid(theta)); drop "
-                             f"temperature, or set its range with ctkd_t_start and ctkd_t_range")
+            raise ValueError(
+                f"{where}.temperature: {params['temperature']!r} would not be used: with ctkd: true the "
+                f"temperature is learned (ctkd_t_start + ctkd_t_range * sigmoid(theta)); drop "
+                f"temperature, or set its range with ctkd_t_start and ctkd_t_range"
+            )
 
-    def __init__(self, context: Context, logit_standardization: Annotated[bool, Choice(True, False)] = False,
-                 ctkd: Annotated[bool, Choice(True, False)] = False,
-                 ctkd_t_start: Annotated[float, Range(gt=0)] = 1.0,
-                 ctkd_t_range: Annotated[float, Range(gt=0)] = 20.0,
-                 ctkd_lambda_start: Annotated[float, Range(le=0)] = 0.0,
-                 ctkd_lambda_end: Annotated[float, Range(le=0)] = -1.0,
-                 ctkd_curriculum_epochs: Annotated[int, Range(ge=1, integer=True)] = 10,
-                 **base):
+    def __init__(
+        self,
+        context: Context,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        logit_standardization: Annotated[bool, Choice(True, False)] = False,
+        ctkd: Annotated[bool, Choice(True, False)] = False,
+        ctkd_t_start: Annotated[float, Range(gt=0)] = 1.0,
+        ctkd_t_range: Annotated[float, Range(gt=0)] = 20.0,
+        ctkd_lambda_start: Annotated[float, Range(le=0)] = 0.0,
+        ctkd_lambda_end: Annotated[float, Range(le=0)] = -1.0,
+        ctkd_curriculum_epochs: Annotated[int, Range(ge=1, integer=True)] = 10,
+        **base,
+    ):
         super().__init__(context, **base)
+        self.temperature = float(temperature)
         self.logit_standardization = bool(logit_standardization)
         self.ctkd = bool(ctkd)
         if self.ctkd:

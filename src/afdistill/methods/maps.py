@@ -7,14 +7,17 @@ Table 7; each is AT's mapping function up to a constant factor):
 ``a1``  mean_c |h_c|
 ``max`` max_c |h_c|
 """
+
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def resize_to(maps: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_to(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     """``AdaptiveAvgPool2d(size)`` for N x C x H x W maps, using deterministic kernels for integer ratios.
 
     Shrinking by an integer factor is average pooling; growing by one repeats
@@ -29,7 +32,7 @@ def resize_to(maps: Tensor, size: tuple[int, int]) -> Tensor:
         return F.avg_pool2d(maps, kernel_size=(height // target_h, width // target_w))
     if target_h % height == 0 and target_w % width == 0:
         return maps.repeat_interleave(target_h // height, dim=-2).repeat_interleave(target_w // width, dim=-1)
-    return F.adaptive_avg_pool2d(maps, size)
+    return F.adaptive_avg_pool2d(maps, cast(tuple[int, int], size))  # two entries: unpacked above
 
 
 def energy_map(features: Tensor) -> Tensor:
@@ -61,6 +64,7 @@ class _EnergyAndMean(torch.autograd.Function):
             grad = features * (grad_energy * (2.0 / channels))  # d/df mean_c f^2 = 2 f / C
         if grad_mean is not None:
             grad = grad + (grad_mean / positions)[:, :, None, None]
+        assert grad is not None  # zeros without grad_energy, else set from it
         return grad.expand_as(features).to(features.dtype)
 
 

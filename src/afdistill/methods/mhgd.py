@@ -43,16 +43,17 @@ reference leaves to LAPACK, is fixed so that its largest entry is positive;
 the SVD backward keeps the reference's (KD-SVD) formula, twice the analytic
 gradient, with the same zeroing of undefined (degenerate) terms.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, clip_transfer_gradients, register_method
+from .base import Batch, Capabilities, Context, Heads, KDOnTop, Method, Range, clip_transfer_gradients, register_method
 
 
 class _TopRightSingularVectors(torch.autograd.Function):
@@ -155,19 +156,24 @@ class MHAN(nn.Module):
     def __init__(self, dims: list[int], heads: int):
         super().__init__()
         self.attention = nn.ModuleList(
-            AttentionHead(dims[i], dims[i - 1], (dims[i] + dims[i - 1]) // 2, heads) for i in range(1, len(dims)))
+            AttentionHead(dims[i], dims[i - 1], (dims[i] + dims[i - 1]) // 2, heads) for i in range(1, len(dims))
+        )
         self.estimators = nn.ModuleList(Estimator(dims[i - 1], dims[i], heads) for i in range(1, len(dims)))
 
 
 def _check_stages(context: Context, teacher_only: bool) -> list[int]:
+    assert context.teacher_sample is not None  # MHGD relates the teacher's stages
     teacher = [f.shape[1] for f in context.teacher_sample.stages]
     if len(teacher) < 2:
         raise ValueError("MHGD needs at least two stages to relate")
     if not teacher_only:
+        assert context.student_sample is not None  # MHGD (not its pretraining) trains a student
         student = [f.shape[1] for f in context.student_sample.stages]
         if student != teacher:
-            raise ValueError(f"MHGD compares singular vectors channel by channel, so teacher and student stages need "
-                             f"the same widths; got teacher {teacher}, student {student}")
+            raise ValueError(
+                f"MHGD compares singular vectors channel by channel, so teacher and student stages need "
+                f"the same widths; got teacher {teacher}, student {student}"
+            )
     return teacher
 
 
@@ -198,36 +204,47 @@ class MHANPretraining(Method):
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
-        self.generator = torch.Generator(device=self.network.estimators[0].out.weight.device)
+        # (the cast: a ModuleList yields its Estimators as Module)
+        self.generator = torch.Generator(device=cast(Estimator, self.network.estimators[0]).out.weight.device)
         self.generator.manual_seed(self.seed * 104_729 + epoch)
 
-    def forward(self, student: None, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def forward(self, student: Features | None, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it trains on the teacher's features (the student is None here)
         vectors = [teacher_vector(f) for f in teacher.stages]
-        loss = 0.0
+        loss: float | Tensor = 0.0
         for i in range(1, len(vectors)):
             graphs = self.network.attention[i - 1](vectors[i], vectors[i - 1])
             estimate = self.network.estimators[i - 1](vectors[i - 1], graphs, self.generator)
             loss = loss + (1 - (estimate * vectors[i]).sum(1)).mean()
-        return {"mhan": loss}
+        return {"mhan": cast(Tensor, loss)}  # a tensor: at least two stages (_check_stages)
 
 
 @register_method("mhgd")
 class MHGD(Method):
     label = "MHGD"
-    needs_artifact = "heads"
-    heads_method = "mhan"
-    heads_params = ("num_heads",)
     # MHGD supplementary: "the learning rate was fixed at 0.1, and only 20 epochs were learned" (the rate is the
     # grid's, 0.1 in its grids)
-    heads_train = {"epochs": 20, "lr_decay_epochs": []}
+    declared_capabilities = Capabilities(
+        kd_on_top=True,
+        pre_stage="heads",
+        heads=Heads("mhan", shared_params=("num_heads",), train={"epochs": 20, "lr_decay_epochs": []}),
+    )
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
         _check_stages_fit(context, where, teacher_only=False)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 num_heads: Annotated[int, Range(ge=1)] = 8, alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        num_heads: Annotated[int, Range(ge=1)] = 8,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta = float(beta)
         self.network = MHAN(_check_stages(context, teacher_only=False), num_heads)
         if context.artifact is None:
@@ -235,6 +252,7 @@ class MHGD(Method):
         state = {k.removeprefix("network."): v for k, v in context.artifact.items() if k.startswith("network.")}
         self.network.load_state_dict(state)
         self.network.requires_grad_(False)
+        assert context.student is not None  # it trains a student
         self._student_parameters = [p for p in context.student.parameters() if p.requires_grad]
 
     def train(self, mode: bool = True):
@@ -245,14 +263,15 @@ class MHGD(Method):
     def graphs(self, vectors: list[Tensor]) -> list[Tensor]:
         return [torch.tanh(self.network.attention[i - 1](vectors[i], vectors[i - 1])) for i in range(1, len(vectors))]
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         t_vectors = [teacher_vector(f) for f in teacher.stages]
         s_vectors = [aligned_student_vector(f, v) for f, v in zip(student.stages, t_vectors)]
-        loss = 0.0
+        loss: float | Tensor = 0.0
         for g_s, g_t in zip(self.graphs(s_vectors), self.graphs(t_vectors)):
             log_s, log_t = F.log_softmax(g_s, dim=2), F.log_softmax(g_t, dim=2)
             loss = loss + (log_s.exp() * (log_s - log_t)).sum()
-        return {"mhgd": self.beta * loss}
+        return {"mhgd": cast(Tensor, self.beta * loss)}  # a tensor: at least two stages (_check_stages)
 
     def backward(self, terms: dict[str, Tensor]) -> None:
         """Clip each parameter's transfer gradient to its task-gradient norm x sigmoid(epochs into distillation)."""

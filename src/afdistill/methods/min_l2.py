@@ -21,6 +21,7 @@ Where we had to choose: no code was released, and neither the slides nor
 the paper's table give the weight; beta = 1 (gradient-based AT's default
 here). "l2 norm" is read, with Drucker & LeCun, as the squared norm.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, Method, Range, register_method
 
 
 def input_gradient(logits: Tensor, labels: Tensor, images: Tensor) -> Tensor:
@@ -41,11 +42,11 @@ def input_gradient(logits: Tensor, labels: Tensor, images: Tensor) -> Tensor:
 @register_method("min_l2")
 class MinL2(Method):
     label = "min-l2"
-    needs_teacher = False
-    needs_input_grad = True
+    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 gamma: Annotated[float, Range(ge=0)] = 1.0):
+    def __init__(
+        self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0, gamma: Annotated[float, Range(ge=0)] = 1.0
+    ):
         super().__init__(context, gamma=gamma)
         self.beta = float(beta)
 

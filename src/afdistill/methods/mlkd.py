@@ -46,17 +46,19 @@ the masks come from the softmax of the raw weak-view teacher logits. CTKD's
 learned temperature replaces T (the fixed 2, 3, 5, 6 stay) in every term.
 No state across steps, no random numbers, no host sync: a CUDA graph.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from dataclasses import replace
+from typing import Annotated, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models import Features
-from .base import Batch, Choice, Context, Range, kd_loss, register_method
+from .base import Batch, Capabilities, Choice, Context, KDOnTop, Range, kd_loss, register_method
 from .logits import LogitMethod
 
 #: the official code's fixed temperatures besides the configured one
@@ -90,21 +92,30 @@ def fraction_at_or_below_median(values: Tensor) -> Tensor:
 @register_method("mlkd")
 class MLKD(LogitMethod):
     label = "MLKD"
+    declared_capabilities = replace(LogitMethod.declared_capabilities, kd_on_top=True)
 
     @classmethod
-    def uses_strong_view(cls, params: dict) -> bool:
-        return bool(params.get("strong_view", True))
+    def capabilities(cls, params: dict) -> Capabilities:
+        """The second, strongly augmented view with ``strong_view`` (its default)."""
+        return replace(super().capabilities(params), strong_view=bool(params.get("strong_view", True)))
 
-    def __init__(self, context: Context,
-                 kd_weight: Annotated[float, Range(ge=0)] = 1.0,
-                 temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0,
-                 strong_view: Annotated[bool, Choice(True, False)] = True, **modifiers):
-        super().__init__(context, temperature=temperature, alpha=alpha, **modifiers)
+    def __init__(
+        self,
+        context: Context,
+        kd_weight: Annotated[float, Range(ge=0)] = 1.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        strong_view: Annotated[bool, Choice(True, False)] = True,
+        **modifiers,
+    ):
+        super().__init__(context, temperature=temperature, **modifiers)
+        self.kd = KDOnTop(alpha, temperature)
+        self.caps = type(self).capabilities({"strong_view": strong_view})
         self.kd_weight = float(kd_weight)
         self.strong_view = bool(strong_view)
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         with torch.no_grad():
             p_teacher = F.softmax(teacher.logits, dim=1)
             sample_fraction = fraction_at_or_below_median(p_teacher.max(dim=1).values)
@@ -117,11 +128,17 @@ class MLKD(LogitMethod):
         instance = instance + sum(kd_loss(s, t, T) for T in UNMASKED_TEMPERATURES)
         batch_level = sample_fraction * sum(batch_correlation_loss(raw_s, raw_t, T) for T in temperatures)
         class_level = class_fraction * sum(class_correlation_loss(raw_s, raw_t, T) for T in temperatures)
-        terms = {"mlkd_instance": self.kd_weight * instance, "mlkd_batch": self.kd_weight * batch_level,
-                 "mlkd_class": self.kd_weight * class_level}
+        terms = {
+            "mlkd_instance": self.kd_weight * instance,
+            "mlkd_batch": self.kd_weight * batch_level,
+            "mlkd_class": self.kd_weight * class_level,
+        }
         if self.strong_view:
+            # the engine adds the second view and both networks' features of it (Capabilities.strong_view)
+            assert batch.strong is not None and batch.strong.student is not None and batch.strong.teacher is not None
             strong_s, strong_t = self.prepare(batch.strong.student.logits, batch.strong.teacher.logits)
             terms["mlkd_ce_strong"] = self.gamma * F.cross_entropy(batch.strong.student.logits, batch.labels)
-            terms["mlkd_instance_strong"] = self.kd_weight * sum(
-                kd_loss(strong_s, strong_t, T) for T in temperatures[:3])
+            terms["mlkd_instance_strong"] = cast(  # a tensor: a sum over three temperatures
+                Tensor, self.kd_weight * sum(kd_loss(strong_s, strong_t, T) for T in temperatures[:3])
+            )
         return terms

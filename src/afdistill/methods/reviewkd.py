@@ -37,16 +37,17 @@ cede6ea6387ae9b6127de0e561507177bf19c11e, ``CIFAR-100/train.py``:
 The ABF modules are trained with the student by the engine's optimiser. The
 warm-up factor is a buffer updated in place: the step runs as a CUDA graph.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
 
 MAX_MID_CHANNELS = 512
 HCL_POOL_SIZES = (4, 2, 1)
@@ -58,16 +59,19 @@ class AttentionFusion(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.project = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                     nn.BatchNorm2d(out_channels))
-        self.attention = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None)
-        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.project[0].weight, a=1)
+        self.project = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
+        self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        # (the casts: indexing a Sequential gives a Module; both first layers are the Conv2d built above)
+        nn.init.kaiming_uniform_(cast(nn.Conv2d, self.reduce[0]).weight, a=1)
+        nn.init.kaiming_uniform_(cast(nn.Conv2d, self.project[0]).weight, a=1)
 
     def forward(self, x: Tensor, above: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(projection for the loss, fused map handed to the level below)."""
         x = self.reduce(x)
         if self.attention is not None:
+            assert above is not None  # a fusing level has a level above it
             above = F.interpolate(above, size=x.shape[-2:], mode="nearest")
             weights = self.attention(torch.cat([x, above], dim=1))
             x = x * weights[:, 0:1] + above * weights[:, 1:2]
@@ -106,40 +110,55 @@ def teacher_levels(features: Features) -> list[Tensor]:
     """The teacher's levels: pre-activation stage outputs, then the pooled embedding as a 1x1 map
     (mdistiller's ``preact_feats[1:] + [pooled_feat]``)."""
     if features.preact_stages is None:
-        raise ValueError("methods.reviewkd: the teacher's features have no pre-activation stage outputs "
-                         "(Features.preact_stages), which ReviewKD compares with")
+        raise ValueError(
+            "methods.reviewkd: the teacher's features have no pre-activation stage outputs "
+            "(Features.preact_stages), which ReviewKD compares with"
+        )
     return [*features.preact_stages, features.pooled[:, :, None, None]]
 
 
 @register_method("reviewkd")
 class ReviewKD(Method):
-    cuda_graphs = True
     label = "ReviewKD"
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    warmup: Tensor  # a buffer (register_buffer: mypy would see Tensor | Module)
 
-    def __init__(self, context: Context,
-                 beta: Annotated[float, Range(ge=0)] = 1.0,
-                 warmup_epochs: Annotated[int, Range(ge=0, integer=True)] = 20,
-                 alpha: Annotated[float, Range(ge=0)] = 0.0, **base):
-        super().__init__(context, alpha=alpha, **base)
+    def __init__(
+        self,
+        context: Context,
+        beta: Annotated[float, Range(ge=0)] = 1.0,
+        warmup_epochs: Annotated[int, Range(ge=0, integer=True)] = 20,
+        alpha: Annotated[float, Range(ge=0)] = 0.0,
+        temperature: Annotated[float, Range(gt=0)] = 4.0,
+        **base,
+    ):
+        super().__init__(context, **base)
+        self.kd = KDOnTop(alpha, temperature)
         self.beta, self.warmup_epochs = float(beta), int(warmup_epochs)
         self.check_fit({}, context, f"methods.{self.method_name}", 0)
+        assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
         student, teacher = review_levels(context.student_sample), teacher_levels(context.teacher_sample)
         mid = min(MAX_MID_CHANNELS, student[-1].shape[1])
         last = len(student) - 1
         # built shallow to deep, stored deep to shallow (the fusion order)
         self.fusions = nn.ModuleList(
             AttentionFusion(s.shape[1], mid, t.shape[1], fuse=index < last)
-            for index, (s, t) in enumerate(zip(student, teacher)))[::-1]
+            for index, (s, t) in enumerate(zip(student, teacher))
+        )[::-1]
         self.out_sizes = [tuple(t.shape[-2:]) for t in teacher][::-1]
         self.register_buffer("warmup", torch.tensor(self.warmup_factor(0)))
 
     @classmethod
     def check_fit(cls, params: dict[str, Any], context: Context, where: str, n_train: int) -> None:
+        assert context.student_sample is not None and context.teacher_sample is not None  # it needs both networks
         student, teacher = review_levels(context.student_sample), teacher_levels(context.teacher_sample)
         if len(student) != len(teacher):
-            raise ValueError(f"{where}: {context.student.arch} has {len(student) - 1} stages and "
-                             f"{context.teacher.arch} {len(teacher) - 1}; ReviewKD pairs them level by level, so "
-                             f"it needs networks with as many stages (leave it out of this pair's runs)")
+            assert context.student is not None and context.teacher is not None  # the networks of those samples
+            raise ValueError(
+                f"{where}: {context.student.arch} has {len(student) - 1} stages and "
+                f"{context.teacher.arch} {len(teacher) - 1}; ReviewKD pairs them level by level, so "
+                f"it needs networks with as many stages (leave it out of this pair's runs)"
+            )
 
     def warmup_factor(self, epoch: int) -> float:
         return 1.0 if self.warmup_epochs == 0 else min(epoch / self.warmup_epochs, 1.0)
@@ -151,12 +170,14 @@ class ReviewKD(Method):
     def review(self, student: Features) -> list[Tensor]:
         """The fused projections, shallow to deep (the order of :func:`review_levels`)."""
         levels = review_levels(student)[::-1]
+        projections: list[Tensor]
         projections, above = [], None
         for x, fusion, out_size in zip(levels, self.fusions, self.out_sizes):
             projection, above = fusion(x, above, out_size)
             projections.insert(0, projection)
         return projections
 
-    def distill(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+    def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
+        assert teacher is not None  # it distils from a teacher (needs_teacher)
         loss = hierarchical_context_loss(self.review(student), teacher_levels(teacher))
         return {"reviewkd": self.beta * self.warmup * loss}

@@ -26,16 +26,17 @@ What eq. 6 leaves open, and what we chose:
 * beta = 1: no code was released and no weight published (gradient-based
   AT's default here).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..models import Features
-from .base import Batch, Context, Method, Range, register_method
+from .base import Batch, Capabilities, Context, Method, Range, register_method
 from .min_l2 import input_gradient
 
 
@@ -47,8 +48,7 @@ def running_statistics_kept(network: nn.Module) -> Iterator[None]:
     the forward passes' autograd records hold the running buffers, and writing them back would invalidate
     those records.
     """
-    norms = [m for m in network.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
@@ -58,6 +58,7 @@ def running_statistics_kept(network: nn.Module) -> Iterator[None]:
         for m, (momentum, count) in zip(norms, saved):
             m.momentum = momentum
             if count is not None:
+                assert m.num_batches_tracked is not None  # count was cloned from it
                 with torch.no_grad():
                     m.num_batches_tracked.copy_(count)
 
@@ -70,14 +71,15 @@ def flip(x: Tensor) -> Tensor:
 @register_method("symmetry_norm")
 class SymmetryNorm(Method):
     label = "Symmetry norm"
-    needs_teacher = False
-    needs_input_grad = True
+    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True)
 
-    def __init__(self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0,
-                 gamma: Annotated[float, Range(ge=0)] = 1.0):
+    def __init__(
+        self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0, gamma: Annotated[float, Range(ge=0)] = 1.0
+    ):
         super().__init__(context, gamma=gamma)
         self.beta = float(beta)
-        self._student = (context.student,)  # a reference, not a submodule: the engine trains it
+        # a reference, not a submodule: the engine trains it (and builds this method with it)
+        self._student = (cast(nn.Module, context.student),)
 
     def distill(self, student: Features, teacher: Features | None, batch: Batch) -> dict[str, Tensor]:
         gradient = input_gradient(student.logits, batch.labels, batch.images)

@@ -1,9 +1,34 @@
 """Networks with a uniform feature interface (see :mod:`afdistill.models.features`)."""
-from . import (imagenet_resnet, mhgd_nets, mobilenetv1, mobilenetv2, nin, resnet, shufflenet, vgg,  # noqa: F401
-               wrn)  # (importing registers the architectures)
-from .features import Features
-from .registry import (UnknownNameError, classifier, classifier_name, create_model, list_models, model_options,
-                       register_model)
 
-__all__ = ["Features", "UnknownNameError", "classifier", "classifier_name", "create_model", "list_models",
-           "model_options", "register_model"]
+from . import (  # noqa: F401
+    imagenet_resnet,
+    mhgd_nets,
+    mobilenetv1,
+    mobilenetv2,
+    nin,
+    resnet,
+    shufflenet,
+    vgg,
+    wrn,  # (importing registers the architectures)
+)
+from .features import Features
+from .registry import (
+    UnknownNameError,
+    classifier,
+    classifier_name,
+    create_model,
+    list_models,
+    model_options,
+    register_model,
+)
+
+__all__ = [
+    "Features",
+    "UnknownNameError",
+    "classifier",
+    "classifier_name",
+    "create_model",
+    "list_models",
+    "model_options",
+    "register_model",
+]

@@ -56,6 +56,7 @@ without per-model code in the training loop:
 
 :func:`block_names` names the blocks ``layer<k>.<j>`` for reports and figures.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -108,9 +109,14 @@ class Features:
         """
         cache: dict[int, Tensor] = {}
         preact = None if self.preact_stages is None else _Fp32View(self.preact_stages, cache)
-        return Features(logits=self.logits.float(), blocks=_Fp32View(self.blocks, cache),
-                        stages=_Fp32View(self.stages, cache), stem=self.stem.float(), pooled=self.pooled.float(),
-                        preact_stages=preact)
+        return Features(
+            logits=self.logits.float(),
+            blocks=_Fp32View(self.blocks, cache),
+            stages=_Fp32View(self.stages, cache),
+            stem=self.stem.float(),
+            pooled=self.pooled.float(),
+            preact_stages=preact,
+        )
 
 
 def run_stages(groups: Sequence, out: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:

@@ -12,6 +12,7 @@ Found by tracing the network with ``torch.fx``: only a BatchNorm whose sole
 input is a convolution's output that nothing else reads is folded (a feature
 tap on the convolution's raw output keeps its BatchNorm).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,8 @@ class FoldedNetwork(nn.Module):
         super().__init__()
         self.traced = traced
         self.folded = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in source.modules()) - sum(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in traced.modules())
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in traced.modules()
+        )
         for name in ("arch", "afd_candidates"):
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
@@ -50,8 +52,14 @@ class FoldedNetwork(nn.Module):
         logits, blocks, stages, stem, pooled, preact = self.traced(x)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=list(blocks), stages=list(stages), stem=stem, pooled=pooled,
-                        preact_stages=None if preact is None else list(preact))
+        return Features(
+            logits=logits,
+            blocks=list(blocks),
+            stages=list(stages),
+            stem=stem,
+            pooled=pooled,
+            preact_stages=None if preact is None else list(preact),
+        )
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ moves that ReLU into the next block and returns the sums as ``preact_feats``).
 (16 for ResNet34, 8 for ResNet18), the official code's
 ``LAYER['resnet34im'] = np.arange(1, 17)`` over ``[stem] + blocks + [pooled]``.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ class ImageNetResNet(nn.Module):
         super().__init__()
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         elif stem == "tiny":
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -85,8 +86,9 @@ class ImageNetResNet(nn.Module):
         logits = self.fc(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 @register_model

@@ -98,9 +98,11 @@ block of every ``NetworkBlock`` for MHGD (``feat``), which are ``stages`` here.
 draws for the ResNet-Student of the paper's Table 3 (the code's has 32; the
 64-pixel layout's stem has 16 channels either way).
 """
+
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +112,10 @@ from .features import Features
 from .registry import register_model
 from .resnet import ResNet
 
+_M = TypeVar("_M", bound=nn.Module)
 
-def tf_he_init_(module: nn.Module) -> nn.Module:
+
+def tf_he_init_(module: _M) -> _M:
     """Every convolution and fully connected weight as TF1's ``variance_scaling_initializer(factor=2.0,
     mode='FAN_OUT', uniform=False)`` draws it: a normal with standard deviation sqrt(1.3 * 2 / fan_out)
     truncated at two of those standard deviations; zero biases, BN scale 1 and offset 0."""
@@ -152,8 +156,7 @@ class ConvUnit(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, batch_norm: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1,
-                              bias=not batch_norm)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=not batch_norm)
         self.bn = nn.BatchNorm2d(out_channels) if batch_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -170,8 +173,14 @@ class MHGDVGG(nn.Module):
     (``None``: global average pooling instead).
     """
 
-    def __init__(self, groups: list[list[tuple[int, int]]], pool_after: list[bool], hidden: list[int] | None,
-                 num_classes: int, batch_norm: bool = True):
+    def __init__(
+        self,
+        groups: list[list[tuple[int, int]]],
+        pool_after: list[bool],
+        hidden: list[int] | None,
+        num_classes: int,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         in_channels = 3
         for index, units in enumerate(groups):
@@ -219,8 +228,10 @@ class MHGDVGG(nn.Module):
         logits = self.classifier(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        assert stem is not None  # set by the first group's last unit
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 def _vgg_groups(repeats: list[int]) -> list[list[tuple[int, int]]]:
@@ -232,16 +243,22 @@ def vgg16_mhgd(num_classes: int, max_pool_after_block4: bool = False, batch_norm
     """MHGD's VGG-Teacher ("VGG16"): 13 convolutions in groups of 2, 2, 3, 3, 3 (64 ... 512 filters), max
     pooling after groups 1, 2, 3, 5 (and 4 with ``max_pool_after_block4``: Tiny ImageNet), FC 1024, FC 1024,
     classifier. Stages: the five group outputs (64@16, 128@8, 256@4, 512@4, 512@2 on 32x32 images)."""
-    return MHGDVGG(_vgg_groups([2, 2, 3, 3, 3]), [True, True, True, max_pool_after_block4, True], [1024, 1024],
-                   num_classes, batch_norm)
+    return MHGDVGG(
+        _vgg_groups([2, 2, 3, 3, 3]),
+        [True, True, True, max_pool_after_block4, True],
+        [1024, 1024],
+        num_classes,
+        batch_norm,
+    )
 
 
 @register_model
 def vgg7_mhgd(num_classes: int, max_pool_after_block4: bool = False, batch_norm: bool = True) -> MHGDVGG:
     """MHGD's VGG-Student ("VGG7"): one convolution per group (64, 128, 256, 512, 512 filters), the teacher's
     pooling, FC 1024, classifier. Its stages have the teacher's shapes."""
-    return MHGDVGG(_vgg_groups([1, 1, 1, 1, 1]), [True, True, True, max_pool_after_block4, True], [1024],
-                   num_classes, batch_norm)
+    return MHGDVGG(
+        _vgg_groups([1, 1, 1, 1, 1]), [True, True, True, max_pool_after_block4, True], [1024], num_classes, batch_norm
+    )
 
 
 @register_model
@@ -259,8 +276,10 @@ def _mhgd_resnet(n: int, num_classes: int, image_size: int, stem_width: int) -> 
     elif image_size == 64:
         blocks, widths = [n] * 5, [16, 32, 64, 128, 256, 512]
     else:
-        raise ValueError(f"image_size: {image_size!r} is not allowed; allowed: 32 (the code's CIFAR layout), "
-                         f"64 (its layout for larger images, e.g. Tiny ImageNet)")
+        raise ValueError(
+            f"image_size: {image_size!r} is not allowed; allowed: 32 (the code's CIFAR layout), "
+            f"64 (its layout for larger images, e.g. Tiny ImageNet)"
+        )
     return tf_he_init_(ResNet(blocks, widths, num_classes))
 
 

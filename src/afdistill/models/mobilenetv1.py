@@ -26,6 +26,7 @@ outputs (all AFD candidates); ``stages`` the outputs of the three groups above
 ``stem`` the first convolution's output after BN+ReLU; ``pooled`` the globally
 averaged last map (the classifier ``fc``'s input).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -41,8 +42,9 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
-        self.dw_conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=stride, padding=1,
-                                 groups=in_channels, bias=False)
+        self.dw_conv = nn.Conv2d(
+            in_channels, in_channels, kernel_size=3, stride=stride, padding=1, groups=in_channels, bias=False
+        )
         self.dw_bn = nn.BatchNorm2d(in_channels)
         self.pw_conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
         self.pw_bn = nn.BatchNorm2d(out_channels)
@@ -91,8 +93,9 @@ class MobileNetV1(nn.Module):
         logits = self.fc(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 @register_model

@@ -9,9 +9,11 @@ models return the same taps whether or not pre-activation features are asked
 for (RepDistiller b84f547c ``models/mobilenetv2.py`` ignores ``preact``;
 mdistiller's has no ``preact_feats``): ``preact_stages`` holds the same tensors.
 """
+
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -49,8 +51,15 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, first stride s
-    SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
-                (None, 160, 3, 2), (None, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    ]
     STAGE_TAPS = (1, 2, 4, 6)  # block groups after which RepDistiller taps a feature
 
     def __init__(self, expansion: int, width_mult: float, num_classes: int):
@@ -85,7 +94,7 @@ class MobileNetV2(nn.Module):
         stem = out
         blocks, stages = [], []
         for index, group in enumerate(self.blocks):
-            for block in group:
+            for block in cast(nn.Sequential, group):  # self.blocks holds Sequentials
                 out = block(out)
                 blocks.append(out)
             if index in self.STAGE_TAPS:
@@ -94,8 +103,9 @@ class MobileNetV2(nn.Module):
         logits = self.classifier(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=list(stages))
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=list(stages)
+        )
 
 
 @register_model

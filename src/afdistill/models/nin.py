@@ -40,6 +40,7 @@ resolutions of the WRNs' groups), where attention transfer compares them;
 first convolution's output; ``pooled`` the globally averaged last map, the
 input of the classifier ``fc``.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,8 +101,9 @@ class NIN(nn.Module):
         logits = self.fc(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=blocks[0], pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=blocks[0], pooled=pooled, preact_stages=preact_stages
+        )
 
 
 @register_model

@@ -4,6 +4,7 @@ A factory's keyword parameters after ``num_classes`` are the architecture's opti
 (``create_model("wrn_40_2", 100, double_bn_update=True)``); ``model_options`` lists
 them with their defaults so a grid can validate its keys before any job runs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -52,7 +53,7 @@ def create_model(name: str, num_classes: int, **options: Any) -> nn.Module:
             f"allowed: {', '.join(allowed) if allowed else 'none'}"
         )
     model = factory(num_classes=num_classes, **options)
-    model.arch = name
+    model.arch = name  # type: ignore[assignment]  # a plain attribute: Module.__setattr__'s stub wants a Tensor/Module
     return model
 
 

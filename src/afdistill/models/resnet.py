@@ -13,6 +13,7 @@ the stage's ``preact_stages`` entry, RepDistiller's and mdistiller's
 ``preact`` (megvii-research/mdistiller a08d46f1, ``mdistiller/models/cifar/
 resnet.py`` and ``resnetv2.py``: ``preact = out`` after ``out += residual``).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class ResNet(nn.Module):
         classifier_name: str = "fc",
         shortcut_name: str = "downsample",
         afd_candidate_stride: int = 1,
-        block: type[nn.Module] = BasicBlock,
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
@@ -138,8 +139,9 @@ class ResNet(nn.Module):
         logits = getattr(self, self.classifier_name)(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 def _cifar_resnet(depth: int, widths: list[int], num_classes: int, afd_candidate_stride: int = 1) -> ResNet:
@@ -215,5 +217,11 @@ def resnet34(num_classes: int) -> ResNet:
 @register_model
 def resnet50(num_classes: int) -> ResNet:
     """RepDistiller's ``ResNet50`` (resnetv2.py): Bottleneck blocks [3, 4, 6, 3], 3x3 stem, no max-pool."""
-    return ResNet([3, 4, 6, 3], _IMAGENET_WIDTHS, num_classes, classifier_name="linear", shortcut_name="shortcut",
-                  block=Bottleneck)
+    return ResNet(
+        [3, 4, 6, 3],
+        _IMAGENET_WIDTHS,
+        num_classes,
+        classifier_name="linear",
+        shortcut_name="shortcut",
+        block=Bottleneck,
+    )

@@ -19,6 +19,7 @@ output])``, i.e. before the branch's last ReLU *and before the channel
 shuffle*, so its channels are in the unshuffled order; that concatenation is
 made only for the stages' last blocks and only when features are asked for.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,7 @@ def _output(logits: Tensor, blocks, stages, stem: Tensor, pooled: Tensor, with_f
     if not with_features:
         return logits
     preact_stages = preact_stages() if callable(preact_stages) else preact_stages
-    return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                    preact_stages=preact_stages)
+    return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages)
 
 
 class ShuffleV1Block(nn.Module):
@@ -67,8 +67,9 @@ class ShuffleV1Block(nn.Module):
         self.first_groups = 1 if in_planes == 24 else groups  # the stem's 24 channels are not grouped
         self.conv1 = nn.Conv2d(in_planes, mid_planes, kernel_size=1, groups=self.first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_planes)
-        self.conv2 = nn.Conv2d(mid_planes, mid_planes, kernel_size=3, stride=stride, padding=1, groups=mid_planes,
-                               bias=False)
+        self.conv2 = nn.Conv2d(
+            mid_planes, mid_planes, kernel_size=3, stride=stride, padding=1, groups=mid_planes, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(mid_planes)
         self.conv3 = nn.Conv2d(mid_planes, out_planes, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
@@ -137,8 +138,9 @@ class ShuffleV2Down(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         mid = out_channels // 2
-        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=1, groups=in_channels,
-                               bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, in_channels, kernel_size=3, stride=2, padding=1, groups=in_channels, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)

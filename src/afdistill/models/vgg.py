@@ -9,6 +9,7 @@ network applies to it (RepDistiller's ``f1_pre`` ... ``f4_pre``, as
 mdistiller's ``preact_feats``: megvii-research/mdistiller a08d46f1,
 ``mdistiller/models/cifar/vgg.py``).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,8 @@ def _pool_before(x: Tensor, index: int, height: int) -> Tensor:
 
 
 class VGG(nn.Module):
+    block0: nn.Sequential  # added by add_module: block0 ... block4
+
     def __init__(self, config: list[list[int]], num_classes: int):
         super().__init__()
         in_channels = 3
@@ -54,6 +57,7 @@ class VGG(nn.Module):
             if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
                 module.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+                assert module.bias is not None  # _group builds its convolutions with a bias
                 module.bias.data.zero_()
             elif isinstance(module, nn.BatchNorm2d):
                 module.weight.data.fill_(1)
@@ -88,8 +92,9 @@ class VGG(nn.Module):
         logits = self.classifier(pooled)
         if not with_features:
             return logits
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 @register_model

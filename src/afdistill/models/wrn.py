@@ -32,9 +32,11 @@ for the last stage. mdistiller applies those BNs a second time to get them; we
 keep the outputs the forward pass computes anyway (the same tensors in eval
 mode, and no extra running-statistics update in training).
 """
+
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +49,9 @@ from .registry import register_model
 class WideBlock(nn.Module):
     """bn-relu-conv-bn-relu-conv with identity or 1x1-projection shortcut."""
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0,
-                 double_bn_update: bool = False):
+    def __init__(
+        self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0, double_bn_update: bool = False
+    ):
         super().__init__()
         self.double_bn_update = double_bn_update
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -75,31 +78,45 @@ class WideBlock(nn.Module):
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
         # A projection shortcut reads the activated input, an identity one the raw input.
-        shortcut = x if self.equal_in_out else self.convShortcut(activated)
+        shortcut = x if self.equal_in_out else cast(nn.Conv2d, self.convShortcut)(activated)  # built if not equal
         return out + shortcut, activated, normalized
 
 
 class WideGroup(nn.Module):
-    def __init__(self, count: int, in_planes: int, out_planes: int, stride: int, drop_rate: float,
-                 double_bn_update: bool = False):
+    def __init__(
+        self, count: int, in_planes: int, out_planes: int, stride: int, drop_rate: float, double_bn_update: bool = False
+    ):
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate,
-                          double_bn_update)
+                WideBlock(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                    drop_rate,
+                    double_bn_update,
+                )
                 for i in range(count)
             ]
         )
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen_factor: int, num_classes: int, drop_rate: float = 0.0,
-                 double_bn_update: bool = False, stem_stride: int = 1):
+    def __init__(
+        self,
+        depth: int,
+        widen_factor: int,
+        num_classes: int,
+        drop_rate: float = 0.0,
+        double_bn_update: bool = False,
+        stem_stride: int = 1,
+    ):
         super().__init__()
         assert (depth - 4) % 6 == 0, "WRN depth must be 6n+4"
         if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride: {stem_stride!r} is not allowed; allowed: 1 (CIFAR), 2 (MHGD's Tiny "
-                             f"ImageNet WRResNet)")
+            raise ValueError(
+                f"stem_stride: {stem_stride!r} is not allowed; allowed: 1 (CIFAR), 2 (MHGD's Tiny ImageNet WRResNet)"
+            )
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=stem_stride, padding=1, bias=False)
@@ -141,8 +158,9 @@ class WideResNet(nn.Module):
         # Block k's output as the next layer sees it is block k+1's activated input
         # (the head's BN+ReLU for the last block).
         blocks = activated_inputs[1:] + [final]
-        return Features(logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled,
-                        preact_stages=preact_stages)
+        return Features(
+            logits=logits, blocks=blocks, stages=stages, stem=stem, pooled=pooled, preact_stages=preact_stages
+        )
 
 
 @register_model
