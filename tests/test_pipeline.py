@@ -59,8 +59,26 @@ def snakemake_project(tmp_path_factory):
 
 
 def trained(output: str) -> list[str]:
-    """Folders of the jobs a Snakemake (or DVC) run executed, from the shell commands it printed."""
-    return re.findall(r"afdistill run (\S+) --job", output)
+    """Folders of the jobs a Snakemake (or DVC) run executed, from the shell commands it printed (a pack's
+    command names each of its students)."""
+    return [
+        folder.strip("'")
+        for command in re.findall(r"afdistill run ((?:\S+ )+?)--job", output)
+        for folder in command.split()
+    ]
+
+
+def job_counts(output: str) -> dict[str, str]:
+    """Snakemake's job stats with each pack rule's students counted as the distill jobs they are."""
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", output, re.M))
+    packs = [name for name in counts if "_pack_" in name]
+    if packs:
+        students = sum("/students/" in folder for folder in trained(output))
+        for name in packs:
+            del counts[name]
+        counts["total"] = str(int(counts["total"]) - len(packs) - int(counts.get("distill", 0)) + students)
+        counts["distill"] = str(students)
+    return counts
 
 
 def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
@@ -243,7 +261,7 @@ def test_deleting_a_jobs_outputs_reruns_exactly_that_job_and_the_report(snakemak
     plan = run(["snakemake", "-n", "--cores", "1"], cwd=project)
     output = plan.stdout + plan.stderr
     assert "crd/seed0: some of its files are missing; it will run again" in output
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
+    counts = job_counts(plan.stdout)
     assert counts == {"distill": "2", "make_report": "1", "all": "1", "total": "4"}
     assert sorted(trained(output)) == [
         "reports/default",
@@ -267,13 +285,13 @@ def test_a_fresh_clone_trains_the_whole_grid(snakemake_project, tmp_path):
     assert (repository / "reports/default/table.md").exists()
     run(["git", "clone", "-q", str(repository), str(tmp_path / "clone")], cwd=tmp_path)
     plan = run(["snakemake", "-n", "--cores", "1"], cwd=tmp_path / "clone")
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, re.M))
+    counts = job_counts(plan.stdout)
     assert counts["distill"] == str(STUDENT_JOBS) and counts["make_report"] == "1" and counts["prepare_data"] == "1"
 
 
 def test_paper_grid_dry_run_lists_every_job():
     result = run(["snakemake", "-n", "--configfile", "params/cifar100.yaml"], cwd=ROOT)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    counts = job_counts(result.stdout)
     # 7 pairs x 5 seeds x (KD, FitNet, AT, RKD, CRD, L2T + AFD at four betas)
     # + the plain student once per architecture (5) x 5 seeds
     assert counts["distill"] == str(7 * 5 * 10 + 5 * 5)
@@ -282,7 +300,7 @@ def test_paper_grid_dry_run_lists_every_job():
 
 def test_the_ablation_grid_dry_run_lists_every_job():
     result = run(["snakemake", "-n", "--configfile", "params/cifar100_ablations.yaml"], cwd=ROOT)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    counts = job_counts(result.stdout)
     # 5 seeds x (Tables 4 and 9: 7 rows each; Table 5: 9 + 9 cells, one of them Table 4's;
     #            Tables 6 and 7: 3 + 2 beside AFD as it is; Figure 5: 9 betas, AFD as it is among them)
     assert counts["distill"] == str(5 * (7 + 7 + 8 + 9 + 5 + 9))
@@ -295,7 +313,7 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
     where the grid says (here a file in torchvision's format, written by the test)."""
     project = make_project(tmp_path / "project", dvc=False)
     result = run(["snakemake", "-n", "--configfile", "params/tinyimagenet.yaml"], cwd=project)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    counts = job_counts(result.stdout)
     # 2 pairs x 3 seeds x 6 methods + the plain student once per architecture (2) x 3 seeds
     assert counts["distill"] == str(2 * 3 * 6 + 2 * 3) and counts["train_teacher"] == "1"
 
@@ -317,7 +335,7 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(create_model("resnet34_imagenet", num_classes=1000).state_dict(), weights)
     result = run(["snakemake", "-n", "--configfile", "params/imagenet.yaml"], cwd=project)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    counts = job_counts(result.stdout)
     assert counts["distill"] == "7" and counts["train_teacher"] == "1" and counts["make_report"] == "1"
 
     # Table 3 (with Table 8 and Figure 5's transfer line on MIT67): the ImageNet ResNet34 teaches a ResNet18 on
@@ -332,17 +350,17 @@ def test_the_large_scale_grids_dry_run_lists_every_job(tmp_path):
         ("stanford_dogs", 3 * 4 + 3),
     ):
         result = run(["snakemake", "-n", "--configfile", f"params/transfer_{dataset}.yaml"], cwd=project)
-        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        counts = job_counts(result.stdout)
         assert (counts["distill"], counts["train_teacher"], counts["prepare_data"]) == (str(students), "1", "1")
     # The AT paper's ImageNet -> CUB / Scenes table: a ResNet-34 teacher fine-tuned on the set, three students
     for dataset in ("cub200", "mit67"):
         result = run(["snakemake", "-n", "--configfile", f"params/at_transfer_{dataset}.yaml"], cwd=project)
-        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        counts = job_counts(result.stdout)
         assert (counts["distill"], counts["train_teacher"]) == (str(3 * 3), "1")
     # MHGD's Tiny ImageNet rows (WRResNet, VGG): teacher, attention network, six columns x 3 seeds
     for grid in ("mhgd_tinyimagenet", "mhgd_tinyimagenet_vgg"):
         result = run(["snakemake", "-n", "--configfile", f"params/{grid}.yaml"], cwd=project)
-        counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+        counts = job_counts(result.stdout)
         assert (counts["distill"], counts["train_teacher"], counts["pretrain_heads"]) == ("18", "1", "1")
 
 

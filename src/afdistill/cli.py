@@ -116,18 +116,24 @@ def cmd_train(args) -> None:
 
 def cmd_run(args) -> None:
     from .jobs import Job
-    from .runner import find, run
+    from .runner import find, run_pack
 
     if args.job_json:
-        job = Job.from_json(args.job_json)
-        if args.folder and args.folder.rstrip("/") != job.folder:
-            raise ValueError(f"afdistill run {args.folder}: --job is the job in {job.folder}, not this folder")
+        jobs = [Job.from_json(text) for text in args.job_json]
+        folders = [folder.rstrip("/") for folder in args.folder]
+        if folders and folders != [job.folder for job in jobs]:
+            raise ValueError(
+                f"afdistill run {' '.join(args.folder)}: --job names the jobs in "
+                f"{', '.join(job.folder for job in jobs)}, not these folders"
+            )
     elif args.grid and args.folder:
-        job = find(_plan(args), args.folder, fingerprint=args.fingerprint)
+        plan = _plan(args)
+        jobs = [find(plan, folder, fingerprint=args.fingerprint) for folder in args.folder]
     else:
         raise SystemExit("error: give the job's folder with --grid FILE (`afdistill jobs` lists them)")
-    run(job, threads=args.threads, log=_print, log_file=args.log_file)
-    _print(f"{job.folder}: done ({job.fingerprint})")
+    run_pack(jobs, threads=args.threads, log=_print, log_file=args.log_file)
+    for job in jobs:
+        _print(f"{job.folder}: done ({job.fingerprint})")
 
 
 def cmd_with_gpus(args) -> None:
@@ -218,11 +224,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         return command
 
-    run = commands.add_parser("run", help="run one job of a grid, named by its folder")
+    run = commands.add_parser(
+        "run", help="run one job of a grid, named by its folder; several students of one pack train together"
+    )
     run.add_argument(
         "folder",
-        nargs="?",
-        help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs` lists them)",
+        nargs="*",
+        help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs` lists them); "
+        "students that read the same data, teacher and batches (`afdistill jobs` shows their pack) may be "
+        "named together and train as one pack",
     )
     run.add_argument("--grid", help="the grid file (params/*.yaml) the job belongs to")
     run.add_argument(
@@ -232,7 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         help="override a grid key (dotted path, YAML value), as Snakemake's --config does",
     )
     run.add_argument("--fingerprint", help="refuse to run if the job's fingerprint is no longer this one")
-    run.add_argument("--job", dest="job_json", help="the job as the pipeline planned it (JSON; what the rules pass)")
+    run.add_argument(
+        "--job",
+        dest="job_json",
+        action="append",
+        help="the job as the pipeline planned it (JSON; what the rules pass); once per job of a pack",
+    )
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     run.add_argument("--log-file", help="the file this job's output goes to (the rule's log): kept with its MLflow run")
     run.set_defaults(func=cmd_run)

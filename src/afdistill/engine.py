@@ -19,7 +19,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -321,7 +322,8 @@ def train(
     log=print,
     identity: str | None = None,
 ) -> Result:
-    """Run one job to completion, resuming if ``out_dir`` holds its checkpoint.
+    """Run one job to completion, resuming if ``out_dir`` holds its checkpoint: a pack of one
+    (:func:`train_pack`).
 
     The spec's roles decide what trains (``arch``, from ``checkpoint`` if
     given) and what is read frozen (``teacher``, from ``teacher_checkpoint``);
@@ -335,21 +337,184 @@ def train(
     The tracker is started (or re-opened, on resume) here and fed every
     epoch; finishing it is the caller's, who may still log artifacts.
     """
-    tracker = tracker or NullTracker()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device, group, runtime = _start(spec)
-    if not group.is_main:
-        tracker, log = NullTracker(), _silent
-    torch.manual_seed(spec.seed)
+    member = Member(spec, Path(out_dir), artifact, tracker or NullTracker(), identity)
+    (outcome,) = train_pack([member], data_dir, teacher_checkpoint, log)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
-    # ---- data, networks, method, optimiser
+
+@dataclass
+class Member:
+    """One job of a pack: its spec, its folder, what its method's pre-stage produced, where it reports, and
+    what identifies its checkpoint (``identity``, default: the spec)."""
+
+    spec: JobSpec
+    out_dir: Path
+    artifact: Any = None
+    tracker: Tracker = field(default_factory=NullTracker)
+    identity: str | None = None
+
+
+def pack_key(spec: JobSpec) -> tuple:
+    """What the jobs of one pack share: the same batches (dataset, seed, batch size, a second strong view or
+    not), the same frozen teacher and the same device and runtime settings. Their methods, learning rates and
+    epoch counts may differ."""
+    strong_view = method_class(spec.method).capabilities(spec.method_params).strong_view
+    return (
+        spec.dataset,
+        spec.seed,
+        spec.schedule.batch_size,
+        strong_view,
+        spec.teacher,
+        json.dumps(spec.teacher_options, sort_keys=True),
+        spec.device,
+        json.dumps(asdict(spec.runtime), sort_keys=True),
+    )
+
+
+def train_pack(
+    members: list[Member], data_dir: str | Path, teacher_checkpoint: str | Path | None = None, log=print
+) -> list[Result | Exception]:
+    """Train jobs that read the same batches and the same frozen teacher (one :func:`pack_key`) in one process:
+    one data stream and, for a pack of several, one teacher forward per batch for all of them
+    (:class:`SharedForward`). Each member keeps its own student, method, optimiser, global random stream,
+    checkpoint, tracker run and files, so its results are those of the same job trained alone: each is built
+    exactly as it would be alone (its seed, then its networks, teacher included, then its method), and its
+    steps draw from its own copy of torch's global generator. A member that fails is reported in its slot of
+    the returned list while the others train on; a pack of one raises."""
+    keys = {pack_key(member.spec) for member in members}
+    if len(keys) > 1:
+        raise ValueError(
+            "these jobs cannot train as one pack (their batches, teacher or runtime differ): "
+            + ", ".join(member.spec.title for member in members)
+        )
+    device, group, runtimes = _start([member.spec for member in members])
+    if not group.is_main:
+        members, log = [replace(member, tracker=NullTracker()) for member in members], _silent
     data = open_prepared(data_dir, device)  # held on the device, or streamed from disk (ImageNet)
+    students = [
+        _prepare(member, runtime, data, data_dir, device, group, teacher_checkpoint, log, shares_teacher=index > 0)
+        for index, (member, runtime) in enumerate(zip(members, runtimes))
+    ]
+    shared = None
+    if len(students) > 1:
+        shared = SharedForward(students[0].teacher_forward, runtimes[0].bf16) if members[0].spec.teacher else None
+        log(
+            f"pack of {len(students)} students on the same batches"
+            + (", one teacher forward per batch for all" if shared else "")
+            + ": "
+            + ", ".join(member.spec.title for member in members)
+        )
+    for student in students:
+        student.run_step = _step_of(student, group, shared)
+
+    # ---- the loop
+    layout = torch.channels_last if runtimes[0].channels_last else torch.contiguous_format
+    last = max(member.spec.schedule.epochs for member in members)
+    for epoch in range(min(student.progress.epoch for student in students) + 1, last + 1):
+        active = [s for s in students if s.outcome is None and s.progress.epoch < epoch <= s.spec.schedule.epochs]
+        if not active:
+            continue
+        epoch_metrics = train_one_epoch(epoch, active, data, layout, device, group, shared)
+        for student, metrics in zip(active, epoch_metrics):
+            if metrics is not None:
+                _contain(student, len(students), log, _end_epoch, student, epoch, metrics, data, group)
+        distributed.barrier(group)  # no rank runs ahead of the last checkpoint
+    distributed.stop(group)  # no collective operation follows
+
+    teacher_top1: list[float | None] = []  # the teacher's accuracy, evaluated once for the pack
+    outcomes: list[Result | Exception] = []
+    for student in students:
+        if student.outcome is None:
+            _contain(student, len(students), log, _finish, student, data, device, group, teacher_top1)
+        outcomes.append(cast("Result | Exception", student.outcome))
+    return outcomes
+
+
+def _start(specs: list[JobSpec]) -> tuple[torch.device, distributed.Group, list[Resolved]]:
+    """The jobs' device, their data-parallel group (under torchrun: one rank of it, ``afdistill.distributed``;
+    rank 0 alone writes and logs) and what each one's runtime settings mean there; CUDA set up accordingly."""
+    device = pick_device(specs[0].device)
+    group = distributed.start(device.type)
+    device = distributed.device_for(group, device)
+    if group.active and specs[0].schedule.batch_size % group.world_size:
+        raise ValueError(
+            f"{specs[0].title}: batch_size {specs[0].schedule.batch_size} does not split over "
+            f"{group.world_size} processes; use a multiple of {group.world_size}"
+        )
+    runtimes = [resolve_runtime(spec.runtime, device, spec.method, spec.method_params) for spec in specs]
+    if group.active or len(specs) > 1:
+        # gradients are all-reduced between the graph's kernels, or the teacher's forward is shared between
+        # steps: no CUDA graph
+        runtimes = [replace(runtime, cuda_graphs=False) for runtime in runtimes]
+    if device.type == "cuda":
+        set_cuda_determinism(runtimes[0].deterministic)
+    if runtimes[0].keep_freed_memory:
+        keep_freed_memory()
+    return device, group, runtimes
+
+
+@dataclass
+class Student:
+    """A member of a pack as it trains."""
+
+    member: Member
+    runtime: Resolved
+    state: Trainable
+    teacher: nn.Module | None
+    student_forward: Any
+    teacher_forward: Any
+    trainable: list[nn.Parameter]
+    progress: Progress
+    identity: str
+    random_state: torch.Tensor  # torch's global generator as this job alone would have it
+    started: float = 0.0
+    first_epoch: int = 1
+    run_step: Any = None
+    outcome: Result | Exception | None = None  # None while it trains
+    log: Any = print
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.member.spec
+
+    @contextmanager
+    def random_stream(self, packed: bool):
+        """Torch's global generator as this job alone would have it (dropout, a method's global draws)."""
+        if not packed:
+            yield
+            return
+        saved = torch.get_rng_state()
+        torch.set_rng_state(self.random_state)
+        try:
+            yield
+        finally:
+            self.random_state = torch.get_rng_state()
+            torch.set_rng_state(saved)
+
+
+def _prepare(
+    member: Member,
+    runtime: Resolved,
+    data: DeviceData,
+    data_dir: str | Path,
+    device: torch.device,
+    group: distributed.Group,
+    teacher_checkpoint: str | Path | None,
+    log,
+    shares_teacher: bool,
+) -> Student:
+    """One job's networks, method and optimiser, built as the job alone builds them, resumed from its checkpoint
+    and its tracker run started. ``shares_teacher``: the pack runs another member's teacher forward for it."""
+    spec = member.spec
+    member.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
     networks = build_networks(spec, data, device, teacher_checkpoint)
     student, teacher = networks.student, networks.teacher
-    method = _build_method(spec, data, networks, artifact, device)
+    method = _build_method(spec, data, networks, member.artifact, device)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    student_forward, teacher_forward = _forwards(networks, layout, runtime.compile)
+    student_forward, teacher_forward = _forwards(networks, layout, runtime.compile, fold_teacher=not shares_teacher)
     trainable = (list(student.parameters()) if student is not None else []) + list(method.trainable_parameters())
     schedule = spec.schedule
     optimizer = torch.optim.SGD(
@@ -360,96 +525,119 @@ def train(
         nesterov=schedule.nesterov,
     )
     state = Trainable(student, method, optimizer)
-    identity = identity or spec.to_json()
+    identity = member.identity or spec.to_json()
+    random_state = torch.get_rng_state()
 
     # ---- resume
-    progress = load_checkpoint(out_dir / CHECKPOINT, spec, identity, state, device, log)
-    _start_tracking(tracker, progress, spec, data, data_dir, device, group, runtime)
-    finish = partial(
-        _finish,
-        spec=spec,
-        state=state,
-        teacher=teacher,
-        data=data,
-        runtime=runtime,
-        device=device,
-        progress=progress,
-        out_dir=out_dir,
-        tracker=tracker,
-        group=group,
-    )
+    progress = load_checkpoint(member.out_dir / CHECKPOINT, spec, identity, state, device, log)
+    _start_tracking(member.tracker, progress, spec, data, data_dir, device, group, runtime)
     if progress.complete:
-        log(f"[{spec.title}] already complete in {out_dir}; writing its results again from {CHECKPOINT}")
-        return finish()
-    log(
-        f"[{spec.title}] on {device.type}"
-        + (f" x {group.world_size} processes" if group.active else "")
-        + ": "
-        + ", ".join(f"{k} {v}" for k, v in runtime.record().items())
+        log(f"[{spec.title}] already complete in {member.out_dir}; writing its results again from {CHECKPOINT}")
+    else:
+        log(
+            f"[{spec.title}] on {device.type}"
+            + (f" x {group.world_size} processes" if group.active else "")
+            + ": "
+            + ", ".join(f"{k} {v}" for k, v in runtime.record().items())
+        )
+    return Student(
+        member,
+        runtime,
+        state,
+        teacher,
+        student_forward,
+        teacher_forward,
+        trainable,
+        progress,
+        identity,
+        random_state,
+        started=time.monotonic(),
+        first_epoch=progress.epoch + 1,
+        log=log,
     )
+
+
+def _step_of(student: Student, group: distributed.Group, shared: SharedForward | None):
+    """The student's training step: :func:`train_step` with its networks, method and optimiser (replayed as a
+    CUDA graph where its runtime says so); in a pack, the teacher's forward is the pack's."""
     step = partial(
         train_step,
-        method=method,
-        student=student,
-        student_forward=student_forward,
-        teacher_forward=teacher_forward,
-        optimizer=optimizer,
-        trainable=trainable,
-        bf16=runtime.bf16,
+        method=student.state.method,
+        student=student.state.student,
+        student_forward=student.student_forward,
+        teacher_forward=shared if shared is not None else student.teacher_forward,
+        optimizer=student.state.optimizer,
+        trainable=student.trainable,
+        bf16=student.runtime.bf16,
         group=group,
     )
-    run_step = GraphedStep(step, optimizer) if runtime.cuda_graphs else step
-
-    # ---- the loop
-    started, first_epoch = time.monotonic(), progress.epoch + 1
-    for epoch in range(first_epoch, schedule.epochs + 1):
-        try:
-            metrics = train_one_epoch(spec, epoch, state, data, run_step, layout, device, group)
-        except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
-            raise TrainingDiverged(
-                f"{spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} is kept."
-            ) from None
-        distributed.average_buffers(group, student)
-        if student is not None:
-            test = evaluate(student, data, runtime=runtime, forward=student_forward)
-            metrics.update(test_top1=test["top1"], test_top5=test["top5"])
-        _check_finite(spec, epoch, metrics)
-        summary = method.epoch_summary()
-        progress.history.append(metrics)
-        progress.summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
-        progress.epoch = epoch
-        tracker.log_metrics(metrics, step=epoch)
-        elapsed = time.monotonic() - started
-        remaining = elapsed / (epoch - first_epoch + 1) * (schedule.epochs - epoch)
-        log(_epoch_line(spec, epoch, metrics, elapsed, remaining))
-        if group.is_main:
-            save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=epoch == schedule.epochs)
-        distributed.barrier(group)  # no rank runs ahead of the last checkpoint
-    if (schedule.epochs == 0 or progress.epoch < schedule.epochs) and group.is_main:
-        progress.epoch = schedule.epochs
-        save_checkpoint(out_dir / CHECKPOINT, spec, identity, state, progress, complete=True)
-    return finish()
+    return GraphedStep(step, student.state.optimizer) if student.runtime.cuda_graphs else step
 
 
-def _start(spec: JobSpec) -> tuple[torch.device, distributed.Group, Resolved]:
-    """The job's device, its data-parallel group (under torchrun: one rank of it, ``afdistill.distributed``;
-    rank 0 alone writes and logs) and what its runtime settings mean there; CUDA set up accordingly."""
-    device = pick_device(spec.device)
-    group = distributed.start(device.type)
-    device = distributed.device_for(group, device)
-    if group.active and spec.schedule.batch_size % group.world_size:
-        raise ValueError(
-            f"{spec.title}: batch_size {spec.schedule.batch_size} does not split over "
-            f"{group.world_size} processes; use a multiple of {group.world_size}"
-        )
-    runtime = resolve_runtime(spec.runtime, device, spec.method, spec.method_params)
-    if group.active:  # gradients are all-reduced between the graph's kernels: no CUDA graph
-        runtime = replace(runtime, cuda_graphs=False)
-    if device.type == "cuda":
-        set_cuda_determinism(runtime.deterministic)
-    if runtime.keep_freed_memory:
-        keep_freed_memory()
-    return device, group, runtime
+class SharedForward:
+    """The frozen teacher's forward, computed once per batch for every student of a pack.
+
+    :meth:`compute` runs it on the batch (and its strong view); a student's step then calls it like the teacher's
+    forward and gets the stored features of the same images. :meth:`clear` drops them after the batch."""
+
+    def __init__(self, forward, bf16: bool):
+        self.forward = forward
+        self.bf16 = bf16
+        self.stored: dict[tuple, Features] = {}
+
+    def compute(self, *batches: torch.Tensor) -> None:
+        for images in batches:
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+                with torch.inference_mode():
+                    self.stored[_key(images)] = self.forward(images, with_features=True)
+
+    def __call__(self, images: torch.Tensor, with_features: bool = True) -> Features:
+        found = self.stored.get(_key(images))
+        if found is None:  # not a batch of this step: a method's own input (none today)
+            return self.forward(images, with_features=with_features)
+        return found
+
+    def clear(self) -> None:
+        self.stored.clear()
+
+
+def _key(images: torch.Tensor) -> tuple:
+    """The same images, seen through ``detach()`` or not."""
+    return (images.data_ptr(), tuple(images.shape), images.stride(), images.dtype)
+
+
+def _contain(student: Student, pack_size: int, log, work, *args) -> None:
+    """Run a member's part; in a pack of several, a failure ends that member alone (reported in its outcome)."""
+    if pack_size == 1:
+        work(*args)
+        return
+    try:
+        work(*args)
+    except Exception as error:
+        student.outcome = error
+        log(f"[{student.spec.title}] failed: {error}; the pack's other students go on")
+
+
+def _end_epoch(student: Student, epoch: int, metrics: dict[str, float], data: DeviceData, group) -> None:
+    """After a member's epoch: its BatchNorm statistics agreed over the ranks, its test accuracy, its history and
+    tracker, its log line and its checkpoint."""
+    spec, state, progress = student.spec, student.state, student.progress
+    distributed.average_buffers(group, state.student)
+    if state.student is not None:
+        test = evaluate(state.student, data, runtime=student.runtime, forward=student.student_forward)
+        metrics.update(test_top1=test["top1"], test_top5=test["top5"])
+    _check_finite(spec, epoch, metrics)
+    summary = state.method.epoch_summary()
+    progress.history.append(metrics)
+    progress.summaries.append({k: v.tolist() if torch.is_tensor(v) else v for k, v in summary.items()})
+    progress.epoch = epoch
+    student.member.tracker.log_metrics(metrics, step=epoch)
+    elapsed = time.monotonic() - student.started
+    remaining = elapsed / (epoch - student.first_epoch + 1) * (spec.schedule.epochs - epoch)
+    student.log(_epoch_line(spec, epoch, metrics, elapsed, remaining))
+    if group.is_main:
+        complete = epoch == spec.schedule.epochs
+        save_checkpoint(student.member.out_dir / CHECKPOINT, spec, student.identity, state, progress, complete)
 
 
 def _build_method(spec: JobSpec, data: DeviceData, networks: Networks, artifact: Any, device: torch.device) -> Method:
@@ -476,15 +664,19 @@ def _build_method(spec: JobSpec, data: DeviceData, networks: Networks, artifact:
     return method
 
 
-def _forwards(networks: Networks, layout: torch.memory_format, compile_mode: str | None) -> tuple[Any, Any]:
+def _forwards(
+    networks: Networks, layout: torch.memory_format, compile_mode: str | None, fold_teacher: bool = True
+) -> tuple[Any, Any]:
     """The forward passes the step runs, in ``layout``: the student's, and the frozen teacher's with its batch
-    norms folded into its convolutions (same results up to rounding); compiled if asked."""
+    norms folded into its convolutions (same results up to rounding); compiled if asked. Without
+    ``fold_teacher`` (a pack runs another member's), no teacher forward."""
     student_forward = teacher_forward = None
     if networks.student is not None:
         networks.student.to(memory_format=layout)
         student_forward = compiled(networks.student, compile_mode)
     if networks.teacher is not None:
         networks.teacher.to(memory_format=layout)
+    if networks.teacher is not None and fold_teacher:
         teacher_forward = compiled(fold_batch_norm(networks.teacher).to(memory_format=layout), compile_mode)
     return student_forward, teacher_forward
 
@@ -634,70 +826,128 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, epoch: in
                 buffers["momentum_buffer"].zero_()
 
 
+@dataclass
+class Tally:
+    """A student's running sums over an epoch, kept on the device: no sync per step."""
+
+    sums: dict[str, Any] = field(default_factory=dict)
+    correct1: Any = 0
+    correct5: Any = 0
+    seen: int = 0
+    seconds: float = 0.0  # its own steps' time (a pack apportions the rest)
+
+    def add(self, terms: dict[str, torch.Tensor], logits: torch.Tensor | None, labels: torch.Tensor, classes: int):
+        with torch.no_grad():
+            n = len(labels)
+            for name, value in {"total": sum(terms.values()), **terms}.items():
+                self.sums[name] = self.sums.get(name, 0) + value * n
+            if logits is not None:
+                top = logits.topk(min(5, classes), dim=1).indices.eq(labels.unsqueeze(1))
+                self.correct1 = self.correct1 + top[:, :1].sum()
+                self.correct5 = self.correct5 + top.sum()
+            self.seen += n
+
+
 def train_one_epoch(
-    spec: JobSpec,
     epoch: int,
-    state: Trainable,
+    students: list[Student],
     data: DeviceData,
-    run_step,
     layout,
     device: torch.device,
     group: distributed.Group = distributed.Group(),
-) -> dict[str, float]:
-    """One pass over the shuffled, augmented training set; returns the epoch's mean loss terms and accuracy.
+    shared: SharedForward | None = None,
+) -> list[dict[str, float] | None]:
+    """One pass over the shuffled, augmented training set, every student of the pack stepping on each batch in
+    turn; returns each one's mean loss terms and accuracy for the epoch (None for one that failed in it).
 
     In a data-parallel job every rank draws the same global batches and trains on its slice of each; the
     returned figures are over all ranks."""
-    lr = spec.schedule.lr_at(epoch)
-    set_epoch_lr(state.optimizer, spec.schedule, epoch)
-    if state.student is not None:
-        state.student.train()
-    state.method.train()
-    state.method.begin_epoch(epoch)
+    packed = len(students) > 1
+    spec = students[0].spec  # the pack's batches: its members share seed, batch size and strong view
+    for student in students:
+        set_epoch_lr(student.state.optimizer, student.spec.schedule, epoch)
+        if student.state.student is not None:
+            student.state.student.train()
+        student.state.method.train()
+        with student.random_stream(packed):
+            student.state.method.begin_epoch(epoch)
     generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch))
-    sums: dict[str, torch.Tensor] = {}
-    correct1 = correct5 = torch.zeros((), device=device)
-    seen = 0
+    tallies = [Tally() for _ in students]
+    strong_view = students[0].state.method.caps.strong_view
     started = time.perf_counter()
     batches = data.train_batches(spec.schedule.batch_size, generator)
     total = data.num_train_batches(spec.schedule.batch_size)
-    for images, labels, indices in _progress(batches, total, f"{spec.title} epoch {epoch}"):
+    title = spec.title if not packed else f"pack of {len(students)} ({spec.title}, ...)"
+    for images, labels, indices in _progress(batches, total, f"{title} epoch {epoch}"):
         # MLKD's second view: drawn after the batch, from the same generator, so a seed fixes both
-        strong = (data.strong_batch(indices, generator),) if state.method.caps.strong_view else ()
+        strong = (data.strong_batch(indices, generator),) if strong_view else ()
         images, labels, indices, *strong_views = distributed.shard(group, images, labels, indices, *strong)
-        terms, logits = run_step(
-            images.contiguous(memory_format=layout),
-            labels,
-            indices,
-            *(view.contiguous(memory_format=layout) for view in strong_views),
-        )
-        with torch.no_grad():  # running sums stay on the device: no sync per step
-            n = len(labels)
-            for name, value in {"total": sum(terms.values()), **terms}.items():
-                sums[name] = sums.get(name, 0) + value * n
-            if logits is not None:
-                top = logits.topk(min(5, data.num_classes), dim=1).indices.eq(labels.unsqueeze(1))
-                correct1 = correct1 + top[:, :1].sum()
-                correct5 = correct5 + top.sum()
-            seen += n
+        images = images.contiguous(memory_format=layout)
+        strong_views = [view.contiguous(memory_format=layout) for view in strong_views]
+        if shared is not None:
+            shared.compute(images, *strong_views)
+        for student, tally in zip(students, tallies):
+            if student.outcome is not None:
+                continue
+            step_started = time.perf_counter()
+            try:
+                with student.random_stream(packed):
+                    terms, logits = student.run_step(images, labels, indices, *strong_views)
+            except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
+                diverged = TrainingDiverged(
+                    f"{student.spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} "
+                    "is kept."
+                )
+                if not packed:
+                    raise diverged from None
+                student.outcome = diverged
+                continue
+            except Exception as error:
+                if not packed:
+                    raise
+                student.outcome = error
+                continue
+            tally.add(terms, logits, labels, data.num_classes)
+            tally.seconds += time.perf_counter() - step_started
+        if shared is not None:
+            shared.clear()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    alive = [tally for student, tally in zip(students, tallies) if student.outcome is None]
+    # what no single step took (the batches' preparation, the shared teacher forward) is shared equally
+    common = max(wall - sum(tally.seconds for tally in alive), 0.0) / max(len(alive), 1)
+    return [
+        _epoch_metrics(student, tally, epoch, tally.seconds + common if packed else wall, device, group, data)
+        if student.outcome is None
+        else None
+        for student, tally in zip(students, tallies)
+    ]
+
+
+def _epoch_metrics(
+    student: Student, tally: Tally, epoch: int, seconds: float, device: torch.device, group, data: DeviceData
+) -> dict[str, float]:
+    sums, correct1, correct5, seen = tally.sums, tally.correct1, tally.correct5, tally.seen
     if group.active:  # sums over the ranks: one all-reduce of every running sum and count
         names = list(sums)
         together = distributed.total(
             group,
             torch.stack(
                 [torch.as_tensor(sums[name], dtype=torch.float64, device=device) for name in names]
-                + [correct1.double(), correct5.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]
+                + [
+                    torch.as_tensor(correct1, dtype=torch.float64, device=device),
+                    torch.as_tensor(correct5, dtype=torch.float64, device=device),
+                    torch.tensor(float(seen), dtype=torch.float64, device=device),
+                ]
             ),
         )
         sums = dict(zip(names, together[: len(names)]))
         correct1, correct5, seen = together[-3], together[-2], int(together[-1])
     metrics = {f"loss_{name}": float(total) / seen for name, total in sums.items()}
-    if state.student is not None:
+    if student.state.student is not None:
         metrics.update(train_top1=float(correct1) / seen, train_top5=float(correct5) / seen)
-    metrics.update(lr=lr, images_per_s=seen / seconds, epoch_seconds=seconds)
+    metrics.update(lr=student.spec.schedule.lr_at(epoch), images_per_s=seen / seconds, epoch_seconds=seconds)
     return metrics
 
 
@@ -759,21 +1009,18 @@ def load_checkpoint(path: Path, spec: JobSpec, identity: str, state: Trainable, 
 
 
 def _finish(
-    *,
-    spec: JobSpec,
-    state: Trainable,
-    teacher: nn.Module | None,
-    data: DeviceData,
-    runtime: Resolved,
-    device: torch.device,
-    progress: Progress,
-    out_dir: Path,
-    tracker: Tracker,
-    group: distributed.Group = distributed.Group(),
-) -> Result:
+    student: Student, data: DeviceData, device: torch.device, group: distributed.Group, teacher_top1: list
+) -> None:
     """Write model.pt and metrics.json (metrics.json last: its presence means the job's result is whole);
-    in a data-parallel job, rank 0 alone writes."""
-    student, history = state.student, progress.history
+    in a data-parallel job, rank 0 alone writes. ``teacher_top1`` holds the teacher's accuracy once a member
+    of the pack has evaluated it."""
+    spec, state, progress, runtime = student.spec, student.state, student.progress, student.runtime
+    out_dir, tracker, teacher = student.member.out_dir, student.member.tracker, student.teacher
+    if not progress.complete and (spec.schedule.epochs == 0 or progress.epoch < spec.schedule.epochs):
+        progress.epoch = spec.schedule.epochs
+        if group.is_main:
+            save_checkpoint(out_dir / CHECKPOINT, spec, student.identity, state, progress, complete=True)
+    model, history = state.student, progress.history
     record: dict[str, Any] = {
         "spec": spec.to_dict(),
         "run_id": progress.run_id,
@@ -784,19 +1031,19 @@ def _finish(
         "history": history,
         "summaries": progress.summaries,
     }
-    if student is not None and num_classes_of(student) != data.num_classes:
+    if model is not None and num_classes_of(model) != data.num_classes:
         # A network of another task (ImageNet's ResNet34 beside a transfer set): no accuracy to report.
         record.update(
             test_top1=None,
             test_top5=None,
-            num_classes=num_classes_of(student),
-            note=f"{num_classes_of(student)}-class network on a {data.num_classes}-class dataset: accuracy undefined",
+            num_classes=num_classes_of(model),
+            note=f"{num_classes_of(model)}-class network on a {data.num_classes}-class dataset: accuracy undefined",
         )
-    elif student is not None:
+    elif model is not None:
         final = (
             {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]}
             if history
-            else evaluate(student, data, runtime=runtime)
+            else evaluate(model, data, runtime=runtime)
         )
         record.update(test_top1=final["top1"], test_top5=final["top5"])
         finals = {"final_test_top1": final["top1"], "final_test_top5": final["top5"]}
@@ -805,26 +1052,26 @@ def _finish(
             finals.update(final_test_top1_best=history[best]["test_top1"], final_best_epoch=best + 1)
         tracker.log_metrics(finals, step=spec.schedule.epochs)
     if teacher is not None:
-        record["teacher_test_top1"] = (
-            evaluate(teacher, data, runtime=runtime)["top1"] if num_classes_of(teacher) == data.num_classes else None
+        if not teacher_top1:
+            same_task = num_classes_of(teacher) == data.num_classes
+            teacher_top1.append(evaluate(teacher, data, runtime=runtime)["top1"] if same_task else None)
+        record["teacher_test_top1"] = teacher_top1[0]
+    result = Result(record=record, model=model, method=state.method, teacher=teacher, data=data)
+    if group.is_main:
+        _atomic_save(
+            {
+                "model": model.state_dict() if model is not None else None,
+                "method": state.method.state_dict(),
+                "arch": spec.arch or spec.teacher,
+                "num_classes": num_classes_of(model) if model is not None else data.num_classes,
+                "spec": spec.to_dict(),
+            },
+            out_dir / MODEL,
         )
-    distributed.stop(group)  # no collective operation follows
-    if not group.is_main:
-        return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
-    _atomic_save(
-        {
-            "model": student.state_dict() if student is not None else None,
-            "method": state.method.state_dict(),
-            "arch": spec.arch or spec.teacher,
-            "num_classes": num_classes_of(student) if student is not None else data.num_classes,
-            "spec": spec.to_dict(),
-        },
-        out_dir / MODEL,
-    )
-    _atomic_write_json(record, out_dir / METRICS)
-    if student is not None:
-        tracker.log_model(student, data.normalize(data.train.images[:2]), name=spec.kind)
-    return Result(record=record, model=student, method=state.method, teacher=teacher, data=data)
+        _atomic_write_json(record, out_dir / METRICS)
+        if model is not None:
+            tracker.log_model(model, data.normalize(data.train.images[:2]), name=spec.kind)
+    student.outcome = result
 
 
 def _required(path: str | Path | None, spec: JobSpec) -> str | Path:

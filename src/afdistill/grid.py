@@ -30,13 +30,24 @@ from .spec import Runtime, Schedule
 NO_TEACHER = "none"  # the teacher path segment of students trained without one
 
 
-def _section(cls) -> dict:
-    """The JSON schema of a spec dataclass (Schedule, Runtime), from its fields' declarations."""
+def _section(cls, **more: dict) -> dict:
+    """The JSON schema of a spec dataclass (Schedule, Runtime), from its fields' declarations; ``more``: keys of
+    the grid's section that are not the spec's (they change how jobs run, never their results)."""
     return {
         "type": "object",
         "additionalProperties": False,
-        "properties": {f.name: dict(f.metadata) for f in fields(cls)},
+        "properties": {**{f.name: dict(f.metadata) for f in fields(cls)}, **more},
     }
+
+
+#: runtime.pack: not in any job's spec or fingerprint, so switching it reruns nothing
+PACK = {
+    "type": "boolean",
+    "default": True,
+    "description": "train the students that read the same teacher, data and batches in one process, one "
+    "teacher forward per batch for all (afdistill.engine.train_pack); false: one process per job. "
+    "Snakemake: --config pack=false",
+}
 
 
 SCHEDULE = _section(Schedule)
@@ -72,7 +83,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "device": {"type": "string", "enum": ["auto", "cpu", "cuda"]},
-        "runtime": _section(Runtime),
+        "runtime": _section(Runtime, pack=PACK),
         "jobs_per_gpu": {"type": "integer", "minimum": 1, "description": "training jobs that share one GPU"},
         "gpus_per_job": {
             "type": "integer",
@@ -460,7 +471,7 @@ class Grid:
         self.verify_checksums = bool(data.get("verify_checksums", True))
         self.skip_corrupt = bool(data.get("skip_corrupt", False))
         self.device = config.get("device", "auto")
-        self.runtime = self._parse_runtime(config.get("runtime"))
+        self.runtime, self.pack = self._parse_runtime(config.get("runtime"))
         self.jobs_per_gpu = config.get("jobs_per_gpu", 1)
         self.gpus_per_job = config.get("gpus_per_job", 1)
         if self.jobs_per_gpu > 1 and self.gpus_per_job > 1:
@@ -715,7 +726,8 @@ class Grid:
                 _check(item, rule["properties"][name], f"{key}.{name}")
         return value
 
-    def _parse_runtime(self, runtime: Any) -> Runtime:
+    def _parse_runtime(self, runtime: Any) -> tuple[Runtime, bool]:
+        """The jobs' runtime settings, and whether students train in packs."""
         runtime = runtime or {}
         if not isinstance(runtime, dict):
             raise GridError(f"runtime: expected a mapping, got {runtime!r}")
@@ -723,7 +735,8 @@ class Grid:
         _known_keys(runtime, rule, "runtime.")
         for key, value in runtime.items():
             _check(value, rule["properties"][key], f"runtime.{key}")
-        return Runtime(**runtime)
+        pack = runtime.get("pack", PACK["default"])
+        return Runtime(**{key: value for key, value in runtime.items() if key != "pack"}), pack
 
     def _check_arch(self, arch: Any, where: str) -> None:
         if arch not in list_models():

@@ -199,6 +199,18 @@ class Plan:
         return code.files(sorted({m for job in self.of_kind(kind) for m in job.modules}))
 
 
+def packs(jobs: list[Job]) -> list[list[Job]]:
+    """``jobs`` grouped into the packs that train in one process each (:func:`afdistill.engine.train_pack`),
+    in plan order: jobs of a kind that packs (its module's ``pack_key``) with equal keys together, every other
+    job alone."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        key_of = getattr(job.kind.code, "pack_key", None)
+        key = (job.kind.name, key_of(job)) if key_of is not None else ("alone", job.folder)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
 def write_marker(job: Job) -> None:
     """The last thing a job writes: its fingerprint record (earlier markers in the folder are removed)."""
     from .files import atomic_write

@@ -11,6 +11,10 @@ from __future__ import annotations
 from .jobs import Job, Plan, write_marker
 
 
+class PackFailed(RuntimeError):
+    """Some students of a pack failed; the others' results and markers are written."""
+
+
 class StaleJob(ValueError):
     """The grid or the code changed between planning a job and running it."""
 
@@ -41,3 +45,32 @@ def run(job: Job, threads: int = 0, log=print, log_file: str | None = None) -> J
     if from_environment().is_main:
         write_marker(job)
     return job
+
+
+def run_pack(jobs: list[Job], threads: int = 0, log=print, log_file: str | None = None) -> list[Job]:
+    """Run jobs of one pack in this process (one job: :func:`run`): their kind trains them together
+    (``run_pack``), and each one that succeeded gets its marker even if another failed."""
+    from .distributed import from_environment
+
+    if len(jobs) == 1:
+        return [run(jobs[0], threads, log, log_file)]
+    kinds = {job.kind.name for job in jobs}
+    code = jobs[0].kind.code
+    keys = {code.pack_key(job) for job in jobs} if hasattr(code, "pack_key") and len(kinds) == 1 else set()
+    if len(keys) != 1:
+        raise ValueError(
+            f"{', '.join(job.folder for job in jobs)}: these jobs do not train as one pack; only students that "
+            "read the same data, teacher and batches do (`afdistill jobs` shows the packs)"
+        )
+    outcomes = code.run_pack(jobs, threads, log, log_file)
+    failed = [(job, outcome) for job, outcome in zip(jobs, outcomes) if isinstance(outcome, Exception)]
+    if from_environment().is_main:
+        for job, outcome in zip(jobs, outcomes):
+            if not isinstance(outcome, Exception):
+                write_marker(job)
+    if failed:
+        raise PackFailed(
+            f"{len(failed)} of the pack's {len(jobs)} jobs failed (the others' results are written): "
+            + "; ".join(f"{job.folder}: {type(error).__name__}: {error}" for job, error in failed)
+        )
+    return jobs

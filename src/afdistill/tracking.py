@@ -561,7 +561,17 @@ class JobRun:
                 np.asarray(images), targets=np.asarray(labels), source=str(source), name=name
             )
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        self.client.log_inputs(self.run_id, datasets=[entry])
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[entry])
+                return
+            except MlflowException as error:
+                # The server looks the dataset up, then inserts it: two jobs logging the same new dataset at
+                # once collide on its unique key, and the next try finds the one the other job inserted.
+                if "UNIQUE constraint failed" not in str(error) or attempt == 2:
+                    raise
 
     def finish(self, status: str) -> None:
         try:

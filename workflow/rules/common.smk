@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
-from afdistill.jobs import Plan, preflight
+from afdistill.jobs import Plan, packs, preflight
 from afdistill.kinds import KINDS
 from afdistill.watch import GridWatch
 
@@ -25,6 +25,8 @@ with open(GRID_FILE) as _handle:
 # `--config key=value` overrides a grid key (the SLURM profile sets device=cuda); jobs get the same overrides.
 OVERRIDES = dict(workflow.config_settings.config)
 _grid_config.update(OVERRIDES)
+if "pack" in _grid_config:  # `--config pack=false`: short for the grid's runtime.pack
+    _grid_config["runtime"] = {**(_grid_config.get("runtime") or {}), "pack": _grid_config.pop("pack")}
 # The grid is checked here, once, before any job: parsed against its declaration (afdistill.grid.SCHEMA, from
 # which workflow/schemas/config.schema.yaml is generated), then each job kind's checks as the plan is made.
 # Every job gets its planned, checked record on its command line and never reads the grid again.
@@ -97,6 +99,20 @@ if not workflow.remote_exec:
     # A marker whose job lost some of its files (deleted by hand) no longer stands for a finished job.
     for _job in PLAN.unmark_incomplete():
         print(f"{_job.folder}: some of its files are missing; it will run again", file=sys.stderr)
+
+
+def pending_packs():
+    """With runtime.pack (the default): the packs of two or more jobs still to run (their markers missing as
+    Snakemake starts), each trained in one process (afdistill.engine.train_pack). A pack is formed of what is
+    outdated only, so a changed method retrains its own students, never their finished pack-mates."""
+    if not GRID.pack:
+        return []
+    pending = [job for job in PLAN.jobs if not os.path.exists(job.marker)]
+    return [pack for pack in packs(pending) if len(pack) > 1]
+
+
+PACKS = pending_packs()
+PACKED = {job.fingerprint for pack in PACKS for job in pack}
 
 
 onstart:

@@ -4,6 +4,8 @@
 # parameters or code changed (so did its fingerprint), or its outputs were deleted. Keeping
 # the other files undeclared also means Snakemake never deletes a finished job's results
 # before a rerun, so a job that completed just before a kill is recognised, not retrained.
+import hashlib
+import json
 import re
 
 # In `snakemake --report`: the results table as HTML (shown inline) and as CSV (to download), the measured
@@ -69,7 +71,10 @@ def output_pattern(kind):
     folder = kind.folder.format(results=PLAN.results, reports=PLAN.reports,
                                 **{name: f"{{{name}}}" for name in kind.wildcards})
     if kind.wildcards:
-        return folder, {"marker": f"{folder}/fingerprint-{{fingerprint}}.json"}
+        # a job that trains in a pack is the pack rule's output, not this rule's (one rule per file)
+        packed = sorted(job.fingerprint for job in PLAN.of_kind(kind.name) if job.fingerprint in PACKED)
+        pattern = (f"(?!{'|'.join(packed)})" if packed else "") + "[0-9a-f]{16}"
+        return folder, {"marker": f"{folder}/fingerprint-{{fingerprint,{pattern}}}.json"}
     (job,) = PLAN.of_kind(kind.name)
     outputs = {"marker": job.marker}
     for name, flags in REPORT_FLAGS.items():
@@ -138,3 +143,33 @@ for kind in KINDS.values():
             kind.target
         input:
             [job.marker for job in PLAN.of_kind(kind.name)],
+
+
+def pack_name(pack):
+    """A pack's rule: named by what its members share (the same in every Snakemake process of the run)."""
+    key = json.dumps(pack[0].kind.code.pack_key(pack[0]), default=str)
+    return f"{pack[0].kind.rule}_pack_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+# One rule per pack (common.smk's PACKS): its outputs are its members' markers; it takes one GPU slot and
+# one SLURM job, as one job does, and its members' folders, files and MLflow runs are theirs alone.
+for pack in PACKS:
+    kind = pack[0].kind
+
+    rule:
+        name:
+            pack_name(pack)
+        input:
+            sorted({upstream.marker for job in pack for upstream in job.inputs.values()}),
+        output:
+            [job.marker for job in pack],
+        log:
+            f"logs/packs/{pack_name(pack)}.log",
+        params:
+            folders=[job.folder for job in pack],
+            jobs=[part for job in pack for part in ("--job", job.to_json())],
+        threads: THREADS_PER_JOB
+        resources:
+            gpu=GPUS_PER_JOB,
+        shell:
+            launcher(kind) + " run {params.folders:q} {params.jobs:q} --threads {threads} --log-file {log} > {log} 2>&1"

@@ -133,12 +133,33 @@ def expand(plan: Plan) -> None:
         )
 
 
+def pack_key(job: Job) -> tuple:
+    """Students with equal keys train as one pack (:func:`afdistill.engine.train_pack`): they read the same
+    prepared data and teacher, and the same batches in the same order (seed, batch size, a strong view or not)."""
+    from ..engine import pack_key as batches_and_teacher
+
+    teacher_job = job.inputs.get("teacher")
+    assert job.spec is not None  # a student is a training job
+    return (job.inputs["data"].folder, teacher_job.folder if teacher_job else None, batches_and_teacher(job.spec))
+
+
 def run(job: Job, threads: int, log, log_file: str | None = None) -> None:
     from ..training import train_job
 
+    train_job(job, threads, log, log_file, after=log_attention, artifact=_artifact(job))
+
+
+def run_pack(jobs: list[Job], threads: int, log, log_file: str | None = None) -> list:
+    """Train students of one pack together; each one's metrics record, or the error that ended it."""
+    from ..training import train_jobs
+
+    return train_jobs(jobs, threads, log, log_file, after=log_attention, artifacts=[_artifact(job) for job in jobs])
+
+
+def _artifact(job: Job):
+    """What the job's method's pre-stage produced (links, pretrained heads), read; None without one."""
     stage = next((role for role in job.inputs if role in PRE_STAGES), None)
-    artifact = PRE_STAGES[stage].read(job.inputs[stage].path(PRE_STAGES[stage].OUTPUT), job.spec) if stage else None
-    train_job(job, threads, log, log_file, after=log_attention, artifact=artifact)
+    return PRE_STAGES[stage].read(job.inputs[stage].path(PRE_STAGES[stage].OUTPUT), job.spec) if stage else None
 
 
 def log_attention(result, out, tracker) -> None:

@@ -1,0 +1,150 @@
+"""Packs: students that read the same teacher and batches train in one process, with the results they get alone.
+
+One real run of the default grid's every method (one epoch, a slice of digits): each student alone, then the
+same students as packs; every metric but the timings, and every weight, bit-identical on CPU.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from afdistill.grid import Grid
+from afdistill.jobs import Plan, packs
+from afdistill.runner import PackFailed, run, run_pack
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMINGS = ("images_per_s", "epoch_seconds")
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def one_epoch_default_grid() -> dict:
+    """params/default.yaml with every method and row, one epoch and one seed each, on the CPU."""
+    config = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    config.update(device="cpu", seeds=[0])
+    config["train"].update(epochs=1, lr_decay_epochs=[1])
+    config["teachers"]["train"] = {"epochs": 1, "lr_decay_epochs": [1]}
+    config["heads"] = {"seed": 0, "train": {"epochs": 1}}
+    for name, row in config["methods"].items():
+        row.pop("seeds", None)
+        for key in ("warmup_epochs", "ctkd_curriculum_epochs"):
+            if key in row:
+                row[key] = 1
+    return config
+
+
+def shrink(folder: Path, train: int = 192, test: int = 64) -> None:
+    """The prepared digits cut to a slice, in the same on-disk format (a few steps per epoch)."""
+    for split, count in (("train", train), ("test", test)):
+        with np.load(folder / f"{split}.npz") as arrays:
+            np.savez(folder / f"{split}.npz", images=arrays["images"][:count], labels=arrays["labels"][:count])
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(n_train=train, n_test=test)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def outcome(job) -> dict:
+    """What a job's result is: its metrics but the timings, its summaries, and its weights."""
+    record = json.loads(Path(job.path("metrics.json")).read_text())
+    history = [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in record["history"]]
+    saved = torch.load(job.path("model.pt"), weights_only=True)
+    weights = {f"{part}.{k}": v for part in ("model", "method") for k, v in (saved[part] or {}).items()}
+    return {"history": history, "summaries": record["summaries"], "top1": record["test_top1"], "weights": weights}
+
+
+def same(a, b) -> bool:
+    """Equal to the bit, tensors within containers (a method's state may hold a dict)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Every student of the one-epoch default grid trained alone, then again in packs."""
+    project = tmp_path_factory.mktemp("packing")
+    patch = pytest.MonkeyPatch()
+    patch.chdir(project)
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        plan = Plan(Grid(one_epoch_default_grid(), source="params/default.yaml"))
+        (data,) = plan.of_kind("data")
+        run(data, log=quiet)
+        shrink(Path(data.folder))
+        for job in plan.jobs:
+            if job.kind.name not in ("data", "student", "report"):
+                run(job, log=quiet)
+        students = plan.of_kind("student")
+        alone = {}
+        for job in students:
+            run(job, log=quiet)
+            alone[job.folder] = outcome(job)
+            shutil.rmtree(job.folder)
+        grouped = packs(students)
+        for pack in grouped:
+            run_pack(pack, log=quiet)
+        yield plan, grouped, alone, {job.folder: outcome(job) for job in students}
+    finally:
+        patch.undo()
+
+
+def test_every_student_of_the_default_grid_trains_in_a_pack(trained):
+    plan, grouped, alone, packed = trained
+    students = plan.of_kind("student")
+    assert sorted(len(pack) for pack in grouped)[-1] > 10  # the pair's teacher-reading methods, one pack
+    assert sum(len(pack) for pack in grouped) == len(students)
+    for pack in grouped:  # a pack shares its teacher and its batches
+        assert len({(job.spec.teacher, job.spec.seed, job.spec.schedule.batch_size) for job in pack}) == 1
+    for job in students:
+        assert Path(job.marker).is_file(), job.folder
+
+
+def test_a_packed_student_equals_the_same_job_trained_alone_for_every_method(trained):
+    plan, grouped, alone, packed = trained
+    methods = {job.spec.method for job in plan.of_kind("student")}
+    assert {"kd", "crd", "l2t", "mhgd", "afd", "mlkd", "dml", "combined", "at"} <= methods
+    for folder, expected in alone.items():
+        got = packed[folder]
+        assert got["history"] == expected["history"], folder
+        assert got["summaries"] == expected["summaries"], folder
+        assert got["top1"] == expected["top1"], folder
+        assert got["weights"].keys() == expected["weights"].keys(), folder
+        for name, value in expected["weights"].items():
+            assert same(got["weights"][name], value), f"{folder}: {name}"
+
+
+def test_a_failing_student_fails_alone_and_its_pack_mates_are_written(trained, monkeypatch):
+    plan, grouped, alone, packed = trained
+    pack = max(grouped, key=len)
+    for job in pack:
+        shutil.rmtree(job.folder)
+    victims = [job for job in pack if job.spec.method == "kd"]  # the kd row and KD+LS+CTKD
+    import afdistill.methods.kd as kd
+
+    original = kd.KD.forward
+
+    def diverge(self, student, teacher, batch):
+        terms = original(self, student, teacher, batch)
+        return {name: value * float("nan") for name, value in terms.items()}
+
+    monkeypatch.setattr(kd.KD, "forward", diverge)
+    with pytest.raises(PackFailed, match=rf"{len(victims)} of the pack's {len(pack)} jobs failed") as failure:
+        run_pack(pack, log=quiet)
+    assert all(job.folder in str(failure.value) for job in victims)
+    for job in pack:
+        assert Path(job.marker).is_file() == (job not in victims), job.folder
+        if job in victims:
+            assert not Path(job.path("metrics.json")).exists()
+        else:
+            assert outcome(job)["history"] == alone[job.folder]["history"], job.folder
