@@ -252,6 +252,27 @@ def test_snakemake_html_report_shows_the_table_and_figures(snakemake_project):
     assert sorted(rules) == sorted(set(rules)) and "distill" in rules
 
 
+def test_a_changed_method_retrains_its_students_as_a_pack_of_the_outdated_ones_only(snakemake_project, tmp_path):
+    source, _ = snakemake_project
+    project = tmp_path / "copy"
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns(".snakemake"))
+    with open(project / "src/afdistill/methods/afd.py", "a") as handle:
+        handle.write("\n# an edit\n")
+    plan = run(["snakemake", "-n", "--cores", "1"], cwd=project)
+    output = plan.stdout + plan.stderr
+    packs = [command.split() for command in re.findall(r"afdistill run ((?:\S+ )+?)--job", output)]
+    packs = [[folder.strip("'") for folder in pack] for pack in packs if len(pack) > 1]
+    # per seed, AFD and AFD with pre-trained links (which reads the rerun link-finding job): one pack each
+    students = f"{RESULTS}/students/digits/resnet8/resnet8"
+    assert sorted(map(sorted, packs)) == [
+        [f"{students}/afd/seed{seed}", f"{students}/afd_pretrained/seed{seed}"] for seed in (0, 1)
+    ]
+    assert not any("/kd/" in folder or "/crd/" in folder for folder in trained(output))
+    unpacked = run(["snakemake", "-n", "--cores", "1", "--config", "pack=false"], cwd=project)
+    assert not re.search(r"_pack_", unpacked.stdout)
+    assert sorted(trained(unpacked.stdout + unpacked.stderr)) == sorted(trained(output))
+
+
 def test_deleting_a_jobs_outputs_reruns_exactly_that_job_and_the_report(snakemake_project, tmp_path):
     source, _ = snakemake_project
     project = tmp_path / "copy"

@@ -134,6 +134,21 @@ def cmd_run(args) -> None:
     run_pack(jobs, threads=args.threads, log=_print, log_file=args.log_file)
     for job in jobs:
         _print(f"{job.folder}: done ({job.fingerprint})")
+    wall = _process_seconds()
+    if wall is not None:  # what benchmarks/overhead.py reads from the jobs' logs
+        _print(f"process wall time: {wall:.2f} s for {len(jobs)} job(s)")
+
+
+def _process_seconds() -> float | None:
+    """Seconds since this process started, the interpreter's start-up included (Linux's /proc; else None)."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def cmd_with_gpus(args) -> None:
@@ -159,6 +174,7 @@ def cmd_jobs(args) -> None:
             continue
         _print(f"{job.kind.name:8} {current.states[job.folder]:22} {job.folder}")
     _print(current.line())
+    _print(current.cost())
 
 
 def cmd_dvc(args) -> None:
@@ -189,6 +205,9 @@ def cmd_check(args) -> None:
     preflight(plan, jobs_run_here=not args.elsewhere)
     counts = ", ".join(f"{len(plan.of_kind(kind))} {kind}" for kind in KINDS)
     _print(f"grid {plan.grid.name!r} is valid: {len(plan.jobs)} jobs ({counts})")
+    from .watch import survey
+
+    _print(survey(plan).cost())
 
 
 def cmd_list(args) -> None:

@@ -53,6 +53,8 @@ class Survey:
         return [job for job in self.plan.jobs if self.states[job.folder].startswith("running")]
 
     def _epoch_time(self, job: Job) -> float | None:
+        if job.spec is None:
+            return None
         for key in _timing_keys(job):
             if self.epoch_seconds.get(key):
                 return sum(self.epoch_seconds[key]) / len(self.epoch_seconds[key])
@@ -94,6 +96,45 @@ class Survey:
                 else f"; about {_duration(left)} of training left at {at_once} at a time"
             )
         return text
+
+    def cost(self) -> str:
+        """The compute still to come, one job per process and packed (:func:`afdistill.jobs.packs`): training
+        epochs, and the epochs of teacher forwards (a pack runs one per batch for all its members); with epoch
+        times measured, the hours they take. A teacher's forward over an epoch is taken as a third of its
+        training epoch (forward and backward), measured on its own job."""
+        from .jobs import packs
+
+        pending = [job for job in self.plan.jobs if job.spec is not None and self.states[job.folder] != "done"]
+        if not pending:
+            return "nothing left to train"
+        left = {job.folder: job.spec.schedule.epochs - self._epochs_done(job) for job in pending if job.spec}
+        reading = [job for job in pending if "teacher" in job.inputs]
+        separate = sum(left[job.folder] for job in reading)
+        grouped = packs(reading)
+        packed = sum(max(left[job.folder] for job in pack) for pack in grouped)
+        text = (
+            f"to train: {len(pending)} jobs, {sum(left.values())} training epochs; teacher forwards over "
+            f"{separate} epochs one job per process, {packed} packed ({len(grouped)} processes) "
+            f"(runtime.pack: {str(self.plan.grid.pack).lower()})"
+        )
+        times = [self._epoch_time(job) for job in pending]
+        if any(seconds is None for seconds in times):
+            return text + "; time unknown until a first epoch of each kind is timed"
+        one_by_one = sum(left[job.folder] * seconds for job, seconds in zip(pending, times) if seconds is not None)
+        saved = 0.0
+        for pack in grouped:
+            forward = self._epoch_time(pack[0].inputs["teacher"])
+            saved += (
+                (sum(left[job.folder] for job in pack) - max(left[job.folder] for job in pack)) * (forward or 0) / 3
+            )
+        return (
+            text + f"; about {_duration(one_by_one)} of training one job per process, "
+            f"{_duration(one_by_one - saved)} packed, at the epoch times measured so far"
+        )
+
+    def _epochs_done(self, job: Job) -> int:
+        done = re.search(r"at epoch (\d+)/", self.states[job.folder])
+        return int(done.group(1)) if done else 0
 
 
 def _timing_keys(job: Job) -> list[tuple]:
