@@ -211,6 +211,21 @@ def packs(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
+def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
+    """Packs split so that ``workers`` processes at once share the work: a pack that holds more than a worker's
+    share of all the packs' training epochs is halved (members alternating, so that a grid's expensive rows
+    spread over both halves) until each fits or is one job. Each half computes the teacher's forward once."""
+    share = sum(job.spec.schedule.epochs for group in groups for job in group if job.spec) / max(workers, 1)
+    balanced, queue = [], list(groups)
+    while queue:
+        group = queue.pop(0)
+        if len(group) > 1 and sum(job.spec.schedule.epochs for job in group if job.spec) > share:
+            queue += [group[0::2], group[1::2]]
+        else:
+            balanced.append(group)
+    return balanced
+
+
 def write_marker(job: Job) -> None:
     """The last thing a job writes: its fingerprint record (earlier markers in the folder are removed)."""
     from .files import atomic_write

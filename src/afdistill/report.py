@@ -473,8 +473,9 @@ def _timings(grid: Grid, rows: list[dict], columns: list[tuple[str, str]]) -> li
     lines = [
         f"# Grid `{grid.name}`: training cost per epoch, relative to KD on the same pair",
         "",
-        "Measured on the machine that trained each job (mean of its epochs' wall time), so these figures "
-        "differ from run to run; the results are in table.md.",
+        "Measured on the machine that trained each job (mean of its epochs' wall time; a student trained in a "
+        "pack counts its own steps and an equal share of the batches and the teacher's forward it shared), so "
+        "these figures differ from run to run; the results are in table.md.",
         "",
         "| | " + " | ".join(f"{t} → {s}" for t, s in columns) + " |",
         "|---|" + "---|" * len(columns),

@@ -11,7 +11,8 @@ whenever a job finishes or starts, and at least every ``interval`` seconds
 The estimate is each unfinished job's epochs left times the mean epoch time
 measured for the most similar jobs (same run and pair, else same run, else
 same kind, else any), from finished jobs and the checkpoints of running ones,
-divided by the number of jobs running now. It counts training epochs only
+divided by the number of processes running now (a pack of students counts
+once). It counts training epochs only
 (not start-up, evaluation or logging) and ignores the order the DAG
 imposes, so it is a guide, not a promise.
 """
@@ -76,6 +77,8 @@ class Survey:
 
     def line(self) -> str:
         """One line for the whole grid: jobs done / running (which, at which epoch) / to run, and the time left."""
+        from .jobs import packs
+
         counts = self.counts()
         total = len(self.plan.jobs)
         parts = [f"{counts.get('done', 0)}/{total} done"]
@@ -88,7 +91,8 @@ class Survey:
         parts += [f"{count} {state}" for state, count in counts.items() if state not in ("done", "running")]
         text = f"grid {self.plan.grid.name!r}: " + ", ".join(parts)
         if counts.get("done", 0) < total:
-            at_once = max(1, len(running))
+            # a pack's students train one after another in one process: a pack counts once
+            at_once = max(1, len(packs(running)) if self.plan.grid.pack else len(running))
             left = self.remaining_seconds(at_once)
             text += (
                 "; time left unknown until a first epoch is timed"

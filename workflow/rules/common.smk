@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
-from afdistill.jobs import Plan, packs, preflight
+from afdistill.jobs import Plan, balance, packs, preflight
 from afdistill.kinds import KINDS
 from afdistill.watch import GridWatch
 
@@ -108,7 +108,12 @@ def pending_packs():
     if not GRID.pack:
         return []
     pending = [job for job in PLAN.jobs if not os.path.exists(job.marker)]
-    return [pack for pack in packs(pending) if len(pack) > 1]
+    grouped = packs(pending)
+    if not ON_GPU and not workflow.remote_exec and not _submits_to_slurm(sys.argv):
+        # On this machine's CPU cores, one pack holding most of the grid would leave the other cores idle: split
+        # packs over the jobs that run at once (each part computes the teacher's forward once).
+        grouped = balance(grouped, max(1, (workflow.cores or 1) // THREADS_PER_JOB))
+    return [pack for pack in grouped if len(pack) > 1]
 
 
 PACKS = pending_packs()

@@ -146,8 +146,9 @@ for kind in KINDS.values():
 
 
 def pack_name(pack):
-    """A pack's rule: named by what its members share (the same in every Snakemake process of the run)."""
-    key = json.dumps(pack[0].kind.code.pack_key(pack[0]), default=str)
+    """A pack's rule: named by what its members share and who they are (the same in every Snakemake process of
+    the run: a SLURM job's own Snakemake forms the same packs, unsplit, from the same missing markers)."""
+    key = json.dumps([pack[0].kind.code.pack_key(pack[0]), sorted(job.folder for job in pack)], default=str)
     return f"{pack[0].kind.rule}_pack_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
