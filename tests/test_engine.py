@@ -91,11 +91,11 @@ def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(small_da
 class Interrupt:
     """Stops the job the way Ctrl-C would, when the engine reports epoch ``at``."""
 
-    def __init__(self, at):
-        self.at = at
+    def __init__(self, at, title=""):
+        self.at, self.title = at, title
 
     def __call__(self, message):
-        if f"epoch {self.at}/" in message:
+        if f"{self.title}] epoch {self.at}/" in message if self.title else f"epoch {self.at}/" in message:
             raise KeyboardInterrupt
 
 
@@ -236,3 +236,33 @@ def test_restarting_momentum_at_a_decay_steps_as_a_new_optimiser_would():
     fresh_weights.grad = gradient.clone()
     fresh.step()
     assert torch.equal(weights.detach(), fresh_weights.detach())
+
+
+def test_a_killed_pack_resumes_each_student_from_its_own_checkpoint(small_data, teacher_checkpoint, tmp_path):
+    from afdistill.engine import Member, train_pack
+
+    specs = [student_spec("kd"), student_spec("at")]
+    alone = [train(spec, small_data, tmp_path / "alone" / spec.run, teacher_checkpoint, log=quiet) for spec in specs]
+    members = [Member(spec, tmp_path / "pack" / spec.run) for spec in specs]
+    # Killed as the AT student reports its second epoch: KD has checkpointed epoch 2, AT only epoch 1.
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(members, small_data, teacher_checkpoint, log=Interrupt(at=2, title=specs[1].title))
+    saved = [torch.load(member.out_dir / CHECKPOINT, weights_only=False)["epoch"] for member in members]
+    assert saved == [2, 1]
+    messages = []
+    resumed = train_pack(members, small_data, teacher_checkpoint, log=messages.append)
+    assert any(f"[{specs[1].title}] resuming after epoch 1" in m for m in messages)
+    assert sum(f"[{specs[0].title}] epoch" in m for m in messages) == 1  # KD: epoch 3 only
+
+    def strip(history):
+        return [{k: v for k, v in e.items() if k not in ("images_per_s", "epoch_seconds")} for e in history]
+
+    for packed, reference in zip(resumed, alone):
+        assert not isinstance(packed, BaseException)
+        assert strip(packed.record["history"]) == strip(reference.record["history"])
+        for a, b in zip(packed.model.state_dict().values(), reference.model.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def quiet(*args, **kwargs):
+    pass

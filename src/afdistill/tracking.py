@@ -522,9 +522,12 @@ class JobRun:
             input_example=example.numpy(),
             registered_model_name=self.registered_name,
         )
-        for model_format, requirements in (
-            ("pt2", [torch_requirement]),
-            ("pickle", [torch_requirement, f"afdistill=={__version__}"]),
+        # The exported program is traced on the example, which is all the check MLflow would add by loading it
+        # back to serve the example (a third of a second a job); a pickled network keeps that check (there
+        # ``validate_serving_input`` would reach torch.save).
+        for model_format, requirements, extra in (
+            ("pt2", [torch_requirement], {"validate_serving_input": False}),
+            ("pickle", [torch_requirement, f"afdistill=={__version__}"], {}),
         ):
             logged = self.client.create_logged_model(
                 self.experiment_id, name=name, source_run_id=self.run_id, tags={TAG_JOB: self.job_id, **self.tags}
@@ -538,6 +541,7 @@ class JobRun:
                         pip_requirements=requirements,
                         model_id=logged.model_id,
                         **common,
+                        **extra,
                     )
                 break
             except Exception as error:  # torch.export could not trace this network
