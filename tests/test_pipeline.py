@@ -16,9 +16,21 @@ STUDENT_JOBS = 22  # 11 methods x 2 seeds
 RESULTS = Path("results/default")
 
 
+_READ: dict[tuple, list[dict]] = {}
+
+
 def mlflow_runs(project: Path) -> list[dict]:
     """Every run of the project's store, read as `mlflow ui` would: through a server on the project's store
-    (the artifacts are `mlflow-artifacts:` URIs, which only a server resolves)."""
+    (the artifacts are `mlflow-artifacts:` URIs, which only a server resolves); read again only once the store
+    changed (each read starts a server)."""
+    store = (project / "mlflow.db").stat()
+    key = (str(project), store.st_mtime_ns, store.st_size)
+    if key not in _READ:
+        _READ[key] = _read_runs(project)
+    return _READ[key]
+
+
+def _read_runs(project: Path) -> list[dict]:
     from mlflow import MlflowClient
 
     from afdistill import tracking

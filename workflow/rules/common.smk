@@ -23,7 +23,9 @@ GRID_FILE = _configfiles[0] if _configfiles else "params/default.yaml"
 with open(GRID_FILE) as _handle:
     _grid_config = yaml.safe_load(_handle) or {}
 # `--config key=value` overrides a grid key (the SLURM profile sets device=cuda); jobs get the same overrides.
-OVERRIDES = dict(workflow.config_settings.config)
+# A value is read as YAML, as `afdistill --set` reads it: Snakemake leaves `pack=false` the string "false".
+OVERRIDES = {key: yaml.safe_load(value) if isinstance(value, str) else value
+             for key, value in workflow.config_settings.config.items()}
 _grid_config.update(OVERRIDES)
 if "pack" in _grid_config:  # `--config pack=false`: short for the grid's runtime.pack
     _grid_config["runtime"] = {**(_grid_config.get("runtime") or {}), "pack": _grid_config.pop("pack")}
