@@ -213,9 +213,11 @@ def packs(jobs: list[Job]) -> list[list[Job]]:
 
 def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
     """Packs split so that ``workers`` processes at once share the work: a pack that holds more than a worker's
-    share of all the packs' training epochs is halved (members alternating, so that a grid's expensive rows
-    spread over both halves) until each fits or is one job. Each half computes the teacher's forward once."""
-    share = sum(job.spec.schedule.epochs for group in groups for job in group if job.spec) / max(workers, 1)
+    share of the training epochs of every job that packs (the students) is halved, members alternating so that
+    a grid's expensive rows spread over both halves, until each fits or is one job. Each half computes the
+    teacher's forward once."""
+    packing = [group for group in groups if getattr(group[0].kind.code, "pack_key", None) is not None]
+    share = sum(job.spec.schedule.epochs for group in packing for job in group if job.spec) / max(workers, 1)
     balanced, queue = [], list(groups)
     while queue:
         group = queue.pop(0)
