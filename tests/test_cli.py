@@ -22,7 +22,7 @@ def test_ctrl_c_then_rerun_resumes_the_same_job_and_mlflow_run(small_data, tmp_p
         kind="teacher",
         grid="resume",
         dataset="digits",
-        arch="resnet8",
+        arch="resnet20",  # a few seconds of training after the first checkpoint: time for the signal to land
         method="vanilla",
         run="teacher",
         seed=0,

@@ -269,8 +269,10 @@ def test_a_changed_method_retrains_its_students_as_a_pack_of_the_outdated_ones_o
     project = tmp_path / "copy"
     shutil.copytree(source, project, ignore=shutil.ignore_patterns(".snakemake"))
     with open(project / "src/afdistill/methods/afd.py", "a") as handle:
-        handle.write("\n# an edit\n")
-    plan = run(["snakemake", "-n", "--cores", "1"], cwd=project)
+        handle.write("\nEDITED = True  # an edit\n")
+    env = tool_env()
+    env["PYTHONPATH"] = str(project / "src")  # the project's own code decides its fingerprints
+    plan = run(["snakemake", "-n", "--cores", "1"], cwd=project, env=env)
     output = plan.stdout + plan.stderr
     packs = [command.split() for command in re.findall(r"afdistill run ((?:\S+ )+?)--job", output)]
     packs = [[folder.strip("'") for folder in pack] for pack in packs if len(pack) > 1]
@@ -280,7 +282,7 @@ def test_a_changed_method_retrains_its_students_as_a_pack_of_the_outdated_ones_o
         [f"{students}/afd/seed{seed}", f"{students}/afd_pretrained/seed{seed}"] for seed in (0, 1)
     ]
     assert not any("/kd/" in folder or "/crd/" in folder for folder in trained(output))
-    unpacked = run(["snakemake", "-n", "--cores", "1", "--config", "pack=false"], cwd=project)
+    unpacked = run(["snakemake", "-n", "--cores", "1", "--config", "pack=false"], cwd=project, env=env)
     assert not re.search(r"_pack_", unpacked.stdout)
     assert sorted(trained(unpacked.stdout + unpacked.stderr)) == sorted(trained(output))
 
