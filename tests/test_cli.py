@@ -44,7 +44,15 @@ def test_ctrl_c_then_rerun_resumes_the_same_job_and_mlflow_run(small_data, tmp_p
         "1",
     ]
     process = subprocess.Popen(
-        command, cwd=tmp_path, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=tmp_path,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # Ctrl-C's default action, even where the suite itself was started in the background (a shell without job
+        # control starts background commands with SIGINT ignored, and Python then keeps ignoring it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = tmp_path / "job" / "checkpoint.pt"
     deadline = time.monotonic() + 120
