@@ -891,8 +891,11 @@ def train_one_epoch(
                 continue
             step_started = time.perf_counter()
             try:
+                # A step that needs the input's gradient marks its images as requiring one: in a pack, its own
+                # view of the batch (same storage, so the shared teacher features still match), not the others'.
+                inputs = images.detach() if packed and student.state.method.caps.needs_input_grad else images
                 with student.random_stream(packed):
-                    terms, logits = student.run_step(images, labels, indices, *strong_views)
+                    terms, logits = student.run_step(inputs, labels, indices, *strong_views)
             except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
                 diverged = TrainingDiverged(
                     f"{student.spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} "
