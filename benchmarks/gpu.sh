@@ -22,5 +22,6 @@ step() {  # step NAME SECONDS COMMAND...: run it under its limit, keep what it p
 step cuda-tests 90 python -m pytest -q -rs tests/test_runtime.py tests/test_gpu.py
 step throughput-afd-resnet56-resnet20 150 python benchmarks/throughput.py --teacher resnet56 --student resnet20 \
     --method afd --steps 200 --warmup 10 --device cuda
-step packing-resnet56-resnet20 200 python benchmarks/packing.py --device cuda --steps 100 --rounds 2 --sizes 2 4 10
+step packing-resnet56-resnet20 200 python benchmarks/packing.py --device cuda --steps 100 --rounds 2 --sizes 2 4 10 \
+    --fuse
 step determinism 40 python benchmarks/determinism.py --epochs 1 --device cuda --methods kd afd

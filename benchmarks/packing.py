@@ -1,7 +1,7 @@
 """Packed students against one process per job: Table 1's methods on one pair, the same steps both ways.
 
     PYTHONPATH=src python benchmarks/packing.py --steps 8 --rounds 3
-    PYTHONPATH=src python benchmarks/packing.py --device cuda --steps 100 --rounds 2 --sizes 2 4 10   # gpu.sh
+    PYTHONPATH=src python benchmarks/packing.py --device cuda --steps 100 --rounds 2 --sizes 2 4 10 --fuse  # gpu.sh
 
 The jobs are the Table 1 grid's own (``params/cifar100.yaml``: its specs, hyper-parameters and runtime) for
 one pair and seed, cut to one epoch of ``--steps`` batches of random CIFAR-shaped images (an untrained
@@ -10,7 +10,9 @@ teacher: the cost is the same). Each job runs as its own ``python`` process, as 
 them runs as one process. Rounds interleave every process in a rotating order, so a drift of the shared
 machine hits both ways alike; each round gives the ratio of the pack's wall time to the sum of its
 members' separate wall times, and the medians are printed with images/s per student (the images one
-student trains on, over its share of the wall time).
+student trains on, over its share of the wall time). With ``--fuse``, each pack also runs with
+``runtime.fuse`` (its students whose methods allow it as one network, ``afdistill.fused``), in the same
+rounds, and its ratio to the unfused pack is printed.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 9, 10], help="packs of the first N jobs")
+    parser.add_argument("--fuse", action="store_true", help="also time each pack with runtime.fuse")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -148,6 +151,9 @@ def main() -> None:
     sizes = [size for size in args.sizes if size <= len(specs)]
     runs = [(f"alone:{index}", [spec]) for index, spec in enumerate(specs)]
     runs += [(f"pack:{size}", specs[:size]) for size in sizes]
+    if args.fuse:
+        fused = [replace(spec, runtime=replace(spec.runtime, fuse=True)) for spec in specs]
+        runs += [(f"fused:{size}", fused[:size]) for size in sizes]
     walls: dict[str, list[float]] = {name: [] for name, _ in runs}
     for round_index in range(args.rounds):
         shift = round_index * len(runs) // max(args.rounds, 1)
@@ -171,6 +177,16 @@ def main() -> None:
             f"{statistics.median(ratios):>7.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
             f"{images * size / statistics.median(packed):>14.1f} {images * size / statistics.median(separate):>9.1f}"
         )
+    if args.fuse:
+        print(f"\n{'jobs':>6} {'fused s':>9} {'packed s':>9} {'ratio (per round)':>32} {'img/s/student':>14}")
+        for size in sizes:
+            fused_walls, packed = walls[f"fused:{size}"], walls[f"pack:{size}"]
+            ratios = [f / p for f, p in zip(fused_walls, packed)]
+            print(
+                f"{size:>6} {statistics.median(fused_walls):>9.1f} {statistics.median(packed):>9.1f} "
+                f"{statistics.median(ratios):>7.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
+                f"{images * size / statistics.median(fused_walls):>14.1f}"
+            )
     print(
         "\nseparate processes, median wall s: "
         + ", ".join(f"{title} {statistics.median(walls[f'alone:{index}']):.1f}" for index, title in enumerate(titles))

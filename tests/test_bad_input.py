@@ -107,6 +107,11 @@ CASES = [
         ["runtime.cuda_graphs: true needs CUDA, and device is cpu; use auto or false"],
     ),
     (
+        "fuse without packs",
+        {"runtime": {"fuse": True, "pack": False}},
+        ["runtime.fuse: true runs a pack's students as one network; it needs runtime.pack: true"],
+    ),
+    (
         "batch that does not split over GPUs",
         {"gpus_per_job": 2, "train.batch_size": 63},
         ["train.batch_size: 63 does not split over gpus_per_job: 2 processes", "use a multiple of 2"],

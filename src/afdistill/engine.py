@@ -30,6 +30,7 @@ from torch import nn
 
 from . import distributed
 from .data import DeviceData
+from .fused import FusedStudents, fusable
 from .graphs import GraphedStep
 from .heap import keep_freed_memory
 from .methods import Batch, Context, Method, View, build_method, dry_run, method_class
@@ -134,6 +135,7 @@ class Resolved:
     deterministic: bool = True
     cuda_graphs: bool = False
     keep_freed_memory: bool = False
+    fuse: bool = False
 
     def record(self) -> dict[str, Any]:
         return {
@@ -143,6 +145,7 @@ class Resolved:
             "deterministic": self.deterministic,
             "cuda_graphs": self.cuda_graphs,
             "keep_freed_memory": self.keep_freed_memory,
+            "fuse": self.fuse,
         }
 
 
@@ -177,6 +180,7 @@ def resolve_runtime(
         deterministic=runtime.deterministic,
         cuda_graphs=graphs,
         keep_freed_memory=keep,
+        fuse=runtime.fuse,
     )
 
 
@@ -406,6 +410,12 @@ def train_pack(
             + ": "
             + ", ".join(member.spec.title for member in members)
         )
+        fused = _fuse(students)
+        if fused:
+            log(
+                f"fused (runtime.fuse): {len(fused)} of them run as one network per architecture: "
+                + ", ".join(student.spec.title for student in students if id(student) in fused)
+            )
     for student in students:
         student.run_step = _step_of(student, group, shared)
 
@@ -740,12 +750,41 @@ def train_step(
     group: distributed.Group,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """One optimisation step on a batch (and its strong view, for methods whose capabilities say
-    ``strong_view``): both networks' forward passes (``student_forward``, ``teacher_forward``; bfloat16 autocast
-    with ``bf16``), the method's terms and backward, the gradients of ``trainable`` averaged over ``group``,
-    the optimiser's step, the method's ``after_step``. Returns the weighted loss terms and the student's logits,
-    detached, so that nothing keeps this step's autograd graph alive into the next one.
+    ``strong_view``): :func:`compute_gradients`, then :func:`apply_gradients`. Returns the weighted loss terms
+    and the student's logits, detached, so that nothing keeps this step's autograd graph alive into the next one.
 
     Only tensors are positional: ``GraphedStep`` replays ``partial(train_step, method=..., ...)``."""
+    terms, logits, batch, teacher_out = compute_gradients(
+        images,
+        labels,
+        indices,
+        *strong_images,
+        method=method,
+        student_forward=student_forward,
+        teacher_forward=teacher_forward,
+        optimizer=optimizer,
+        bf16=bf16,
+    )
+    apply_gradients(
+        batch, teacher_out, method=method, student=student, optimizer=optimizer, trainable=trainable, group=group
+    )
+    return terms, logits
+
+
+def compute_gradients(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *strong_images: torch.Tensor,
+    method: Method,
+    student_forward,
+    teacher_forward,
+    optimizer: torch.optim.Optimizer,
+    bf16: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, Batch, Features | None]:
+    """The first half of a step: both networks' forward passes (``student_forward``, ``teacher_forward``;
+    bfloat16 autocast with ``bf16``), the method's terms, the optimiser's gradients cleared and the method's
+    backward. Returns the terms and logits (detached), and the batch and teacher features the second half reads."""
     if method.caps.needs_input_grad:
         images.requires_grad_(True)
     student_out, teacher_out = forward_both(images, student_forward, teacher_forward, bf16)
@@ -758,11 +797,24 @@ def train_step(
     terms = method(student_out, teacher_out, batch)
     optimizer.zero_grad(set_to_none=True)
     method.backward(terms)
+    logits = student_out.logits.detach() if student_out is not None else None
+    return {name: value.detach() for name, value in terms.items()}, logits, batch, teacher_out
+
+
+def apply_gradients(
+    batch: Batch,
+    teacher_out: Features | None,
+    method: Method,
+    student: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    trainable: list[nn.Parameter],
+    group: distributed.Group,
+) -> None:
+    """The second half of a step: the gradients of ``trainable`` averaged over ``group``, the optimiser's step,
+    the method's ``after_step``."""
     distributed.average_gradients(group, trainable)
     optimizer.step()
     method.after_step(batch, student, teacher_out, optimizer)
-    logits = student_out.logits.detach() if student_out is not None else None
-    return {name: value.detach() for name, value in terms.items()}, logits
 
 
 def _check_finite(spec: JobSpec, epoch: int, metrics: dict[str, float]) -> None:
@@ -878,6 +930,8 @@ def train_one_epoch(
     batches = data.train_batches(spec.schedule.batch_size, generator)
     total = data.num_train_batches(spec.schedule.batch_size)
     title = spec.title if not packed else f"pack of {len(students)} ({spec.title}, ...)"
+    fused_of = _fuse(students) if packed else {}  # a fused student's group, by id(student)
+    fused_groups = list({id(fused): fused for fused in fused_of.values()}.values())
     for images, labels, indices in _progress(batches, total, f"{title} epoch {epoch}"):
         # MLKD's second view: drawn after the batch, from the same generator, so a seed fixes both
         strong = (data.strong_batch(indices, generator),) if strong_view else ()
@@ -886,32 +940,39 @@ def train_one_epoch(
         strong_views = [view.contiguous(memory_format=layout) for view in strong_views]
         if shared is not None:
             shared.compute(images, *strong_views)
+        for fused in fused_groups:
+            fused.compute(images, students[0].runtime.bf16)
+        waiting = []  # fused students: gradients at their features taken, their networks' still to come
         for student, tally in zip(students, tallies):
             if student.outcome is not None:
                 continue
             step_started = time.perf_counter()
-            try:
-                # A step that needs the input's gradient marks its images as requiring one: in a pack, its own
-                # view of the batch (same storage, so the shared teacher features still match), not the others'.
-                inputs = images.detach() if packed and student.state.method.caps.needs_input_grad else images
-                with student.random_stream(packed):
-                    terms, logits = student.run_step(inputs, labels, indices, *strong_views)
-            except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
-                diverged = TrainingDiverged(
-                    f"{student.spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} "
-                    "is kept."
+            # A step that needs the input's gradient marks its images as requiring one: in a pack, its own view of
+            # the batch (same storage, so the shared teacher features still match), not the others'.
+            inputs = images.detach() if packed and student.state.method.caps.needs_input_grad else images
+            if id(student) in fused_of:
+                done = _attempt(
+                    student, packed, epoch, _fused_half, student, fused_of[id(student)], shared, inputs, labels, indices
                 )
-                if not packed:
-                    raise diverged from None
-                student.outcome = diverged
-                continue
+                if done is not None:
+                    waiting.append((student, done[2:]))
+            else:
+                done = _attempt(student, packed, epoch, student.run_step, inputs, labels, indices, *strong_views)
+            if done is not None:
+                tally.add(done[0], done[1], labels, data.num_classes)
+                tally.seconds += time.perf_counter() - step_started
+        for fused in fused_groups:  # every fused student's network gradients, in one pass
+            try:
+                fused.backward()
             except Exception as error:
                 if not packed:
                     raise
-                student.outcome = error
-                continue
-            tally.add(terms, logits, labels, data.num_classes)
-            tally.seconds += time.perf_counter() - step_started
+                for student, _ in waiting:
+                    if fused_of[id(student)] is fused:
+                        student.outcome = error
+        for student, (batch, teacher_out) in waiting:
+            if student.outcome is None:
+                _attempt(student, packed, epoch, _apply_of, student, batch, teacher_out, group)
         if shared is not None:
             shared.clear()
     if device.type == "cuda":
@@ -926,6 +987,71 @@ def train_one_epoch(
         else None
         for student, tally in zip(students, tallies)
     ]
+
+
+def _attempt(student: Student, packed: bool, epoch: int, work, *args):
+    """A member's part of a step, on its own random stream; in a pack, a failure ends that member alone (``None``
+    returned, the failure kept as its outcome)."""
+    try:
+        with student.random_stream(packed):
+            return work(*args)
+    except FloatingPointError as error:  # a method's own check inside the step (L2T's meta-gradient)
+        diverged = TrainingDiverged(
+            f"{student.spec.title}: {error}. No result was written; the checkpoint of epoch {epoch - 1} is kept."
+        )
+        if not packed:
+            raise diverged from None
+        student.outcome = diverged
+    except Exception as error:
+        if not packed:
+            raise
+        student.outcome = error
+    return None
+
+
+def _fuse(students: list[Student]) -> dict[int, FusedStudents]:
+    """The pack's students that run as one network (``runtime.fuse``), each one's group by ``id(student)``: one
+    group per architecture and options, of the students whose method's step allows it, two or more."""
+    groups: dict[str, list[Student]] = {}
+    for student in students:
+        caps = student.state.method.caps
+        if student.runtime.fuse and student.state.student is not None and caps.fuses and not caps.strong_view:
+            key = json.dumps([student.spec.arch, student.spec.model_options], sort_keys=True)
+            groups.setdefault(key, []).append(student)
+    fused = {}
+    for members in groups.values():
+        networks = [cast(nn.Module, member.state.student) for member in members]
+        if len(networks) > 1 and fusable(networks):
+            together = FusedStudents(networks)
+            fused.update({id(member): together for member in members})
+    return fused
+
+
+def _fused_half(student: Student, fused: FusedStudents, shared: SharedForward | None, images, labels, indices):
+    """A fused student's first half-step: its method's terms and backward on its features of the fused pass."""
+    network = cast(nn.Module, student.state.student)
+    return compute_gradients(
+        images,
+        labels,
+        indices,
+        method=student.state.method,
+        student_forward=lambda images, with_features=True: fused.features_of(network),
+        teacher_forward=shared if shared is not None else student.teacher_forward,
+        optimizer=student.state.optimizer,
+        bf16=student.runtime.bf16,
+    )
+
+
+def _apply_of(student: Student, batch: Batch, teacher_out: Features | None, group: distributed.Group) -> None:
+    apply_gradients(
+        batch,
+        teacher_out,
+        method=student.state.method,
+        student=student.state.student,
+        optimizer=student.state.optimizer,
+        trainable=student.trainable,
+        group=group,
+    )
 
 
 def _epoch_metrics(

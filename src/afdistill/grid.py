@@ -736,6 +736,8 @@ class Grid:
         for key, value in runtime.items():
             _check(value, rule["properties"][key], f"runtime.{key}")
         pack = runtime.get("pack", PACK["default"])
+        if runtime.get("fuse") and not pack:
+            raise GridError("runtime.fuse: true runs a pack's students as one network; it needs runtime.pack: true")
         return Runtime(**{key: value for key, value in runtime.items() if key != "pack"}), pack
 
     def _check_arch(self, arch: Any, where: str) -> None:

@@ -105,6 +105,13 @@ class Runtime:
     CPU jobs, where page faults on fresh activations were a large share of
     the step. Process-wide and lasting: a later ``false`` in the same process
     does not undo it.
+    ``fuse``: in a pack, the students of one architecture whose methods allow it
+    (``Capabilities.fuses``) run their forward and backward passes as one
+    network (``afdistill.fused``: ``torch.func.vmap`` over their stacked
+    weights, as grouped kernels), one launch per layer for all of them instead
+    of one each. For small networks on a GPU, where launches dominate. The
+    results equal the unfused ones up to rounding (grouped kernels sum in
+    another order); on a CPU it is slower.
     """
 
     precision: str = option("auto", "bf16 autocast where the hardware has bf16 units, else fp32", enum=list(PRECISIONS))
@@ -117,6 +124,7 @@ class Runtime:
     keep_freed_memory: str | bool = option(
         "auto", "keep freed heap memory for the next step (auto: on CPU)", enum=["auto", True, False]
     )
+    fuse: bool = option(False, "run a pack's students of one architecture as one network", type="boolean")
 
 
 @dataclass(frozen=True)

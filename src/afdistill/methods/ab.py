@@ -110,7 +110,7 @@ def _arch(network) -> str:
 @register_method("ab")
 class ActivationBoundaries(Method):
     label = "AB"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -257,7 +257,7 @@ def _check_option(method: str, key: str, value: Any, allowed: tuple) -> None:
 @register_method("afd")
 class AFD(Method):
     label = "AFD"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
     #: hyper-parameters a link-finding run must share with a ``linking: pretrained`` run (its links' shape)
     link_params = ("teacher_candidates", "student_candidates", "teacher_selection", "student_selection")
     # buffers (register_buffer: mypy would see Tensor | Module); fixed_alpha only with fixed links

@@ -45,7 +45,7 @@ def attention_map(features: Tensor, p: float, mapping: str) -> Tensor:
 @register_method("at")
 class AttentionTransfer(Method):
     label = "ATT"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -260,6 +260,11 @@ class Capabilities:
     #: networks' features of it as ``Batch.strong``: one more forward pass of each per step; only datasets
     #: held on the device provide it
     strong_view: bool = False
+    #: its step reaches the student only through the features of the engine's forward pass on the batch: no
+    #: forward, backward or ``after_step`` of its own through the student's parameters. With ``runtime.fuse``,
+    #: the students of one architecture in a pack may then run that pass as one network (``afdistill.fused``).
+    #: Opt-in: a method that breaks this would silently miss gradients; never with ``needs_input_grad``.
+    fuses: bool = False
     #: its own term reads the teacher's logits, so it needs a teacher of the same classes: logit methods do;
     #: feature methods, which a teacher of another task allows, do not (KD on top is ``kd_on_top``)
     reads_teacher_logits: bool = False
@@ -275,6 +280,8 @@ class Capabilities:
             raise ValueError("a 'heads' pre-stage and its Heads come together")
         if self.cuda_graphs and self.needs_input_grad:
             raise ValueError("a step that makes the input require grad cannot be a CUDA graph")
+        if self.fuses and self.needs_input_grad:
+            raise ValueError("a step that makes the input require grad cannot run its student fused with others")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor) -> Tensor:

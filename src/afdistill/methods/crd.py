@@ -49,7 +49,8 @@ def contrast_loss(scores: Tensor, n_data: int) -> Tensor:
 @register_method("crd")
 class CRD(Method):
     label = "CRD"
-    declared_capabilities = Capabilities(kd_on_top=True)  # no CUDA graph: it draws random negatives each step
+    # no CUDA graph: it draws random negatives each step
+    declared_capabilities = Capabilities(kd_on_top=True, fuses=True)
     # buffers (register_buffer: mypy would see Tensor | Module)
     train_labels: Tensor
     memory_s: Tensor

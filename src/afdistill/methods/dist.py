@@ -44,7 +44,7 @@ def dist_terms(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tu
 @register_method("dist")
 class DIST(Method):
     label = "DIST"
-    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -72,7 +72,7 @@ def _arch(network) -> str:
 @register_method("fact")
 class FullActivationTransfer(Method):
     label = "F-ActT"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -47,7 +47,7 @@ class ConvRegressor(nn.Module):
 @register_method("fitnet")
 class FitNet(Method):
     label = "FitNet"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ def _check_taps(context: Context) -> None:
 @register_method("fsp")
 class FSP(Method):
     label = "FSP"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,

@@ -171,6 +171,7 @@ class FactorTransfer(Method):
     declared_capabilities = Capabilities(
         cuda_graphs=True,
         kd_on_top=True,
+        fuses=True,
         pre_stage="heads",
         heads=Heads("ft_paraphraser", shared_params=("k",), train={"epochs": 30, "lr": 0.01, "lr_decay_epochs": []}),
     )  # RepDistiller helper/pretrain.py:20-36

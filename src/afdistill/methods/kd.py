@@ -14,7 +14,7 @@ class Vanilla(Method):
     """Cross-entropy only: the "Student" row, and how teachers are pretrained."""
 
     label = "Student"
-    declared_capabilities = Capabilities(needs_teacher=False, cuda_graphs=True)
+    declared_capabilities = Capabilities(needs_teacher=False, cuda_graphs=True, fuses=True)
 
     def __init__(self, context: Context):
         super().__init__(context)

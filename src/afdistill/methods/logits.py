@@ -84,7 +84,7 @@ class LogitMethod(Method):
     adds at its ``alpha`` goes through both as well (:meth:`kd_term`).
     """
 
-    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, reads_teacher_logits=True, fuses=True)
     ctkd_lambda: Tensor  # a buffer, with ctkd (register_buffer: mypy sees Tensor | Module otherwise)
 
     @classmethod

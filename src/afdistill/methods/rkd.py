@@ -38,7 +38,7 @@ def triplet_angles(embeddings: Tensor) -> Tensor:
 @register_method("rkd")
 class RKD(Method):
     label = "RKD"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
 
     def __init__(
         self,
