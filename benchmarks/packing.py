@@ -149,6 +149,7 @@ def main() -> None:
         f"{args.threads} thread(s) per process, {args.device}, torch {torch.__version__}; jobs: {', '.join(titles)}"
     )
     sizes = [size for size in args.sizes if size <= len(specs)]
+    specs, titles = specs[: max(sizes)], titles[: max(sizes)]  # a job in no pack is not timed alone either
     runs = [(f"alone:{index}", [spec]) for index, spec in enumerate(specs)]
     runs += [(f"pack:{size}", specs[:size]) for size in sizes]
     if args.fuse:

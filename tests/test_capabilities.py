@@ -89,6 +89,7 @@ def test_a_combinations_record_is_its_parts_records_combined(parts):
         cuda_graphs=all(r.cuda_graphs for r in records),
         strong_view=any(r.strong_view for r in records),
         fuses=all(r.fuses for r in records),
+        sets_gradients=any(r.sets_gradients for r in records),
         reads_teacher_logits=any(r.reads_teacher_logits for r in records),
         kd_on_top=True,
         methods_used=("combined", *(entry.get("method", name) for name, entry in parts.items())),

@@ -140,3 +140,80 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     finished = json.loads((tmp_path / "killed/metrics.json").read_text())
     assert [e["loss_total"] for e in finished["history"]] == [e["loss_total"] for e in double["history"]]
     assert finished["test_top1"] == double["test_top1"]
+
+
+def _rank_ddp_steps(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """Two steps of FitNet (its regressor is the method's own module) and of KD-SVD (which sets its gradients
+    itself): through DDP, as the engine runs them, and through the flat all-reduce after backward."""
+    from afdistill.engine import apply_gradients, compute_gradients
+    from afdistill.methods import Context, build_method, dry_run
+    from afdistill.models import create_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    group = distributed.Group(rank, world_size)
+    torch.manual_seed(0)
+    teacher = create_model("resnet14", 10).eval().requires_grad_(False)
+    images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    images, labels, indices = distributed.shard(group, images, labels, torch.arange(16))
+    results = {}
+    for name in ("fitnet", "kdsvd"):
+        runs = {}
+        for way in ("ddp", "all-reduce"):
+            torch.manual_seed(1)  # the same student and method both ways, built as the engine builds them
+            network = create_model("resnet8", 10)
+            context = Context(
+                network,
+                teacher,
+                dry_run(network, images[:2]),
+                dry_run(teacher, images[:2]),
+                10,
+                torch.arange(40) % 10,
+                8,
+                seed=0,
+            )
+            method = build_method(name, {}, context)
+            trainable = list(network.parameters()) + list(method.trainable_parameters())
+            runs["initial"] = [p.detach().clone() for p in trainable]
+            optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+            ddp = way == "ddp"
+            student_forward = distributed.data_parallel(group, network, images.device) if ddp else network
+            method_forward = (
+                distributed.data_parallel(group, method, images.device, every_step=False) if ddp else method
+            )
+            for epoch in (1, 2):
+                method.begin_epoch(epoch)
+                _, _, batch, teacher_out = compute_gradients(
+                    images,
+                    labels,
+                    indices,
+                    method=method,
+                    method_forward=method_forward,
+                    student_forward=student_forward,
+                    teacher_forward=teacher,
+                    optimizer=optimizer,
+                    bf16=False,
+                )
+                if ddp:
+                    apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
+                else:
+                    distributed.average_gradients(group, trainable)
+                    optimizer.step()
+            runs[way] = [p.detach().clone() for p in trainable]
+        results[name] = runs
+    if rank == 0:
+        torch.save(results, out_file)
+    distributed.stop(group)
+
+
+def test_ddp_averages_the_gradients_the_flat_all_reduce_averaged(tmp_path):
+    """The engine's data-parallel step (DDP on the student and on the method's modules; outside DDP's hooks for a
+    method that sets its gradients) moves every rank's weights exactly where averaging after backward did."""
+    torch.multiprocessing.spawn(
+        _rank_ddp_steps, args=(2, str(tmp_path / "init"), str(tmp_path / "steps.pt")), nprocs=2, join=True
+    )
+    results = torch.load(tmp_path / "steps.pt")
+    for name, runs in results.items():
+        assert len(runs["ddp"]) == len(runs["all-reduce"]) > 0
+        assert not torch.equal(runs["ddp"][0], runs["initial"][0]), name  # the student's first layer trained
+        for through_ddp, after_backward in zip(runs["ddp"], runs["all-reduce"]):
+            torch.testing.assert_close(through_ddp, after_backward, rtol=1e-6, atol=1e-7, msg=name)

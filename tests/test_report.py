@@ -129,7 +129,9 @@ def test_the_ablation_grid_writes_each_table_shaped_like_the_papers_and_figures_
     grid = Grid(yaml.safe_load(open("params/cifar100_ablations.yaml")))
     attention = [[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.0, 0.3, 0.7]], [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0, 0, 1.0]]]
     summaries = [
-        {
+        {  # an AFD run's epoch summary (methods.afd.AttentionRecord)
+            "teacher_candidates": [0, 9, 18],
+            "student_candidates": [2, 5, 8],
             "attention": a,
             "teacher_names": ["layer1.0", "layer2.0", "layer3.0"],
             "student_names": ["layer1.2", "layer2.2", "layer3.2"],

@@ -34,7 +34,7 @@ from .figures import (
     plot_manual_against_attention,
 )
 from .grid import Grid
-from .methods.afd import stage_output_links
+from .methods.afd import AttentionRecord, stage_output_links
 from .paper import PAPER_MATRICES
 
 Cells = dict[tuple[str, str, str], list[dict]]
@@ -117,10 +117,12 @@ def _attention_runs(grid: Grid, cells: Cells) -> list[tuple[str, str, dict]]:
     for pair in grid.pairs:
         firsts = [_first_seed(cells.get((pair.teacher, pair.student, run), [])) for run in pair.runs]
         records = [
-            r for r in firsts if r and r.get("summaries") and all("attention" in summary for summary in r["summaries"])
+            r
+            for r in firsts
+            if r and r.get("summaries") and len(AttentionRecord.history(r["summaries"])) == len(r["summaries"])
         ]
         if records:
-            size = lambda r: np.asarray(r["summaries"][-1]["attention"]).size  # noqa: E731
+            size = lambda r: np.asarray(AttentionRecord.history(r["summaries"])[-1]).size  # noqa: E731
             found.append((pair.teacher, pair.student, max(records, key=size)))
     return found
 
@@ -129,10 +131,11 @@ def link_figures(grid: Grid, cells: Cells, figures: Path) -> list[Path]:
     """Figure 3 (``attention_epochs.png``) and Figure 6 (``manual_vs_attention.png``), if any AFD run trained."""
     histories, comparisons = [], []
     for teacher, student, record in _attention_runs(grid, cells):
-        summaries = record["summaries"]
-        teacher_names, student_names = summaries[-1]["teacher_names"], summaries[-1]["student_names"]
+        last = AttentionRecord.of(record["summaries"][-1])
+        assert last is not None  # every epoch recorded attention (_attention_runs)
+        teacher_names, student_names = last.teacher_names, last.student_names
         manual = links_matrix(len(teacher_names), len(student_names), stage_output_links(teacher_names, student_names))
-        attention = [np.asarray(summary["attention"]) for summary in summaries]
+        attention = [np.asarray(alpha) for alpha in AttentionRecord.history(record["summaries"])]
         title = f"{teacher} → {student} ({record['spec']['run']}, seed {record['spec']['seed']})"
         histories.append(
             AttentionHistory(title, teacher_names, student_names, manual, list(range(1, len(attention) + 1)), attention)

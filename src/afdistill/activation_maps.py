@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .methods.afd import AttentionRecord  # noqa: E402
 from .models.features import block_names  # noqa: E402
 
 METHODS = {"at": "ATT", "l2t": "L2T", "afd": "AFD"}  # method type -> the paper's row label
@@ -65,7 +66,10 @@ def links(
     student_block_stage: list[int] | None = None,
 ) -> list[int] | None:
     """For each student stage, the teacher stage its strongest link reaches (None: the run recorded none)."""
-    if method != "at" and not ({"gates"} if method == "l2t" else {"attention"}) <= set(summary):
+    attention = AttentionRecord.of(summary) if method == "afd" else None
+    if (method == "l2t" and "gates" not in summary) or (
+        method == "afd" and (attention is None or attention.attention is None)
+    ):
         return None
     if method == "at":
         return [min(s, teacher_stages - 1) for s in range(student_stages)]
@@ -74,10 +78,11 @@ def links(
         return [int(gates[:, s].argmax()) for s in range(student_stages)]
     if method == "afd":
         assert teacher_block_stage is not None and student_block_stage is not None  # AFD's links need both
-        alpha = np.asarray(summary["attention"])  # teacher candidates x student candidates
+        assert attention is not None  # checked above
+        alpha = np.asarray(attention.attention)  # teacher candidates x student candidates
         by_stage = np.zeros((teacher_stages, student_stages))
-        for i, t in enumerate(summary["teacher_candidates"]):
-            for j, s in enumerate(summary["student_candidates"]):
+        for i, t in enumerate(attention.teacher_candidates):
+            for j, s in enumerate(attention.student_candidates):
                 by_stage[teacher_block_stage[t], student_block_stage[s]] += alpha[i, j]
         return [int(by_stage[:, s].argmax()) for s in range(student_stages)]
     raise ValueError(f"no links for method {method!r}; known: {', '.join(METHODS)}")

@@ -12,13 +12,19 @@ What each rank does, and why:
   (:func:`shard`), so a two-process job sees exactly the data, in the same
   order and with the same augmentation, that a one-process job with the same
   global batch sees;
-* after the backward pass the gradients of everything trained are averaged
-  over the ranks (:func:`average_gradients`): the step is the global batch's
-  mean gradient, as in one process (the schedule's learning rate is the
-  global batch's);
+* the student and the method's trainable modules run under torch's
+  DistributedDataParallel (:func:`data_parallel`), whose hooks average their
+  gradients over the ranks in buckets while the backward pass runs, as
+  torchvision's references train: the step is the global batch's mean
+  gradient, as in one process (the schedule's learning rate is the global
+  batch's). A method that sets its gradients itself instead of one backward
+  pass (``Capabilities.sets_gradients``: MHGD's and KD-SVD's clipping) steps
+  outside those hooks (``no_sync``), and its gradients are averaged after its
+  backward in one flat all-reduce (:func:`average_gradients`);
 * BatchNorm normalises each rank's slice with that slice's statistics (as
   DistributedDataParallel does without SyncBatchNorm), and the running
-  statistics are averaged over the ranks at the end of every epoch
+  statistics (not broadcast from rank 0 at every forward pass, as DDP's
+  ``broadcast_buffers`` would) are averaged over the ranks at the end of every epoch
   (:func:`average_buffers`), so every rank evaluates, and rank 0 saves, the
   same network. This, and losses that relate the samples of a batch (CRD's
   memory bank sees each rank's slice; RKD, DIST and MLKD's batch terms
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +96,38 @@ def shard(group: Group, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     start_at = size * group.rank // group.world_size
     stop_at = size * (group.rank + 1) // group.world_size
     return tuple(tensor[start_at:stop_at] for tensor in tensors)
+
+
+def data_parallel(group: Group, module: nn.Module | None, device: torch.device, every_step: bool = True):
+    """``module`` under DistributedDataParallel in a data-parallel job (as it is otherwise, or with nothing to
+    train). ``every_step``: every parameter gets a gradient at every step (the student); a method's modules may
+    sit some steps out, which DDP then looks for. BatchNorm buffers are left to :func:`average_buffers`."""
+    if not group.active or module is None or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        module,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+        find_unused_parameters=not every_step,
+    )
+
+
+def unwrapped(module):
+    """The network inside a DDP wrapper (anything else as it is)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def no_sync(*modules) -> ExitStack:
+    """DDP's hooks off for a step whose gradients are set outside a backward pass (then :func:`average_gradients`)."""
+    stack = ExitStack()
+    for module in modules:
+        if hasattr(module, "no_sync"):
+            stack.enter_context(module.no_sync())
+    return stack
 
 
 def average_gradients(group: Group, parameters: list[nn.Parameter]) -> None:

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -458,6 +458,8 @@ def _start(specs: list[JobSpec]) -> tuple[torch.device, distributed.Group, list[
         # gradients are all-reduced between the graph's kernels, or the teacher's forward is shared between
         # steps: no CUDA graph
         runtimes = [replace(runtime, cuda_graphs=False) for runtime in runtimes]
+    if group.active:  # DDP's hooks read each student's own backward pass: no fused students
+        runtimes = [replace(runtime, fuse=False) for runtime in runtimes]
     if device.type == "cuda":
         set_cuda_determinism(runtimes[0].deterministic)
     if runtimes[0].keep_freed_memory:
@@ -473,8 +475,9 @@ class Student:
     runtime: Resolved
     state: Trainable
     teacher: nn.Module | None
-    student_forward: Any
+    student_forward: Any  # under DistributedDataParallel in a data-parallel job
     teacher_forward: Any
+    method_forward: Any  # the method, under DistributedDataParallel in a data-parallel job (if it trains modules)
     trainable: list[nn.Parameter]
     progress: Progress
     identity: str
@@ -525,6 +528,10 @@ def _prepare(
     method = _build_method(spec, data, networks, member.artifact, device)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     student_forward, teacher_forward = _forwards(networks, layout, runtime.compile, fold_teacher=not shares_teacher)
+    # DDP averages the gradients in its backward hooks; wrapped before resuming, so that its start-up broadcast
+    # copies rank 0's initial weights, which every rank has already (same seed)
+    student_forward = distributed.data_parallel(group, student_forward, device)
+    method_forward = distributed.data_parallel(group, method, device, every_step=False)
     trainable = (list(student.parameters()) if student is not None else []) + list(method.trainable_parameters())
     schedule = spec.schedule
     optimizer = torch.optim.SGD(
@@ -557,6 +564,7 @@ def _prepare(
         teacher,
         student_forward,
         teacher_forward,
+        method_forward,
         trainable,
         progress,
         identity,
@@ -573,6 +581,7 @@ def _step_of(student: Student, group: distributed.Group, shared: SharedForward |
     step = partial(
         train_step,
         method=student.state.method,
+        method_forward=student.method_forward,
         student=student.state.student,
         student_forward=student.student_forward,
         teacher_forward=shared if shared is not None else student.teacher_forward,
@@ -634,7 +643,8 @@ def _end_epoch(student: Student, epoch: int, metrics: dict[str, float], data: De
     spec, state, progress = student.spec, student.state, student.progress
     distributed.average_buffers(group, state.student)
     if state.student is not None:
-        test = evaluate(state.student, data, runtime=student.runtime, forward=student.student_forward)
+        forward = distributed.unwrapped(student.student_forward)
+        test = evaluate(state.student, data, runtime=student.runtime, forward=forward)
         metrics.update(test_top1=test["top1"], test_top5=test["top5"])
     _check_finite(spec, epoch, metrics)
     summary = state.method.epoch_summary()
@@ -741,6 +751,7 @@ def train_step(
     indices: torch.Tensor,
     *strong_images: torch.Tensor,
     method: Method,
+    method_forward,
     student: nn.Module | None,
     student_forward,
     teacher_forward,
@@ -760,6 +771,7 @@ def train_step(
         indices,
         *strong_images,
         method=method,
+        method_forward=method_forward,
         student_forward=student_forward,
         teacher_forward=teacher_forward,
         optimizer=optimizer,
@@ -777,26 +789,37 @@ def compute_gradients(
     indices: torch.Tensor,
     *strong_images: torch.Tensor,
     method: Method,
+    method_forward,
     student_forward,
     teacher_forward,
     optimizer: torch.optim.Optimizer,
     bf16: bool,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, Batch, Features | None]:
     """The first half of a step: both networks' forward passes (``student_forward``, ``teacher_forward``;
-    bfloat16 autocast with ``bf16``), the method's terms, the optimiser's gradients cleared and the method's
-    backward. Returns the terms and logits (detached), and the batch and teacher features the second half reads."""
+    bfloat16 autocast with ``bf16``), the method's terms (``method_forward``: the method, or the method under
+    DDP), the optimiser's gradients cleared and the method's backward. Returns the terms and logits (detached),
+    and the batch and teacher features the second half reads.
+
+    In a data-parallel job DDP's hooks average the gradients during the backward pass; a method that sets them
+    itself steps without its hooks (they are averaged in :func:`apply_gradients`). The strong view's pass runs
+    the network itself: DDP takes one forward pass per backward, and both passes' gradients meet in the
+    parameters before its hooks read them."""
     if method.caps.needs_input_grad:
         images.requires_grad_(True)
-    student_out, teacher_out = forward_both(images, student_forward, teacher_forward, bf16)
-    strong = (
-        View(strong_images[0], *forward_both(strong_images[0], student_forward, teacher_forward, bf16))
-        if strong_images
-        else None
-    )
-    batch = Batch(images, labels, indices, strong)
-    terms = method(student_out, teacher_out, batch)
-    optimizer.zero_grad(set_to_none=True)
-    method.backward(terms)
+    with distributed.no_sync(student_forward, method_forward) if method.caps.sets_gradients else nullcontext():
+        student_out, teacher_out = forward_both(images, student_forward, teacher_forward, bf16)
+        strong = (
+            View(
+                strong_images[0],
+                *forward_both(strong_images[0], distributed.unwrapped(student_forward), teacher_forward, bf16),
+            )
+            if strong_images
+            else None
+        )
+        batch = Batch(images, labels, indices, strong)
+        terms = method_forward(student_out, teacher_out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(terms)
     logits = student_out.logits.detach() if student_out is not None else None
     return {name: value.detach() for name, value in terms.items()}, logits, batch, teacher_out
 
@@ -810,9 +833,10 @@ def apply_gradients(
     trainable: list[nn.Parameter],
     group: distributed.Group,
 ) -> None:
-    """The second half of a step: the gradients of ``trainable`` averaged over ``group``, the optimiser's step,
-    the method's ``after_step``."""
-    distributed.average_gradients(group, trainable)
+    """The second half of a step: the gradients of ``trainable`` averaged over ``group`` where DDP did not (a
+    method that sets them itself), the optimiser's step, the method's ``after_step``."""
+    if method.caps.sets_gradients:
+        distributed.average_gradients(group, trainable)
     optimizer.step()
     method.after_step(batch, student, teacher_out, optimizer)
 
@@ -1035,6 +1059,7 @@ def _fused_half(student: Student, fused: FusedStudents, shared: SharedForward | 
         labels,
         indices,
         method=student.state.method,
+        method_forward=student.method_forward,
         student_forward=lambda images, with_features=True: fused.features_of(network),
         teacher_forward=shared if shared is not None else student.teacher_forward,
         optimizer=student.state.optimizer,

@@ -21,6 +21,7 @@ import torch
 from .engine import Result
 from .figures import plot_links
 from .files import atomic_write
+from .methods.afd import AttentionRecord
 
 if TYPE_CHECKING:
     from .methods.afd import AFD
@@ -49,7 +50,7 @@ def write(result: Result, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     spec = result.record["spec"]
     matrix = converged_attention(result)
-    history = [s["attention"] for s in result.record["summaries"] if "attention" in s]
+    history = AttentionRecord.history(result.record["summaries"])
     record = {
         "teacher": spec["teacher"],
         "student": spec["arch"],
@@ -73,13 +74,13 @@ def write(result: Result, out_dir: str | Path) -> dict:
         picks = sorted({0, len(history) // 2, len(history) - 1})
         panels = [(f"epoch {i + 1} (train mean)", np.asarray(history[i]).T) for i in picks]
     panels.append(("converged (train set)", matrix.numpy().T))
-    last = result.record["summaries"][-1] if result.record["summaries"] else {}
+    last = AttentionRecord.of(result.record["summaries"][-1] if result.record["summaries"] else None)
     plot_links(
         panels,
         f"AFD links {spec['teacher']} -> {spec['arch']} ({spec['dataset']})",
         out_dir / "links.png",
-        teacher_names=last.get("teacher_names"),
-        student_names=last.get("student_names"),
+        teacher_names=last.teacher_names if last else None,
+        student_names=last.student_names if last else None,
     )
     return record
 

@@ -167,17 +167,19 @@ def log_attention(result, out, tracker) -> None:
     import numpy as np
 
     from ..figures import plot_links
+    from ..methods.afd import AttentionRecord
 
     summaries = result.record["summaries"]
-    if not summaries or "attention" not in summaries[-1]:
+    last = AttentionRecord.of(summaries[-1] if summaries else None)
+    if last is None or last.attention is None:
         return
     spec = result.record["spec"]
     path = out / "attention.png"
     plot_links(
-        [("last epoch (train mean)", np.asarray(summaries[-1]["attention"]).T)],
+        [("last epoch (train mean)", np.asarray(last.attention).T)],
         f"{spec['teacher']} -> {spec['arch']} {spec['run']}",
         path,
-        teacher_names=summaries[-1].get("teacher_names"),
-        student_names=summaries[-1].get("student_names"),
+        teacher_names=last.teacher_names,
+        student_names=last.student_names,
     )
     tracker.log_artifact(path)

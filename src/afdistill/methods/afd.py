@@ -71,7 +71,8 @@ mean attention, so each run's metrics.json holds them.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Annotated, Any, cast
 
 import torch
@@ -254,6 +255,36 @@ def _check_option(method: str, key: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"methods.{method}.{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
+@dataclass(frozen=True)
+class AttentionRecord:
+    """What an AFD run records of its candidates and links at the end of every epoch (its ``epoch_summary``,
+    kept in ``metrics.json``'s ``summaries``), as the links stage, the figures and the reports read it: written
+    and read here only."""
+
+    teacher_candidates: list[int]  # block indices of the teacher's candidates
+    student_candidates: list[int]
+    teacher_names: list[str]  # their block names (``layer<k>.<j>``)
+    student_names: list[str]
+    links: list[list[str]] | None = None  # fixed (teacher, student) block-name links of a run that learns none
+    attention: Any = None  # the epoch's mean alpha, teacher x student candidates (``linking: afd``)
+
+    def summary(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any] | None) -> AttentionRecord | None:
+        """The record in an epoch's summary; None for a summary of another method."""
+        if not summary or "teacher_candidates" not in summary:
+            return None
+        return cls(**{f.name: summary.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]  # as written
+
+    @classmethod
+    def history(cls, summaries: list[Mapping[str, Any]]) -> list[Any]:
+        """The mean alpha of every epoch that learnt one, in order."""
+        records = [cls.of(summary) for summary in summaries]
+        return [record.attention for record in records if record is not None and record.attention is not None]
+
+
 @register_method("afd")
 class AFD(Method):
     label = "AFD"
@@ -407,25 +438,23 @@ class AFD(Method):
         loss = (distances * alpha).sum((1, 2)).mean()
         return {"afd": self.beta * loss}
 
-    def choices(self) -> dict[str, Any]:
+    def choices(self) -> AttentionRecord:
         """The candidates (block indices and names) and fixed links this run uses, for reports."""
-        record = {
-            "teacher_candidates": list(self.teacher_candidates),
-            "student_candidates": list(self.student_candidates),
-            "teacher_names": list(self.teacher_names),
-            "student_names": list(self.student_names),
-        }
-        if self.fixed_links:
-            record["links"] = [list(pair) for pair in self.fixed_links]
-        return record
+        return AttentionRecord(
+            teacher_candidates=list(self.teacher_candidates),
+            student_candidates=list(self.student_candidates),
+            teacher_names=list(self.teacher_names),
+            student_names=list(self.student_names),
+            links=[list(pair) for pair in self.fixed_links] if self.fixed_links else None,
+        )
 
     def epoch_summary(self) -> dict:
-        summary = self.choices()
+        record = self.choices()
         if self.linking == "afd" and self.attention_count:
-            summary["attention"] = (self.attention_sum / self.attention_count).cpu()
+            record = replace(record, attention=(self.attention_sum / self.attention_count).cpu())
             self.attention_sum.zero_()
             self.attention_count.zero_()
-        return summary
+        return record.summary()
 
 
 @register_method("afd_pretrained")

@@ -265,6 +265,10 @@ class Capabilities:
     #: the students of one architecture in a pack may then run that pass as one network (``afdistill.fused``).
     #: Opt-in: a method that breaks this would silently miss gradients; never with ``needs_input_grad``.
     fuses: bool = False
+    #: its ``backward`` sets the gradients itself (``torch.autograd.grad``, then ``.grad =``: MHGD's and KD-SVD's
+    #: clipping) instead of one backward pass through them: in a data-parallel job, DistributedDataParallel's
+    #: hooks never see them, so the engine averages them over the processes after it (``afdistill.distributed``)
+    sets_gradients: bool = False
     #: its own term reads the teacher's logits, so it needs a teacher of the same classes: logit methods do;
     #: feature methods, which a teacher of another task allows, do not (KD on top is ``kd_on_top``)
     reads_teacher_logits: bool = False
@@ -280,6 +284,8 @@ class Capabilities:
             raise ValueError("a 'heads' pre-stage and its Heads come together")
         if self.cuda_graphs and self.needs_input_grad:
             raise ValueError("a step that makes the input require grad cannot be a CUDA graph")
+        if self.fuses and self.sets_gradients:
+            raise ValueError("a step that sets the student's gradients itself cannot run its student fused")
         if self.fuses and self.needs_input_grad:
             raise ValueError("a step that makes the input require grad cannot run its student fused with others")
 

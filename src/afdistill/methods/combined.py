@@ -217,6 +217,7 @@ class Combined(Method):
             cuda_graphs=bool(parts) and all(caps.cuda_graphs for *_, caps in parts),
             strong_view=any(caps.strong_view for *_, caps in parts),
             fuses=bool(parts) and all(caps.fuses for *_, caps in parts),
+            sets_gradients=any(caps.sets_gradients for *_, caps in parts),
             reads_teacher_logits=any(caps.reads_teacher_logits for *_, caps in parts),
             kd_on_top=True,
             methods_used=(cls.method_name, *(method for _, method, _, _ in parts)),

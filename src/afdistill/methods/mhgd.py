@@ -226,6 +226,7 @@ class MHGD(Method):
     # grid's, 0.1 in its grids)
     declared_capabilities = Capabilities(
         kd_on_top=True,
+        sets_gradients=True,
         pre_stage="heads",
         heads=Heads("mhan", shared_params=("num_heads",), train={"epochs": 20, "lr_decay_epochs": []}),
     )
