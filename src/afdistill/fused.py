@@ -45,7 +45,10 @@ class FusedStudents:
     def compute(self, images: Tensor, bf16: bool) -> None:
         """The fused forward pass on a batch (bfloat16 autocast with ``bf16``); every student's features kept for
         its step (:meth:`features_of`)."""
-        params = {name: torch.stack([p[name] for p in self.parameters]) for name in self.parameters[0]}
+        # NCHW, maps and weights: on channels-last maps adaptive pooling restrides its output in place, which vmap
+        # runs student by student (its fallback), and grouped kernels gain nothing from that layout
+        images = images.contiguous()
+        params = {name: torch.stack([p[name] for p in self.parameters]).contiguous() for name in self.parameters[0]}
         buffers = {name: torch.stack([b[name] for b in self.buffers]) for name in self.buffers[0]}
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             # randomness="error": a network that draws random numbers (dropout) would not draw each student's own
