@@ -217,3 +217,60 @@ def test_ddp_averages_the_gradients_the_flat_all_reduce_averaged(tmp_path):
         assert not torch.equal(runs["ddp"][0], runs["initial"][0]), name  # the student's first layer trained
         for through_ddp, after_backward in zip(runs["ddp"], runs["all-reduce"]):
             torch.testing.assert_close(through_ddp, after_backward, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def _rank_l2t_steps(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """Two of the engine's data-parallel L2T steps; each rank saves its meta-networks."""
+    from afdistill.engine import apply_gradients, compute_gradients
+    from afdistill.methods import Context, build_method, dry_run
+    from afdistill.models import create_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    group = distributed.Group(rank, world_size)
+    torch.manual_seed(0)
+    teacher = create_model("resnet14", 10).eval().requires_grad_(False)
+    network = create_model("resnet8", 10)
+    images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    images, labels, indices = distributed.shard(group, images, labels, torch.arange(16))
+    context = Context(
+        network,
+        teacher,
+        dry_run(network, images[:2]),
+        dry_run(teacher, images[:2]),
+        10,
+        torch.arange(40) % 10,
+        8,
+        seed=0,
+    )
+    method = build_method("l2t", {}, context)
+    initial = [p.detach().clone() for p in method.matching.meta_parameters()]
+    trainable = list(network.parameters()) + list(method.trainable_parameters())
+    optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    student_forward = distributed.data_parallel(group, network, images.device)
+    method_forward = distributed.data_parallel(group, method, images.device, every_step=False)
+    for epoch in (1, 2):
+        method.begin_epoch(epoch)
+        _, _, batch, teacher_out = compute_gradients(
+            images,
+            labels,
+            indices,
+            method=method,
+            method_forward=method_forward,
+            student_forward=student_forward,
+            teacher_forward=teacher,
+            optimizer=optimizer,
+            bf16=False,
+        )
+        apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
+    meta = [p.detach().clone() for p in method.matching.meta_parameters()]
+    torch.save({"initial": initial, "meta": meta}, f"{out_dir}/rank{rank}.pt")
+    distributed.stop(group)
+
+
+def test_l2t_meta_networks_stay_equal_on_every_process(tmp_path):
+    """Each process takes L2T's meta-gradient through its own slice; their mean keeps the meta-networks equal."""
+    torch.multiprocessing.spawn(_rank_l2t_steps, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    assert not all(torch.equal(a, b) for a, b in zip(first["meta"], first["initial"]))  # the meta-networks moved
+    for a, b in zip(first["meta"], second["meta"]):
+        assert torch.equal(a, b)

@@ -97,6 +97,19 @@ def _zero_gradients_in_place(params: list[Tensor]) -> None:
             p.grad.zero_()
 
 
+def _mean_over_processes(parameters: list[nn.Parameter]) -> None:
+    """In a data-parallel job each process takes the meta-gradient through its own slice of the batch; their mean
+    keeps the meta-networks equal on every process (L2T-ww trains on one GPU; one process is left as it is). Taken
+    before the finiteness check, so that a non-finite meta-gradient stops every process, not one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world_size = torch.distributed.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= world_size
+
+
 @register_method("l2t")
 class L2T(Method):
     label = "L2T"
@@ -223,6 +236,7 @@ class L2T(Method):
             ]
         # `restore` left the student where the real step put it (the reference's rollback=True).
         optimizer.zero_grad(set_to_none=True)
+        _mean_over_processes(self.matching.meta_parameters())
         self._check_finite(teacher, lr)
         self.meta_optimizer.step()
 
