@@ -221,8 +221,11 @@ def test_ddp_averages_the_gradients_the_flat_all_reduce_averaged(tmp_path):
 
 def _rank_l2t_steps(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     """Two of the engine's data-parallel L2T steps; each rank saves its meta-networks."""
+    from typing import cast
+
     from afdistill.engine import apply_gradients, compute_gradients
     from afdistill.methods import Context, build_method, dry_run
+    from afdistill.methods.l2t import L2T
     from afdistill.models import create_model
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -243,7 +246,8 @@ def _rank_l2t_steps(rank: int, world_size: int, init_file: str, out_dir: str) ->
         seed=0,
     )
     method = build_method("l2t", {}, context)
-    initial = [p.detach().clone() for p in method.matching.meta_parameters()]
+    matching = cast(L2T, method).matching
+    initial = [p.detach().clone() for p in matching.meta_parameters()]
     trainable = list(network.parameters()) + list(method.trainable_parameters())
     optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9, weight_decay=5e-4)
     student_forward = distributed.data_parallel(group, network, images.device)
@@ -262,7 +266,7 @@ def _rank_l2t_steps(rank: int, world_size: int, init_file: str, out_dir: str) ->
             bf16=False,
         )
         apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
-    meta = [p.detach().clone() for p in method.matching.meta_parameters()]
+    meta = [p.detach().clone() for p in matching.meta_parameters()]
     torch.save({"initial": initial, "meta": meta}, f"{out_dir}/rank{rank}.pt")
     distributed.stop(group)
 
