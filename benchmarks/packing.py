@@ -162,23 +162,27 @@ def main() -> None:
             walls[name].append(
                 timed({**common, "specs": [m.to_dict() for m in members]}, folder, name.replace(":", "_"))
             )
-        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+        # the tables so far after every round, so that a run cut short (gpu.sh's time limit) keeps its figures
+        print(f"\nafter round {round_index + 1}/{args.rounds}:", flush=True)
+        report(walls, sizes, titles, args.steps * batch, args.fuse)
 
-    images = args.steps * batch
+
+def report(walls: dict[str, list[float]], sizes: list[int], titles: list[str], images: int, fuse: bool) -> None:
+    """Medians and per-round ratios over the rounds done, images/s per student."""
     print(
-        f"\n{'jobs':>6} {'packed s':>9} {'separate s':>11} {'ratio (per round)':>32} "
+        f"{'jobs':>6} {'packed s':>9} {'separate s':>11} {'ratio (per round)':>32} "
         f"{'img/s/student':>14} {'separate':>9}"
     )
     for size in sizes:
         packed = walls[f"pack:{size}"]
-        separate = [sum(walls[f"alone:{index}"][r] for index in range(size)) for r in range(args.rounds)]
+        separate = [sum(walls[f"alone:{index}"][r] for index in range(size)) for r in range(len(packed))]
         ratios = [p / s for p, s in zip(packed, separate)]
         print(
             f"{size:>6} {statistics.median(packed):>9.1f} {statistics.median(separate):>11.1f} "
             f"{statistics.median(ratios):>7.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
             f"{images * size / statistics.median(packed):>14.1f} {images * size / statistics.median(separate):>9.1f}"
         )
-    if args.fuse:
+    if fuse:
         print(f"\n{'jobs':>6} {'fused s':>9} {'packed s':>9} {'ratio (per round)':>32} {'img/s/student':>14}")
         for size in sizes:
             fused_walls, packed = walls[f"fused:{size}"], walls[f"pack:{size}"]
@@ -189,8 +193,9 @@ def main() -> None:
                 f"{images * size / statistics.median(fused_walls):>14.1f}"
             )
     print(
-        "\nseparate processes, median wall s: "
-        + ", ".join(f"{title} {statistics.median(walls[f'alone:{index}']):.1f}" for index, title in enumerate(titles))
+        "separate processes, median wall s: "
+        + ", ".join(f"{title} {statistics.median(walls[f'alone:{index}']):.1f}" for index, title in enumerate(titles)),
+        flush=True,
     )
 
 
