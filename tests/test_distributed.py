@@ -142,64 +142,57 @@ def test_two_gloo_processes_train_what_one_process_trains_with_the_same_global_b
     assert finished["test_top1"] == double["test_top1"]
 
 
-def _rank_ddp_steps(rank: int, world_size: int, init_file: str, out_file: str) -> None:
-    """Two steps of FitNet (its regressor is the method's own module) and of KD-SVD (which sets its gradients
-    itself): through DDP, as the engine runs them, and through the flat all-reduce after backward."""
+def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0):
+    """A resnet8 student and method ``name`` (seeded: the same both ways), distilled from a resnet14 for two steps
+    on this rank's slice of one batch, as the engine steps: under DDP (``ddp``) or averaged after backward.
+    Returns the student, the method and the trained parameters before and after."""
     from afdistill.engine import apply_gradients, compute_gradients
     from afdistill.methods import Context, build_method, dry_run
     from afdistill.models import create_model
 
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    group = distributed.Group(rank, world_size)
     torch.manual_seed(0)
     teacher = create_model("resnet14", 10).eval().requires_grad_(False)
     images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     images, labels, indices = distributed.shard(group, images, labels, torch.arange(16))
+    network = create_model("resnet8", 10)
+    samples = dry_run(network, images[:2]), dry_run(teacher, images[:2])
+    method = build_method(name, {}, Context(network, teacher, *samples, 10, torch.arange(40) % 10, 8, seed=0))
+    trainable = list(network.parameters()) + list(method.trainable_parameters())
+    initial = [p.detach().clone() for p in trainable]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    student_forward = distributed.data_parallel(group, network, images.device) if ddp else network
+    method_forward = distributed.data_parallel(group, method, images.device, every_step=False) if ddp else method
+    for epoch in (1, 2):
+        method.begin_epoch(epoch)
+        _, _, batch, teacher_out = compute_gradients(
+            images,
+            labels,
+            indices,
+            method=method,
+            method_forward=method_forward,
+            student_forward=student_forward,
+            teacher_forward=teacher,
+            optimizer=optimizer,
+            bf16=False,
+        )
+        if ddp:
+            apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
+        else:
+            distributed.average_gradients(group, trainable)
+            optimizer.step()
+    return network, method, initial, [p.detach().clone() for p in trainable]
+
+
+def _rank_ddp_steps(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """Two steps of FitNet (its regressor is the method's own module) and of KD-SVD (which sets its gradients
+    itself): through DDP, as the engine runs them, and through the flat all-reduce after backward."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    group = distributed.Group(rank, world_size)
     results = {}
     for name in ("fitnet", "kdsvd"):
-        runs = {}
-        for way in ("ddp", "all-reduce"):
-            torch.manual_seed(1)  # the same student and method both ways, built as the engine builds them
-            network = create_model("resnet8", 10)
-            context = Context(
-                network,
-                teacher,
-                dry_run(network, images[:2]),
-                dry_run(teacher, images[:2]),
-                10,
-                torch.arange(40) % 10,
-                8,
-                seed=0,
-            )
-            method = build_method(name, {}, context)
-            trainable = list(network.parameters()) + list(method.trainable_parameters())
-            runs["initial"] = [p.detach().clone() for p in trainable]
-            optimizer = torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
-            ddp = way == "ddp"
-            student_forward = distributed.data_parallel(group, network, images.device) if ddp else network
-            method_forward = (
-                distributed.data_parallel(group, method, images.device, every_step=False) if ddp else method
-            )
-            for epoch in (1, 2):
-                method.begin_epoch(epoch)
-                _, _, batch, teacher_out = compute_gradients(
-                    images,
-                    labels,
-                    indices,
-                    method=method,
-                    method_forward=method_forward,
-                    student_forward=student_forward,
-                    teacher_forward=teacher,
-                    optimizer=optimizer,
-                    bf16=False,
-                )
-                if ddp:
-                    apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
-                else:
-                    distributed.average_gradients(group, trainable)
-                    optimizer.step()
-            runs[way] = [p.detach().clone() for p in trainable]
-        results[name] = runs
+        *_, initial, through_ddp = _two_steps(group, name, ddp=True, lr=0.1)
+        *_, after_backward = _two_steps(group, name, ddp=False, lr=0.1)
+        results[name] = {"initial": initial, "ddp": through_ddp, "all-reduce": after_backward}
     if rank == 0:
         torch.save(results, out_file)
     distributed.stop(group)
@@ -220,54 +213,18 @@ def test_ddp_averages_the_gradients_the_flat_all_reduce_averaged(tmp_path):
 
 
 def _rank_l2t_steps(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    """Two of the engine's data-parallel L2T steps; each rank saves its meta-networks."""
+    """Two of the engine's data-parallel L2T steps; each rank saves its meta-networks, before and after."""
     from typing import cast
 
-    from afdistill.engine import apply_gradients, compute_gradients
-    from afdistill.methods import Context, build_method, dry_run
     from afdistill.methods.l2t import L2T
-    from afdistill.models import create_model
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     group = distributed.Group(rank, world_size)
-    torch.manual_seed(0)
-    teacher = create_model("resnet14", 10).eval().requires_grad_(False)
-    network = create_model("resnet8", 10)
-    images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
-    images, labels, indices = distributed.shard(group, images, labels, torch.arange(16))
-    context = Context(
-        network,
-        teacher,
-        dry_run(network, images[:2]),
-        dry_run(teacher, images[:2]),
-        10,
-        torch.arange(40) % 10,
-        8,
-        seed=0,
-    )
-    method = build_method("l2t", {}, context)
-    matching = cast(L2T, method).matching
-    initial = [p.detach().clone() for p in matching.meta_parameters()]
-    trainable = list(network.parameters()) + list(method.trainable_parameters())
-    optimizer = torch.optim.SGD(trainable, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    student_forward = distributed.data_parallel(group, network, images.device)
-    method_forward = distributed.data_parallel(group, method, images.device, every_step=False)
-    for epoch in (1, 2):
-        method.begin_epoch(epoch)
-        _, _, batch, teacher_out = compute_gradients(
-            images,
-            labels,
-            indices,
-            method=method,
-            method_forward=method_forward,
-            student_forward=student_forward,
-            teacher_forward=teacher,
-            optimizer=optimizer,
-            bf16=False,
-        )
-        apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
-    meta = [p.detach().clone() for p in matching.meta_parameters()]
-    torch.save({"initial": initial, "meta": meta}, f"{out_dir}/rank{rank}.pt")
+    _, method, _, _ = _two_steps(group, "l2t", ddp=True, lr=0.01, weight_decay=5e-4)
+    l2t = cast(L2T, method)
+    meta = [p.detach().clone() for p in l2t.matching.meta_parameters()]
+    steps = [state["step"] for state in l2t.meta_optimizer.state_dict()["state"].values()]  # Adam's, per tensor
+    torch.save({"meta": meta, "meta_steps": steps}, f"{out_dir}/rank{rank}.pt")
     distributed.stop(group)
 
 
@@ -275,6 +232,6 @@ def test_l2t_meta_networks_stay_equal_on_every_process(tmp_path):
     """Each process takes L2T's meta-gradient through its own slice; their mean keeps the meta-networks equal."""
     torch.multiprocessing.spawn(_rank_l2t_steps, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
-    assert not all(torch.equal(a, b) for a, b in zip(first["meta"], first["initial"]))  # the meta-networks moved
+    assert first["meta_steps"] and all(int(step) == 2 for step in first["meta_steps"])  # two meta-steps were taken
     for a, b in zip(first["meta"], second["meta"]):
         assert torch.equal(a, b)
