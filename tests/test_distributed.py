@@ -147,13 +147,15 @@ def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0
     on this rank's slice of one batch, as the engine steps: under DDP (``ddp``) or averaged after backward.
     Returns the student, the method and the trained parameters before and after."""
     from afdistill.engine import apply_gradients, compute_gradients
-    from afdistill.methods import Context, build_method, dry_run
+    from afdistill.methods import Context, build_method, dry_run, method_class
     from afdistill.models import create_model
 
     torch.manual_seed(0)
     teacher = create_model("resnet14", 10).eval().requires_grad_(False)
     images, labels = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
-    images, labels, indices = distributed.shard(group, images, labels, torch.arange(16))
+    strong = images.flip(-1)  # a second view, for a method that trains on one (MLKD)
+    images, labels, indices, strong = distributed.shard(group, images, labels, torch.arange(16), strong)
+    views = (strong,) if method_class(name).capabilities({}).strong_view else ()
     network = create_model("resnet8", 10)
     samples = dry_run(network, images[:2]), dry_run(teacher, images[:2])
     method = build_method(name, {}, Context(network, teacher, *samples, 10, torch.arange(40) % 10, 8, seed=0))
@@ -168,6 +170,7 @@ def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0
             images,
             labels,
             indices,
+            *views,
             method=method,
             method_forward=method_forward,
             student_forward=student_forward,
@@ -184,12 +187,13 @@ def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0
 
 
 def _rank_ddp_steps(rank: int, world_size: int, init_file: str, out_file: str) -> None:
-    """Two steps of FitNet (its regressor is the method's own module) and of KD-SVD (which sets its gradients
-    itself): through DDP, as the engine runs them, and through the flat all-reduce after backward."""
+    """Two steps of FitNet (its regressor is the method's own module), KD-SVD (which sets its gradients itself)
+    and MLKD (a second forward pass, on the strong view): through DDP, as the engine runs them, and through the
+    flat all-reduce after backward."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     group = distributed.Group(rank, world_size)
     results = {}
-    for name in ("fitnet", "kdsvd"):
+    for name in ("fitnet", "kdsvd", "mlkd"):
         *_, initial, through_ddp = _two_steps(group, name, ddp=True, lr=0.1)
         *_, after_backward = _two_steps(group, name, ddp=False, lr=0.1)
         results[name] = {"initial": initial, "ddp": through_ddp, "all-reduce": after_backward}
@@ -200,7 +204,8 @@ def _rank_ddp_steps(rank: int, world_size: int, init_file: str, out_file: str) -
 
 def test_ddp_averages_the_gradients_the_flat_all_reduce_averaged(tmp_path):
     """The engine's data-parallel step (DDP on the student and on the method's modules; outside DDP's hooks for a
-    method that sets its gradients) moves every rank's weights exactly where averaging after backward did."""
+    method that sets its gradients; the strong view's pass beside DDP's) moves every rank's weights where
+    averaging after backward did."""
     torch.multiprocessing.spawn(
         _rank_ddp_steps, args=(2, str(tmp_path / "init"), str(tmp_path / "steps.pt")), nprocs=2, join=True
     )
