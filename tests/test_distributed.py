@@ -146,7 +146,7 @@ def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0
     """A resnet8 student and method ``name`` (seeded: the same both ways), distilled from a resnet14 for two steps
     on this rank's slice of one batch, as the engine steps: under DDP (``ddp``) or averaged after backward.
     Returns the student, the method and the trained parameters before and after."""
-    from afdistill.engine import apply_gradients, compute_gradients
+    from afdistill.engine import compute_gradients, train_step
     from afdistill.methods import Context, build_method, dry_run, method_class
     from afdistill.models import create_model
 
@@ -162,25 +162,22 @@ def _two_steps(group, name: str, ddp: bool, lr: float, weight_decay: float = 0.0
     trainable = list(network.parameters()) + list(method.trainable_parameters())
     initial = [p.detach().clone() for p in trainable]
     optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    student_forward = distributed.data_parallel(group, network, images.device) if ddp else network
-    method_forward = distributed.data_parallel(group, method, images.device, every_step=False) if ddp else method
+    if ddp:
+        student_forward = distributed.data_parallel(group, network, images.device)
+        method_forward = distributed.data_parallel(group, method, images.device, every_step=False)
     for epoch in (1, 2):
         method.begin_epoch(epoch)
-        _, _, batch, teacher_out = compute_gradients(
-            images,
-            labels,
-            indices,
-            *views,
-            method=method,
-            method_forward=method_forward,
-            student_forward=student_forward,
-            teacher_forward=teacher,
-            optimizer=optimizer,
-            bf16=False,
-        )
-        if ddp:
-            apply_gradients(batch, teacher_out, method, network, optimizer, trainable, group)
-        else:
+        if ddp:  # the engine's step
+            train_step(
+                images, labels, indices, *views, method=method, method_forward=method_forward, student=network,
+                student_forward=student_forward, teacher_forward=teacher, optimizer=optimizer, trainable=trainable,
+                bf16=False, group=group,
+            )  # fmt: skip
+        else:  # the gradients of a plain backward pass, averaged after it
+            compute_gradients(
+                images, labels, indices, *views, method=method, method_forward=method, student_forward=network,
+                teacher_forward=teacher, optimizer=optimizer, bf16=False,
+            )  # fmt: skip
             distributed.average_gradients(group, trainable)
             optimizer.step()
     return network, method, initial, [p.detach().clone() for p in trainable]
