@@ -1,4 +1,5 @@
-"""Packs: students that read the same teacher and batches train in one process, with the results they get alone.
+"""Packs: students (and heads) that read the same teacher and batches train in one process, with the results they
+get alone.
 
 One real run of the default grid's every method (one epoch, a slice of digits): each student alone, then the
 same students as packs; every metric but the timings, and every weight, bit-identical on CPU.
@@ -53,12 +54,13 @@ def shrink(folder: Path, train: int = 192, test: int = 64) -> None:
 
 
 def outcome(folder: str) -> dict:
-    """What a job's result is: its metrics but the timings, its summaries, and its weights."""
+    """What a job's result is: its metrics but the timings, its summaries, its test accuracy (none for heads) and
+    its weights."""
     record = json.loads((Path(folder) / "metrics.json").read_text())
     history = [{k: v for k, v in epoch.items() if k not in TIMINGS} for epoch in record["history"]]
     saved = torch.load(Path(folder) / "model.pt", weights_only=True)
     weights = {f"{part}.{k}": v for part in ("model", "method") for k, v in (saved[part] or {}).items()}
-    return {"history": history, "summaries": record["summaries"], "top1": record["test_top1"], "weights": weights}
+    return {"history": history, "summaries": record["summaries"], "top1": record.get("test_top1"), "weights": weights}
 
 
 def same(a, b) -> bool:
@@ -92,8 +94,17 @@ def trained(tmp_path_factory):
         run(data, log=quiet)
         shrink(Path(data.folder))
         for job in plan.jobs:
-            if job.kind.name not in ("data", "student", "report"):
+            if job.kind.name in ("teacher", "links"):
                 run(job, log=quiet)
+        heads_alone = {}
+        for job in plan.of_kind("heads"):  # MHGD's attention network and FT's paraphraser, each alone
+            teacher = job.inputs["teacher"].path("model.pt")
+            (result,) = train_pack([member(job, f"alone/{job.folder}")], data.folder, teacher, log=quiet)
+            assert not isinstance(result, BaseException), job.folder
+            heads_alone[job.folder] = outcome(f"alone/{job.folder}")
+        (heads,) = packs(plan.of_kind("heads"))
+        run_pack(heads, log=quiet)  # then as one pack, through the runner; the students read these
+        heads_packed = {job.folder: outcome(job.folder) for job in heads}
         students = plan.of_kind("student")
         grouped = packs(students)
         alone, packed = {}, {}
@@ -107,7 +118,7 @@ def trained(tmp_path_factory):
             results = train_pack([member(job, job.folder) for job in pack], data.folder, teacher, log=quiet)
             assert not any(isinstance(result, BaseException) for result in results), results
             packed.update({job.folder: outcome(job.folder) for job in pack})
-        yield plan, grouped, alone, packed
+        yield plan, grouped, {**heads_alone, **alone}, {**heads_packed, **packed}
     finally:
         patch.undo()
 
@@ -116,15 +127,24 @@ def test_every_student_of_the_default_grid_trains_in_a_pack(trained):
     plan, grouped, alone, packed = trained
     students = plan.of_kind("student")
     assert sorted(len(pack) for pack in grouped)[-1] > 10  # the pair's teacher-reading methods, one pack
-    assert sum(len(pack) for pack in grouped) == len(students) == len(packed)
+    assert sum(len(pack) for pack in grouped) == len(students) and {job.folder for job in students} <= packed.keys()
     for pack in grouped:  # a pack shares its teacher and its batches
         assert len({(job.spec.teacher, job.spec.seed, job.spec.schedule.batch_size) for job in pack}) == 1
+    # MLKD's strong view comes from its own stream: MLKD packs with the pair's other students
+    assert any(len(pack) > 1 and "mlkd" in {job.spec.method for job in pack} for pack in grouped)
+
+
+def test_heads_pretrained_on_one_teacher_train_as_one_pack(trained):
+    plan, grouped, alone, packed = trained
+    heads = plan.of_kind("heads")
+    assert {job.spec.run for job in heads} == {"mhgd", "ft"} and packs(heads) == [heads]
 
 
 def test_a_packed_student_equals_the_same_job_trained_alone_for_every_method(trained):
     plan, grouped, alone, packed = trained
     methods = {job.spec.method for job in plan.of_kind("student")}
     assert {"kd", "crd", "l2t", "mhgd", "afd", "mlkd", "dml", "combined", "at"} <= methods
+    assert {job.folder for job in plan.of_kind("heads")} <= alone.keys()  # and the heads' pack
     for folder, expected in alone.items():
         got = packed[folder]
         assert got["history"] == expected["history"], folder

@@ -81,15 +81,19 @@ def trained(output: str) -> list[str]:
 
 
 def job_counts(output: str) -> dict[str, str]:
-    """Snakemake's job stats with each pack rule's students counted as the distill jobs they are."""
+    """Snakemake's job stats with each pack rule's members counted as the jobs of their kind's rule they are
+    (``distill_pack_<hash>``: students, ``pretrain_heads_pack_<hash>``: heads)."""
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", output, re.M))
     packs = [name for name in counts if "_pack_" in name]
-    if packs:
-        students = sum("/students/" in folder for folder in trained(output))
-        for name in packs:
-            del counts[name]
-        counts["total"] = str(int(counts["total"]) - len(packs) - int(counts.get("distill", 0)) + students)
-        counts["distill"] = str(students)
+    folders = trained(output)
+    for rule in {name.split("_pack_")[0] for name in packs}:
+        part = {"distill": "/students/", "pretrain_heads": "/heads/"}[rule]
+        members = sum(part in folder for folder in folders)
+        counts["total"] = str(int(counts["total"]) + members - int(counts.get(rule, 0)))
+        counts[rule] = str(members)
+    for name in packs:
+        del counts[name]
+        counts["total"] = str(int(counts["total"]) - 1)
     return counts
 
 

@@ -244,14 +244,14 @@ def main(argv: list[str] | None = None) -> None:
         return command
 
     run = commands.add_parser(
-        "run", help="run one job of a grid, named by its folder; several students of one pack train together"
+        "run", help="run one job of a grid, named by its folder; several jobs of one pack train together"
     )
     run.add_argument(
         "folder",
         nargs="*",
         help="the job's folder, e.g. results/default/teachers/digits/resnet20 (`afdistill jobs` lists them); "
-        "students that read the same data, teacher and batches (`afdistill jobs` shows their pack) may be "
-        "named together and train as one pack",
+        "students (or heads) that read the same data, teacher and batches (`afdistill jobs` shows their pack) "
+        "may be named together and train as one pack",
     )
     run.add_argument("--grid", help="the grid file (params/*.yaml) the job belongs to")
     run.add_argument(

@@ -208,9 +208,13 @@ def compiled(model: nn.Module, mode: str | None) -> nn.Module:
     return cast(nn.Module, torch.compile(model, mode=mode))  # an OptimizedModule, called like the network
 
 
-def seed_for(seed: int, epoch: int) -> int:
-    """Independent, reproducible stream per (seed, epoch)."""
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+#: the random streams of an epoch: its batches (order and augmentation), and MLKD's strong view of them
+BATCHES, STRONG_VIEW = 0, 1
+
+
+def seed_for(seed: int, epoch: int, stream: int = BATCHES) -> int:
+    """Independent, reproducible stream per (seed, epoch, stream)."""
+    return (seed * 1_000_003 + epoch * 7919 + stream * 104_729 + 17) % (2**63 - 1)
 
 
 @torch.inference_mode()
@@ -361,15 +365,14 @@ class Member:
 
 
 def pack_key(spec: JobSpec) -> tuple:
-    """What the jobs of one pack share: the same batches (dataset, seed, batch size, a second strong view or
-    not), the same frozen teacher and the same device and runtime settings. Their methods, learning rates and
-    epoch counts may differ."""
-    strong_view = method_class(spec.method).capabilities(spec.method_params).strong_view
+    """What the jobs of one pack share: the same batches (dataset, seed, batch size), the same frozen teacher
+    and the same device and runtime settings. Their methods, learning rates and epoch counts may differ; a
+    strong view (MLKD) is drawn from a stream of its own (:data:`STRONG_VIEW`), so it changes no other member's
+    batches."""
     return (
         spec.dataset,
         spec.seed,
         spec.schedule.batch_size,
-        strong_view,
         spec.teacher,
         json.dumps(spec.teacher_options, sort_keys=True),
         spec.device,
@@ -405,7 +408,7 @@ def train_pack(
     if len(students) > 1:
         shared = SharedForward(students[0].teacher_forward, runtimes[0].bf16) if members[0].spec.teacher else None
         log(
-            f"pack of {len(students)} students on the same batches"
+            f"pack of {len(students)} {'students' if members[0].spec.kind == 'student' else 'jobs'} on the same batches"
             + (", one teacher forward per batch for all" if shared else "")
             + ": "
             + ", ".join(member.spec.title for member in members)
@@ -939,7 +942,7 @@ def train_one_epoch(
     In a data-parallel job every rank draws the same global batches and trains on its slice of each; the
     returned figures are over all ranks."""
     packed = len(students) > 1
-    spec = students[0].spec  # the pack's batches: its members share seed, batch size and strong view
+    spec = students[0].spec  # the pack's batches: its members share seed and batch size
     for student in students:
         set_epoch_lr(student.state.optimizer, student.spec.schedule, epoch)
         if student.state.student is not None:
@@ -948,8 +951,10 @@ def train_one_epoch(
         with student.random_stream(packed):
             student.state.method.begin_epoch(epoch)
     generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch))
+    # MLKD's second view of each batch: its own stream, so the batches are the same with it or without it
+    strong_view = any(student.state.method.caps.strong_view for student in students)
+    strong_generator = torch.Generator(device=device).manual_seed(seed_for(spec.seed, epoch, STRONG_VIEW))
     tallies = [Tally() for _ in students]
-    strong_view = students[0].state.method.caps.strong_view
     started = time.perf_counter()
     batches = data.train_batches(spec.schedule.batch_size, generator)
     total = data.num_train_batches(spec.schedule.batch_size)
@@ -957,8 +962,7 @@ def train_one_epoch(
     fused_of = _fuse(students) if packed else {}  # a fused student's group, by id(student)
     fused_groups = list({id(fused): fused for fused in fused_of.values()}.values())
     for images, labels, indices in _progress(batches, total, f"{title} epoch {epoch}"):
-        # MLKD's second view: drawn after the batch, from the same generator, so a seed fixes both
-        strong = (data.strong_batch(indices, generator),) if strong_view else ()
+        strong = (data.strong_batch(indices, strong_generator),) if strong_view else ()
         images, labels, indices, *strong_views = distributed.shard(group, images, labels, indices, *strong)
         images = images.contiguous(memory_format=layout)
         strong_views = [view.contiguous(memory_format=layout) for view in strong_views]
@@ -981,7 +985,8 @@ def train_one_epoch(
                 if done is not None:
                     waiting.append((student, done[2:]))
             else:
-                done = _attempt(student, packed, epoch, student.run_step, inputs, labels, indices, *strong_views)
+                views = strong_views if student.state.method.caps.strong_view else []
+                done = _attempt(student, packed, epoch, student.run_step, inputs, labels, indices, *views)
             if done is not None:
                 tally.add(done[0], done[1], labels, data.num_classes)
                 tally.seconds += time.perf_counter() - step_started

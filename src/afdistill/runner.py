@@ -59,8 +59,8 @@ def run_pack(jobs: list[Job], threads: int = 0, log=print, log_file: str | None 
     keys = {code.pack_key(job) for job in jobs} if hasattr(code, "pack_key") and len(kinds) == 1 else set()
     if len(keys) != 1:
         raise ValueError(
-            f"{', '.join(job.folder for job in jobs)}: these jobs do not train as one pack; only students that "
-            "read the same data, teacher and batches do (`afdistill jobs` shows the packs)"
+            f"{', '.join(job.folder for job in jobs)}: these jobs do not train as one pack; only jobs of one kind "
+            "that read the same data, teacher and batches do (`afdistill jobs` shows the packs)"
         )
     outcomes = code.run_pack(jobs, threads, log, log_file)
     failed = [(job, outcome) for job, outcome in zip(jobs, outcomes) if isinstance(outcome, Exception)]

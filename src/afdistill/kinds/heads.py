@@ -122,10 +122,28 @@ def read(path: str, spec: JobSpec):
     return state["method"]
 
 
+def pack_key(job: Job) -> tuple:
+    """Heads with equal keys train as one pack, as students do (:func:`afdistill.kinds.student.pack_key`): MHGD's
+    attention network and FT's paraphraser on one teacher read its features of the same batches once."""
+    from ..engine import pack_key as batches_and_teacher
+
+    assert job.spec is not None  # a heads job is a training job
+    return (job.inputs["data"].folder, job.inputs["teacher"].folder, batches_and_teacher(job.spec))
+
+
 def run(job: Job, threads: int, log, log_file: str | None = None) -> None:
     from ..training import train_job
 
-    def log_heads(result, out, tracker) -> None:  # a method's own networks: no images -> logits model to log
-        tracker.log_artifact(out / "model.pt")
+    train_job(job, threads, log, log_file, after=_log_heads)
 
-    train_job(job, threads, log, log_file, after=log_heads)
+
+def run_pack(jobs: list[Job], threads: int, log, log_file: str | None = None) -> list:
+    """Train heads of one pack together; each one's metrics record, or the error that ended it."""
+    from ..training import train_jobs
+
+    return train_jobs(jobs, threads, log, log_file, after=_log_heads)
+
+
+def _log_heads(result, out, tracker) -> None:
+    """A method's own networks map features, not images to logits: their file is the run's model artifact."""
+    tracker.log_artifact(out / "model.pt")
