@@ -10,6 +10,12 @@ target, the grid keys it reads) and defines three functions:
 * ``run(job, threads, log, log_file)``: what one job does, from the job alone
   (its spec, its inputs' folders, its settings): a job never re-reads the grid.
 
+A kind whose jobs can train together (students, heads) also defines
+``pack_key(job)`` (jobs with equal keys read the same data, teacher and
+batches) and ``run_pack(jobs, threads, log, log_file)``, which trains them in
+one process and returns each one's record or the error that ended it
+(:func:`afdistill.jobs.packs`, :func:`afdistill.runner.run_pack`).
+
 Snakemake's rules, the DVC stages, ``afdistill run`` and the report's inputs
 all derive from :data:`KINDS`. Adding a kind is one module and its line in
 ``KINDS``; a kind reads only kinds registered before it.
