@@ -31,28 +31,21 @@ def _l2t_setup():
 
 
 def test_l2t_virtual_step_moves_unreached_classifier_by_momentum_and_weight_decay():
-    """In the matching-only virtual step the classifier gets no gradient, yet moves as PyTorch 1.x's SGD moved it."""
+    """In the matching-only virtual step the classifier gets no gradient, yet moves as PyTorch 1.x's SGD moved it;
+    the meta step then leaves it, and every other weight, where the real step put it."""
     s, method, optimizer, ft, b = _l2t_setup()
     fc = s.fc.weight
     before = fc.detach().clone()
     buffer = optimizer.state[fc]["momentum_buffer"].clone()
-    seen = []
-    original_step = optimizer.step
-
-    def recording_step(*args, **kwargs):  # record the classifier after the first (matching-only) virtual step
-        result = original_step(*args, **kwargs)
-        if not seen:
-            seen.append(fc.detach().clone())
-        return result
-
-    optimizer.step = recording_step
+    moved, trajectory, _ = method.virtual_steps(b, s, ft, optimizer)
+    after_first = trajectory[1][[id(p) for p in moved].index(id(fc))]
+    expected_buffer = 0.9 * buffer + 5e-4 * before  # zero gradient + weight decay, then momentum
+    assert not torch.equal(after_first, before)
+    assert torch.allclose(after_first, before - 0.1 * expected_buffer, rtol=0, atol=1e-7)
+    weights = copy.deepcopy(dict(s.named_parameters()))
     method.meta_optimizer = torch.optim.SGD(method.matching.meta_parameters(), lr=0.0)
     method.after_step(b, s, ft, optimizer)
-    expected_buffer = 0.9 * buffer + 5e-4 * before  # zero gradient + weight decay, then momentum
-    expected = before - 0.1 * expected_buffer
-    assert not torch.equal(seen[0], before)
-    assert torch.allclose(seen[0], expected, rtol=0, atol=1e-7)
-    assert torch.equal(fc, before)  # rolled back after the meta step
+    assert all(torch.equal(value, weights[name]) for name, value in s.named_parameters())
 
 
 # ---------------------------------------------------------------- AFD's WideResNets: bn1 twice per block

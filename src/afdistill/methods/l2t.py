@@ -11,9 +11,12 @@ The student and regressors take a normal SGD step on CE (+ alpha KD) + L_wfm.
 Then, as the reference's MetaSGD does, ``T`` virtual SGD steps on L_wfm alone
 and one on CE are taken, the cross-entropy after them is differentiated back
 through those steps (Hessian-vector products through SGD with momentum and
-weight decay) into the meta-networks, the student and regressors are rolled
-back to where the real step left them, and Adam updates the meta-networks.
-That bilevel step makes L2T by far the most expensive method here.
+weight decay) into the meta-networks, the student and regressors stay where
+the real step left them (the reference's rollback), and Adam updates the
+meta-networks. That bilevel step makes L2T by far the most expensive method
+here. The virtual steps are written out as new tensors (``torch.func``'s
+``functional_call``), so one backward pass through their graph gives the
+meta-gradient: each step's forward and backward pass runs once.
 
 Virtual steps zero the gradients in place, as L2T-ww ran: it was written for
 PyTorch 1.x, whose ``optimizer.zero_grad()`` filled every gradient with zeros
@@ -24,8 +27,8 @@ cross-entropy step) still moved by momentum and weight decay. Since PyTorch 2.0
 which changes the trajectory the meta-gradient is taken through (resnet20 ->
 resnet8 at initialisation: relative difference 0.29, cosine 0.958;
 ``benchmarks/fidelity.py``). The
-reverse pass below is the derivative of the in-place trajectory: its adjoint
-recursion applies momentum and weight decay to every parameter.
+virtual steps below follow the in-place trajectory: a parameter the objective
+does not reach gets a zero gradient, so momentum and weight decay still move it.
 
 Teacher maps are resized to the student's resolution bilinearly, as the
 reference does. Hyper-parameters are the reference's defaults: beta 0.5,
@@ -34,12 +37,12 @@ T 2, Adam with learning rate and weight decay 1e-4, ReLU6 gates starting at 1.
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..models import Features
 from .base import Batch, Capabilities, Context, KDOnTop, Method, Range, register_method
@@ -173,72 +176,77 @@ class L2T(Method):
     def after_step(
         self, batch: Batch, student: nn.Module | None, teacher: Features | None, optimizer: torch.optim.Optimizer
     ):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         if any(group["nesterov"] or group.get("dampening", 0) for group in optimizer.param_groups):
             raise ValueError(
                 "l2t: the meta-gradient is derived for plain SGD with momentum (no Nesterov, no dampening)"
             )
 
         assert student is not None and teacher is not None  # it trains a student, from a teacher
-
-        def snapshot():
-            return (
-                copy.deepcopy(student.state_dict()),
-                copy.deepcopy(self.matching.state_dict()),
-                copy.deepcopy(optimizer.state_dict()),
-            )
-
-        def restore(state):
-            student.load_state_dict(state[0])
-            self.matching.load_state_dict(state[1])
-            optimizer.load_state_dict(state[2])
-
-        def matching_loss():
-            return self.beta * self.matching(student(batch.images, with_features=True).stages, teacher.stages)
-
-        def cross_entropy():
-            return F.cross_entropy(student(batch.images), batch.labels)
-
-        # Virtual steps: T on the matching loss, one on cross-entropy; remember where each started.
-        records = []
-        for objective in [matching_loss] * self.inner_steps + [cross_entropy]:
-            records.append((snapshot(), objective))
-            _zero_gradients_in_place(params)
-            objective().backward()
-            optimizer.step()
-
-        # d CE / d params after the last virtual step seeds the reverse pass.
+        lr = optimizer.param_groups[0]["lr"]
+        moved, trajectory, statistics = self.virtual_steps(batch, student, teacher, optimizer)
+        # d CE / d meta after the virtual steps: autograd back through all of them (their Hessian-vector products)
+        outer = F.cross_entropy(self._student_at(student, moved, trajectory[-1])(batch.images), batch.labels)
         self.meta_optimizer.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(cross_entropy(), params, allow_unused=True)
-        adjoint = [
-            (torch.zeros_like(p) if g is None else g.detach(), torch.zeros_like(p)) for p, g in zip(params, grads)
-        ]
-        group = optimizer.param_groups[0]
-        lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
-        for state, objective in reversed(records):
-            # Reverse one step theta' = theta - lr * buf', buf' = momentum * buf + g(theta) + wd * theta:
-            # X = sum g . (a_buf - lr * a_theta); dX/dtheta is the Hessian-vector product, dX/dmeta the meta-gradient.
-            restore(state)
-            grads = torch.autograd.grad(objective(), params, create_graph=True, allow_unused=True)
-            inner = sum(
-                (g * (a_buf - lr * a_theta)).sum() for g, (a_theta, a_buf) in zip(grads, adjoint) if g is not None
-            )
-            hvp = torch.autograd.grad(inner, params + self.matching.meta_parameters(), allow_unused=True)
-            for meta, g in zip(self.matching.meta_parameters(), hvp[len(params) :]):
-                if g is not None:
-                    meta.grad = g if meta.grad is None else meta.grad + g
-            adjoint = [
-                (
-                    a_theta * (1 - lr * weight_decay) + weight_decay * a_buf + (0 if h is None else h.detach()),
-                    momentum * a_buf - lr * momentum * a_theta,
-                )
-                for (a_theta, a_buf), h in zip(adjoint, hvp[: len(params)])
-            ]
-        # `restore` left the student where the real step put it (the reference's rollback=True).
+        metas = self.matching.meta_parameters()
+        for meta, grad in zip(metas, torch.autograd.grad(outer, metas, allow_unused=True)):
+            meta.grad = grad
+        with torch.no_grad():  # once the graph that read them is done with
+            for buffer, kept in zip(student.buffers(), statistics):
+                buffer.copy_(kept)
         optimizer.zero_grad(set_to_none=True)
-        _mean_over_processes(self.matching.meta_parameters())
+        _mean_over_processes(metas)
         self._check_finite(teacher, lr)
         self.meta_optimizer.step()
+
+    def virtual_steps(
+        self, batch: Batch, student: nn.Module, teacher: Features, optimizer: torch.optim.Optimizer
+    ) -> tuple[list[nn.Parameter], list[list[Tensor]], list[Tensor]]:
+        """L2T-ww's virtual steps from where the real step left the student and the regressors: T SGD steps on the
+        matching loss, then one on cross-entropy, with the optimiser's learning rate, momentum and weight decay.
+
+        Returns the parameters they move and the trajectory: their values at the start and after each step, as new
+        tensors that are differentiable in the meta-networks (the reference's MetaSGD keeps the same graph). Nothing
+        is written to the student or the regressors, so nothing is rolled back (the reference's ``rollback``).
+        Also returns the student's buffers as the first step's forward pass left them: L2T-ww's BatchNorm running
+        statistics keep that one update, which the caller restores once it is done with the graph."""
+        group = optimizer.param_groups[0]
+        lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        in_matching = {id(p): name for name, p in self.matching.named_parameters()}
+        in_student = {id(p) for p in student.parameters()}
+        # a parameter that neither objective reads (CTKD's temperature) moves by momentum and weight decay alone
+        # and changes nothing here
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        moved = [p for p in params if id(p) in in_student or id(p) in in_matching]
+
+        def matching_loss(values: list[Tensor]) -> Tensor:
+            stages = self._student_at(student, moved, values)(batch.images, with_features=True).stages
+            regressors = {in_matching[id(p)]: v for p, v in zip(moved, values) if id(p) in in_matching}
+            return self.beta * functional_call(self.matching, regressors, (stages, teacher.stages))
+
+        def cross_entropy(values: list[Tensor]) -> Tensor:
+            return F.cross_entropy(self._student_at(student, moved, values)(batch.images), batch.labels)
+
+        theta = [p.detach().requires_grad_() for p in moved]
+        buffers = [optimizer.state[p].get("momentum_buffer") for p in moved]
+        trajectory, statistics = [theta], []
+        for step, objective in enumerate([matching_loss] * self.inner_steps + [cross_entropy]):
+            grads = torch.autograd.grad(objective(theta), theta, create_graph=True, allow_unused=True)
+            if step == 0:
+                statistics = [buffer.detach().clone() for buffer in student.buffers()]
+            # PyTorch 1.x's in-place zero_grad: a parameter the objective does not reach gets a zero gradient, so it
+            # still moves by momentum and weight decay (the module docstring)
+            directions = [(torch.zeros_like(t) if g is None else g) + weight_decay * t for t, g in zip(theta, grads)]
+            buffers = [d if b is None else momentum * b + d for b, d in zip(buffers, directions)]
+            theta = [t - lr * b for t, b in zip(theta, buffers)]
+            trajectory.append(theta)
+        return moved, trajectory, statistics
+
+    @staticmethod
+    def _student_at(student: nn.Module, moved: list[nn.Parameter], values: list[Tensor]):
+        """The student's forward pass with ``values`` in place of its parameters among ``moved``."""
+        names = {id(p): name for name, p in student.named_parameters()}
+        weights = {names[id(p)]: v for p, v in zip(moved, values) if id(p) in names}
+        return lambda *args, **kwargs: functional_call(student, weights, args, kwargs)
 
     def _check_finite(self, teacher: Features, lr: float) -> None:
         """Stop, naming the cause, where L2T-ww would let Adam take a non-finite step into the meta-networks
