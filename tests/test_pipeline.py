@@ -103,6 +103,9 @@ def test_snakemake_runs_the_grid_end_to_end(snakemake_project):
     for rule in ("prepare_data", "train_teacher", "find_links", "pretrain_heads", "distill", "make_report"):
         assert f"(Rule: {rule})" in log
         assert list((project / "logs").rglob("*.log")), "every rule writes a log"
+    # the rules' priorities: with two cores and the two vanilla students also ready, the teacher starts at once
+    started = re.findall(r"^(?:local)?rule (\w+):$", log, re.M)
+    assert started[0] == "prepare_data" and "train_teacher" in started[1:3], started[:3]
     assert (project / RESULTS / "links/digits/resnet8/resnet8/links.csv").exists()
     assert (project / "reports/default/figures/links_resnet8_resnet8.png").stat().st_size > 1000
     assert (project / "reports/default/figures/curves_resnet8_resnet8.png").stat().st_size > 1000

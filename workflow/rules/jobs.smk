@@ -115,6 +115,12 @@ def launcher(kind):
             f"torchrun --standalone --nproc-per-node {GPUS_PER_JOB} -m afdistill")
 
 
+def rule_priority(kind):
+    """Jobs of earlier kinds first when several are ready: a teacher before the students that need no teacher, so
+    that the jobs waiting for it start as early as they can."""
+    return len(KINDS) - list(KINDS).index(kind.name)
+
+
 for kind in KINDS.values():
     if not PLAN.of_kind(kind.name):
         continue  # this grid has no such job (no method reads links, say)
@@ -135,6 +141,7 @@ for kind in KINDS.values():
         threads: THREADS_PER_JOB if kind.trains else 1
         resources:
             gpu=GPUS_PER_JOB if kind.trains else 0,
+        priority: rule_priority(kind)
         shell:
             launcher(kind) + " run {params.folder} --job {params.job:q} --threads {threads} --log-file {log} > {log} 2>&1"
 
@@ -172,5 +179,6 @@ for pack in PACKS:
         threads: THREADS_PER_JOB
         resources:
             gpu=GPUS_PER_JOB,
+        priority: rule_priority(kind)
         shell:
             launcher(kind) + " run {params.folders:q} {params.jobs:q} --threads {threads} --log-file {log} > {log} 2>&1"
