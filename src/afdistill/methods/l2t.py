@@ -16,7 +16,10 @@ the real step left them (the reference's rollback), and Adam updates the
 meta-networks. That bilevel step makes L2T by far the most expensive method
 here. The virtual steps are written out as new tensors (``torch.func``'s
 ``functional_call``), so one backward pass through their graph gives the
-meta-gradient: each step's forward and backward pass runs once.
+meta-gradient and each step's forward and backward pass runs once. L2T-ww's
+``MetaSGD.meta_backward`` (alinlab/L2T-ww, train/meta_optimizers.py at
+023c642) takes the same derivative by a reverse recursion that restores each
+step's snapshot and runs the step again; the two agree to float64 rounding.
 
 Virtual steps zero the gradients in place, as L2T-ww ran: it was written for
 PyTorch 1.x, whose ``optimizer.zero_grad()`` filled every gradient with zeros
@@ -205,10 +208,10 @@ class L2T(Method):
         matching loss, then one on cross-entropy, with the optimiser's learning rate, momentum and weight decay.
 
         Returns the parameters they move and the trajectory: their values at the start and after each step, as new
-        tensors that are differentiable in the meta-networks (the reference's MetaSGD keeps the same graph). Nothing
-        is written to the student or the regressors, so nothing is rolled back (the reference's ``rollback``).
-        Also returns the student's buffers as the first step's forward pass left them: L2T-ww's BatchNorm running
-        statistics keep that one update, which the caller restores once it is done with the graph."""
+        tensors that are differentiable in the meta-networks. Nothing is written to the student or the regressors,
+        so nothing is rolled back (the reference's ``rollback``). Also returns the student's buffers as the first
+        step's forward pass left them: L2T-ww's BatchNorm running statistics keep that one update (its reverse
+        recursion ends on that step), which the caller restores once it is done with the graph."""
         group = optimizer.param_groups[0]
         lr, weight_decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
         in_matching = {id(p): name for name, p in self.matching.named_parameters()}
