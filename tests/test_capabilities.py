@@ -93,6 +93,7 @@ def test_a_combinations_record_is_its_parts_records_combined(parts):
         reads_teacher_logits=any(r.reads_teacher_logits for r in records),
         kd_on_top=True,
         methods_used=("combined", *(entry.get("method", name) for name, entry in parts.items())),
+        relative_cost=1 + sum(r.relative_cost - 1 for r in records),  # one KD-sized base, each part's extra
     )
 
 

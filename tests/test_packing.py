@@ -16,7 +16,7 @@ import yaml
 
 from afdistill.engine import Member, train_pack
 from afdistill.grid import Grid
-from afdistill.jobs import Plan, packs
+from afdistill.jobs import Plan, _cost, balance, packs
 from afdistill.kinds import student as student_kind
 from afdistill.runner import PackFailed, run, run_pack
 
@@ -132,6 +132,30 @@ def test_every_student_of_the_default_grid_trains_in_a_pack(trained):
         assert len({(job.spec.teacher, job.spec.seed, job.spec.schedule.batch_size) for job in pack}) == 1
     # MLKD's strong view comes from its own stream: MLKD packs with the pair's other students
     assert any(len(pack) > 1 and "mlkd" in {job.spec.method for job in pack} for pack in grouped)
+
+
+def test_balance_splits_the_last_wave_evenly_over_the_workers_and_leaves_earlier_packs_whole():
+    plan = Plan(Grid.from_file(ROOT / "params" / "default.yaml"))
+    grouped = packs(plan.jobs)
+    assert balance(grouped, 1) == grouped
+    balanced = balance(grouped, 2)
+    assert sorted(job.folder for group in balanced for job in group) == sorted(job.folder for job in plan.jobs)
+    wave = [group for group in grouped if len(group) > 1 and any("heads" in job.inputs for job in group)]
+    untouched = [group for group in grouped if not any(group is member for member in wave)]
+    assert all(group in balanced for group in untouched)  # the heads pack, the teacher-free students: whole
+    parts = [group for group in balanced if group not in untouched]
+    assert len(parts) <= len(wave) + 1  # McNaughton: at most workers - 1 more processes
+    share = sum(map(_cost, wave)) / 2
+    assert max(map(_cost, parts)) <= 1.05 * share  # no part is more than a worker's share
+    # and the two workers' loads (parts filled in turn, as Snakemake starts them) are within a job of each other
+    costliest_job = max(_cost([job]) for group in wave for job in group)
+    load = 0.0
+    for part in parts:
+        if load + _cost(part) <= 1.05 * share:
+            load += _cost(part)
+    assert abs(load - (2 * share - load)) <= costliest_job
+    for part in parts:  # every part still shares its teacher and batches
+        assert len({(job.spec.teacher, job.spec.seed) for job in part}) == 1
 
 
 def test_heads_pretrained_on_one_teacher_train_as_one_pack(trained):

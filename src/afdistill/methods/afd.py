@@ -288,7 +288,7 @@ class AttentionRecord:
 @register_method("afd")
 class AFD(Method):
     label = "AFD"
-    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True)
+    declared_capabilities = Capabilities(cuda_graphs=True, kd_on_top=True, fuses=True, relative_cost=1.7)
     #: hyper-parameters a link-finding run must share with a ``linking: pretrained`` run (its links' shape)
     link_params = ("teacher_candidates", "student_candidates", "teacher_selection", "student_selection")
     # buffers (register_buffer: mypy would see Tensor | Module); fixed_alpha only with fixed links

@@ -82,7 +82,7 @@ class AttentionTransfer(Method):
 @register_method("at_grad")
 class GradientAttentionTransfer(Method):
     label = "Grad-AT"
-    declared_capabilities = Capabilities(needs_input_grad=True, kd_on_top=True)
+    declared_capabilities = Capabilities(needs_input_grad=True, kd_on_top=True, relative_cost=6.8)
 
     def __init__(
         self,

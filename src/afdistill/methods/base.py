@@ -276,6 +276,10 @@ class Capabilities:
     kd_on_top: bool = False
     #: the registered methods a run computes with (its code fingerprint's)
     methods_used: tuple[str, ...] = ()
+    #: about how many of KD's training epochs one of its epochs costs on the same pair (measured: the default
+    #: grid's reports/default/timings.md at 4e2adac, resnet20 -> resnet8 on a CPU, where it is 1.5 or more).
+    #: A scheduling hint only: it splits a machine's packs evenly over its cores (:func:`afdistill.jobs.balance`)
+    relative_cost: float = 1.0
 
     def __post_init__(self):
         if self.pre_stage not in (None, "links", "heads"):

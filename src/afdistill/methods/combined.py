@@ -221,6 +221,7 @@ class Combined(Method):
             reads_teacher_logits=any(caps.reads_teacher_logits for *_, caps in parts),
             kd_on_top=True,
             methods_used=(cls.method_name, *(method for _, method, _, _ in parts)),
+            relative_cost=1 + sum(caps.relative_cost - 1 for *_, caps in parts),  # each part adds its own terms
         )
 
     @classmethod

@@ -50,7 +50,7 @@ def contrast_loss(scores: Tensor, n_data: int) -> Tensor:
 class CRD(Method):
     label = "CRD"
     # no CUDA graph: it draws random negatives each step
-    declared_capabilities = Capabilities(kd_on_top=True, fuses=True)
+    declared_capabilities = Capabilities(kd_on_top=True, fuses=True, relative_cost=1.5)
     # buffers (register_buffer: mypy would see Tensor | Module)
     train_labels: Tensor
     memory_s: Tensor

@@ -63,7 +63,7 @@ def kl_to(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
 @register_method("dml")
 class DML(Method):
     label = "DML"
-    declared_capabilities = Capabilities(needs_teacher=False, fuses=True)
+    declared_capabilities = Capabilities(needs_teacher=False, fuses=True, relative_cost=1.9)
 
     @classmethod
     def peer_arch(cls, params: dict[str, Any], context: Context) -> str | None:

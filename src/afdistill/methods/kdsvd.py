@@ -193,7 +193,7 @@ def _check_stages(context: Context, k: int, where: str) -> None:
 @register_method("kdsvd")
 class KDSVD(Method):
     label = "KD-SVD"
-    declared_capabilities = Capabilities(kd_on_top=True, sets_gradients=True)
+    declared_capabilities = Capabilities(kd_on_top=True, sets_gradients=True, relative_cost=4.7)
 
     def __init__(
         self,

@@ -229,6 +229,7 @@ class MHGD(Method):
         sets_gradients=True,
         pre_stage="heads",
         heads=Heads("mhan", shared_params=("num_heads",), train={"epochs": 20, "lr_decay_epochs": []}),
+        relative_cost=4.7,
     )
 
     @classmethod

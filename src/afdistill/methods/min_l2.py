@@ -42,7 +42,7 @@ def input_gradient(logits: Tensor, labels: Tensor, images: Tensor) -> Tensor:
 @register_method("min_l2")
 class MinL2(Method):
     label = "min-l2"
-    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True)
+    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True, relative_cost=4.1)
 
     def __init__(
         self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0, gamma: Annotated[float, Range(ge=0)] = 1.0

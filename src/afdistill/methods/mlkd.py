@@ -92,7 +92,7 @@ def fraction_at_or_below_median(values: Tensor) -> Tensor:
 @register_method("mlkd")
 class MLKD(LogitMethod):
     label = "MLKD"
-    declared_capabilities = replace(LogitMethod.declared_capabilities, kd_on_top=True)
+    declared_capabilities = replace(LogitMethod.declared_capabilities, kd_on_top=True, relative_cost=2.2)
 
     @classmethod
     def capabilities(cls, params: dict) -> Capabilities:

@@ -71,7 +71,7 @@ def flip(x: Tensor) -> Tensor:
 @register_method("symmetry_norm")
 class SymmetryNorm(Method):
     label = "Symmetry norm"
-    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True)
+    declared_capabilities = Capabilities(needs_teacher=False, needs_input_grad=True, relative_cost=8.3)
 
     def __init__(
         self, context: Context, beta: Annotated[float, Range(ge=0)] = 1.0, gamma: Annotated[float, Range(ge=0)] = 1.0
