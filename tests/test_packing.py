@@ -16,7 +16,7 @@ import yaml
 
 from afdistill.engine import Member, train_pack
 from afdistill.grid import Grid
-from afdistill.jobs import Plan, _cost, balance, packs
+from afdistill.jobs import Plan, balance, pack_cost, packs
 from afdistill.kinds import student as student_kind
 from afdistill.runner import PackFailed, run, run_pack
 
@@ -145,14 +145,14 @@ def test_balance_splits_the_last_wave_evenly_over_the_workers_and_leaves_earlier
     assert all(group in balanced for group in untouched)  # the heads pack, the teacher-free students: whole
     parts = [group for group in balanced if group not in untouched]
     assert len(parts) <= len(wave) + 1  # McNaughton: at most workers - 1 more processes
-    share = sum(map(_cost, wave)) / 2
-    assert max(map(_cost, parts)) <= 1.05 * share  # no part is more than a worker's share
+    share = sum(map(pack_cost, wave)) / 2
+    assert max(map(pack_cost, parts)) <= 1.05 * share  # no part is more than a worker's share
     # and the two workers' loads (parts filled in turn, as Snakemake starts them) are within a job of each other
-    costliest_job = max(_cost([job]) for group in wave for job in group)
+    costliest_job = max(pack_cost([job]) for group in wave for job in group)
     load = 0.0
     for part in parts:
-        if load + _cost(part) <= 1.05 * share:
-            load += _cost(part)
+        if load + pack_cost(part) <= 1.05 * share:
+            load += pack_cost(part)
     assert abs(load - (2 * share - load)) <= costliest_job
     for part in parts:  # every part still shares its teacher and batches
         assert len({(job.spec.teacher, job.spec.seed) for job in part}) == 1

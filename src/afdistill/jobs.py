@@ -233,14 +233,14 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
         return groups
     deepest = max(map(depth, packing))
     wave = [group for group in packing if depth(group) == deepest]
-    share = sum(map(_cost, wave)) / workers
+    share = sum(map(pack_cost, wave)) / workers
     parts: list[list[Job]] = []
     room = share
-    for group in sorted(wave, key=_cost, reverse=True):
-        while len(group) > 1 and _cost(group) > room * 1.05:  # a few percent over is not worth a process
+    for group in sorted(wave, key=pack_cost, reverse=True):
+        while len(group) > 1 and pack_cost(group) > room * 1.05:  # a few percent over is not worth a process
             head: list[Job] = []
-            for job in sorted(group, key=lambda job: _cost([job]), reverse=True):
-                if _cost(head) + _cost([job]) <= room * 1.05:
+            for job in sorted(group, key=lambda job: pack_cost([job]), reverse=True):
+                if pack_cost(head) + pack_cost([job]) <= room * 1.05:
                     head.append(job)
             if not head and room == share:  # its costliest member alone is over a share
                 head = group[:1]
@@ -249,7 +249,7 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
                 group = [job for job in group if job not in head]
             room = share
         parts.append(group)
-        room -= _cost(group)
+        room -= pack_cost(group)
         if room <= 0.05 * share:
             room = share
     return [group for group in groups if not any(group is member for member in wave)] + parts
@@ -261,7 +261,7 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
 JOB_START_AND_FINISH = 4.0
 
 
-def _cost(group: list[Job]) -> float:
+def pack_cost(group: list[Job]) -> float:
     """A pack's cost in KD epochs: each job's epochs times its method's ``relative_cost``, and its start and
     finish."""
     from .methods import method_class

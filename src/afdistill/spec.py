@@ -188,9 +188,11 @@ class JobSpec:
 
     @property
     def title(self) -> str:
+        """The job in its log lines and as its MLflow run's name: what differs first (the grid's run name for a
+        student), then seed, then the pair."""
         if self.kind == "teacher":
             return f"teacher {self.arch}"
         if self.kind == "heads":
             return f"{self.method} heads on {self.teacher}"
         pair = f"{self.teacher}->{self.arch}" if self.teacher else self.arch
-        return f"links {pair}" if self.kind == "links" else f"{pair} {self.run} seed {self.seed}"
+        return f"links {pair}" if self.kind == "links" else f"{self.run} s{self.seed} {pair}"

@@ -590,16 +590,6 @@ class JobRun:
             stop(self._server)
 
 
-def run_name(spec) -> str:
-    """What differs first: method (the grid's run name), then seed, then the pair."""
-    if spec.kind == "teacher":
-        return f"teacher {spec.arch}"
-    if spec.kind == "heads":
-        return f"{spec.method} heads {spec.teacher}"
-    pair = f"{spec.teacher}->{spec.arch}" if spec.teacher else spec.arch
-    return f"links {pair}" if spec.kind == "links" else f"{spec.run} s{spec.seed} {pair}"
-
-
 def effective_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The hyper-parameters a method runs with: its constructor's defaults under what the grid set, part by
     part for a combination (so AT's KD weight and temperature show even where the grid left them alone)."""
@@ -642,7 +632,7 @@ def for_job(spec, commit: str | None = None, job_id: str | None = None, row: str
     tags = {**job_tags(spec, row), TAG_SPEC_HASH: digest, TAG_GRID: spec.grid}
     params = {key: value for key, value in spec.to_dict().items() if key not in ("runtime", "method_params")}
     params["method_params"] = effective_params(spec.method, spec.method_params)
-    job = JobRun(spec.grid, run_name(spec), tags, params, job_id or digest, **options)
+    job = JobRun(spec.grid, spec.title, tags, params, job_id or digest, **options)
     job.commit = commit
     job.model_name, job.registered_name = model_name(spec), registered_name(spec)
     return job

@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 from afdistill import tracking
 from afdistill.gpu import visible_gpus
 from afdistill.grid import NO_TEACHER, Grid, GridError
-from afdistill.jobs import Plan, balance, packs, preflight
+from afdistill.jobs import Plan, balance, pack_cost, packs, preflight
 from afdistill.kinds import KINDS
 from afdistill.watch import GridWatch
 

@@ -115,10 +115,13 @@ def launcher(kind):
             f"torchrun --standalone --nproc-per-node {GPUS_PER_JOB} -m afdistill")
 
 
-def rule_priority(kind):
+def rule_priority(kind, pack=None):
     """Jobs of earlier kinds first when several are ready: a teacher before the students that need no teacher, so
-    that the jobs waiting for it start as early as they can."""
-    return len(KINDS) - list(KINDS).index(kind.name)
+    that the jobs waiting for it start as early as they can. Of one kind's packs, the costliest first: the
+    longest does not start last (common.smk's balance assumes it)."""
+    by_cost = sorted((pack_cost(other), pack_name(other)) for other in PACKS)
+    rank = 1 + by_cost.index((pack_cost(pack), pack_name(pack))) if pack is not None else 0
+    return (len(KINDS) - list(KINDS).index(kind.name)) * 1000 + rank
 
 
 for kind in KINDS.values():
@@ -179,6 +182,6 @@ for pack in PACKS:
         threads: THREADS_PER_JOB
         resources:
             gpu=GPUS_PER_JOB,
-        priority: rule_priority(kind)
+        priority: rule_priority(kind, pack)
         shell:
             launcher(kind) + " run {params.folders:q} {params.jobs:q} --threads {threads} --log-file {log} > {log} 2>&1"
