@@ -119,8 +119,8 @@ def rule_priority(kind, pack=None):
     """Jobs of earlier kinds first when several are ready: a teacher before the students that need no teacher, so
     that the jobs waiting for it start as early as they can. Of one kind's packs, the costliest first: the
     longest does not start last (common.smk's balance assumes it)."""
-    by_cost = sorted((pack_cost(other), pack_name(other)) for other in PACKS)
-    rank = 1 + by_cost.index((pack_cost(pack), pack_name(pack))) if pack is not None else 0
+    by_cost = sorted(PACKS, key=pack_cost)  # (a stable sort: ties keep the plan's order)
+    rank = 1 + next(i for i, other in enumerate(by_cost) if other is pack) if pack is not None else 0
     return (len(KINDS) - list(KINDS).index(kind.name)) * 1000 + rank
 
 
