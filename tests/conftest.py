@@ -21,6 +21,26 @@ def tool_env(tmp_path: Path | None = None) -> dict:
     return env
 
 
+def method_context(teacher, student, images, *, classes=10, n_train=40, seed=0, artifact=None):
+    """A method's ``Context`` for unit tests: each network's dry-run features on two of ``images`` (either may be
+    ``None``), ``n_train`` training labels cycling over ``classes``, the batch size of ``images``."""
+    import torch
+
+    from afdistill.methods import Context, dry_run
+
+    return Context(
+        student,
+        teacher,
+        None if student is None else dry_run(student, images[:2]),
+        None if teacher is None else dry_run(teacher, images[:2]),
+        classes,
+        torch.arange(n_train) % classes,
+        len(images),
+        seed=seed,
+        artifact=artifact,
+    )
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 900):
     result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -2,9 +2,10 @@
 
 import numpy as np
 import torch
+from conftest import method_context
 
 from afdistill import activation_maps
-from afdistill.methods import Batch, Context, build_method, dry_run
+from afdistill.methods import Batch, build_method
 from afdistill.models import create_model
 
 
@@ -41,16 +42,7 @@ def test_l2t_records_each_pairs_mean_gate_over_the_epoch():
     torch.manual_seed(0)
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     images, labels = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
-    context = Context(
-        student,
-        teacher,
-        dry_run(student, images[:2]),
-        dry_run(teacher, images[:2]),
-        10,
-        torch.arange(40) % 10,
-        6,
-        seed=0,
-    )
+    context = method_context(teacher, student, images)
     method = build_method("l2t", {"alpha": 0.0}, context)
     for layer in method.matching.gates:
         torch.nn.init.normal_(layer.weight, std=0.5)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import method_context
 from test_losses import _features, _maps, _synthetic_context, independent_afd
 
-from afdistill.methods import Batch, Context, build_method, check_method_params, dry_run
+from afdistill.methods import Batch, build_method, check_method_params, dry_run
 from afdistill.methods.afd import ordered_links, random_links, select_candidates
 from afdistill.methods.maps import channel_pool
 from afdistill.models import create_model
@@ -79,9 +80,7 @@ def test_distances_weight_every_pair_by_the_attention_and_train_the_student(dist
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
-    context = Context(
-        student, teacher, dry_run(student, images[:2]), dry_run(teacher, images[:2]), 10, torch.arange(100) % 10, 6
-    )
+    context = method_context(teacher, student, images, n_train=100)
     method = build_method("afd", {"alpha": 0.0, "beta": 1.0, "distance": distance}, context)
     fs, ft = student(images, with_features=True), teacher(images, with_features=True)
     terms = method(fs, ft, Batch(images, labels, torch.arange(6)))
@@ -136,16 +135,7 @@ def resnet_context(seed=0):
     torch.manual_seed(0)
     teacher, student = create_model("resnet56", 10).eval(), create_model("resnet20", 10)
     images = torch.randn(4, 3, 16, 16)
-    return Context(
-        student,
-        teacher,
-        dry_run(student, images[:2]),
-        dry_run(teacher, images[:2]),
-        10,
-        torch.arange(40) % 10,
-        4,
-        seed=seed,
-    ), images
+    return method_context(teacher, student, images, seed=seed), images
 
 
 def test_the_method_records_its_candidates_and_fixed_links_by_name():
@@ -258,16 +248,7 @@ def crd_afd_setup(parts=None, **top):
     teacher, student = create_model("resnet14", 10).eval(), create_model("resnet8", 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
-    context = Context(
-        student,
-        teacher,
-        dry_run(student, images[:2]),
-        dry_run(teacher, images[:2]),
-        10,
-        torch.arange(40) % 10,
-        6,
-        seed=0,
-    )
+    context = method_context(teacher, student, images)
     parts = parts or {"crd": {"beta": 0.8, "nce_k": 4}, "afd": {"beta": 200.0, "qk_dim": 8}}
     return build_method("combined", {"parts": parts, **top}, context), teacher, student, images, labels
 

@@ -10,9 +10,10 @@ import copy
 
 import pytest
 import torch
+from conftest import method_context
 
 from afdistill.fused import FusedStudents, fusable
-from afdistill.methods import Batch, Context, build_method, dry_run, method_class
+from afdistill.methods import Batch, build_method, method_class
 from afdistill.models import create_model
 
 METHODS = {
@@ -44,16 +45,7 @@ def test_a_fused_step_gives_every_student_its_unfused_gradients_and_statistics(f
     methods = []
     for (name, params), student in zip(METHODS.items(), students):
         assert method_class(name).capabilities(params).fuses, name
-        context = Context(
-            student,
-            teacher,
-            dry_run(student, images[:2]),
-            dry_run(teacher, images[:2]),
-            10,
-            torch.arange(40) % 10,
-            len(images),
-            seed=0,
-        )
+        context = method_context(teacher, student, images)
         methods.append(build_method(name, params, context))
     with torch.no_grad():
         teacher_out = teacher(images, with_features=True)

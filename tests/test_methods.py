@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 
 from afdistill.methods import Batch, Context, build_method, dry_run
 from afdistill.methods.mhgd import _TopRightSingularVectors
@@ -20,20 +21,6 @@ def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8
     t.requires_grad_(False)
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, classes, (batch,))
     return t, s, images, labels
-
-
-def context(t, s, images, labels, artifact=None, n_train=40, classes=10):
-    return Context(
-        s,
-        t,
-        dry_run(s, images[:2]),
-        dry_run(t, images[:2]),
-        classes,
-        torch.arange(n_train) % classes,
-        len(images),
-        seed=0,
-        artifact=artifact,
-    )
 
 
 def batch(images, labels):
@@ -52,7 +39,7 @@ def bn_train(x, bn):
 
 def test_fitnet_is_mse_between_the_regressed_hint_and_the_guide():
     t, s, images, labels = networks("resnet20", "resnet8")
-    method = build_method("fitnet", {"alpha": 0.0, "beta": 100.0}, context(t, s, images, labels))
+    method = build_method("fitnet", {"alpha": 0.0, "beta": 100.0}, method_context(t, s, images))
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["fitnet"]
@@ -93,7 +80,7 @@ def numpy_pool(a, size):
 def test_attention_transfer_matches_the_papers_mapping_functions(p, mapping):
     t, s, images, labels = networks("wrn_16_2", "wrn_16_1")
     method = build_method(
-        "at", {"alpha": 0.0, "beta": 1000.0, "p": p, "mapping": mapping}, context(t, s, images, labels)
+        "at", {"alpha": 0.0, "beta": 1000.0, "p": p, "mapping": mapping}, method_context(t, s, images)
     )
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
@@ -107,7 +94,7 @@ def test_attention_transfer_matches_the_papers_mapping_functions(p, mapping):
 
 def test_attention_transfer_pools_the_larger_map_first():
     t, s, images, labels = networks("resnet8", "mobilenetv2", size=32)  # mobilenet's stages are coarser
-    method = build_method("at", {"alpha": 0.0, "beta": 1.0}, context(t, s, images, labels))
+    method = build_method("at", {"alpha": 0.0, "beta": 1.0}, method_context(t, s, images))
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["at"].item()
@@ -124,7 +111,7 @@ def test_attention_transfer_pools_the_larger_map_first():
 
 def test_gradient_attention_transfer_compares_input_gradients_and_trains_through_them():
     t, s, images, labels = networks()
-    method = build_method("at_grad", {"beta": 2.0}, context(t, s, images, labels))
+    method = build_method("at_grad", {"beta": 2.0}, method_context(t, s, images))
     x = images.clone().requires_grad_(True)
     with torch.inference_mode():
         ft = t(x, with_features=True)
@@ -155,7 +142,7 @@ def huber(a, b):
 
 def test_rkd_matches_distance_and_angle_potentials():
     t, s, images, labels = networks("resnet14", "resnet8")
-    method = build_method("rkd", {"alpha": 0.0}, context(t, s, images, labels))
+    method = build_method("rkd", {"alpha": 0.0}, method_context(t, s, images))
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["rkd"].item()
@@ -185,7 +172,7 @@ def test_rkd_matches_distance_and_angle_potentials():
 def test_crd_samples_other_classes_and_computes_the_nce_loss_of_eq_18():
     t, s, images, labels = networks(batch=6)
     labels = torch.arange(6) % 10
-    ctx = context(t, s, images, labels, n_train=40)
+    ctx = method_context(t, s, images, n_train=40)
     method = build_method("crd", {"alpha": 0.0, "beta": 1.0, "nce_k": 5}, ctx)
     method.begin_epoch(1)
     contrast = method.sample_contrast(labels, torch.arange(6))
@@ -220,7 +207,7 @@ def test_crd_samples_other_classes_and_computes_the_nce_loss_of_eq_18():
 
 def test_l2t_matching_loss_weights_channels_and_pairs():
     t, s, images, labels = networks("resnet14", "resnet8")
-    method = build_method("l2t", {"alpha": 0.0, "beta": 0.5}, context(t, s, images, labels))
+    method = build_method("l2t", {"alpha": 0.0, "beta": 0.5}, method_context(t, s, images))
     for layer in method.matching.channel_weights:
         torch.nn.init.normal_(layer.weight, std=0.1)
     with torch.no_grad():
@@ -246,7 +233,7 @@ def test_l2t_meta_gradient_matches_finite_differences_and_rolls_the_student_back
     torch.set_default_dtype(torch.float64)
     try:
         t, s, images, labels = networks("resnet8", "resnet8", size=8, batch=4, seed=3)
-        method = build_method("l2t", {"alpha": 0.0, "inner_steps": 2}, context(t, s, images, labels))
+        method = build_method("l2t", {"alpha": 0.0, "inner_steps": 2}, method_context(t, s, images))
         optimizer = torch.optim.SGD(
             list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9, weight_decay=5e-4
         )
@@ -341,7 +328,7 @@ def mhgd_setup(beta=1.0):
     terms["mhan"].backward()
     assert all(p.grad is not None for p in pretrain.parameters())
     method = build_method(
-        "mhgd", {"num_heads": 2, "beta": beta}, context(t, s, images, labels, artifact=pretrain.state_dict())
+        "mhgd", {"num_heads": 2, "beta": beta}, method_context(t, s, images, artifact=pretrain.state_dict())
     )
     return t, s, images, labels, method, ft
 
@@ -414,7 +401,7 @@ def test_mhgd_clips_each_transfer_gradient_to_the_task_gradient_on_a_rising_sche
 def test_mhgd_needs_matching_stage_widths():
     t, s, images, labels = networks("wrn_16_2", "resnet8")
     with pytest.raises(ValueError, match="same widths"):
-        build_method("mhgd", {}, context(t, s, images, labels, artifact={}))
+        build_method("mhgd", {}, method_context(t, s, images, artifact={}))
 
 
 # ---------------------------------------------------------------- every method
@@ -423,7 +410,7 @@ def test_mhgd_needs_matching_stage_widths():
 @pytest.mark.parametrize("name", ["fitnet", "at", "rkd", "crd", "l2t"])
 def test_gradients_reach_student_and_heads_but_never_the_teacher(name):
     t, s, images, labels = networks()
-    method = build_method(name, {"nce_k": 4} if name == "crd" else {}, context(t, s, images, labels))
+    method = build_method(name, {"nce_k": 4} if name == "crd" else {}, method_context(t, s, images))
     method.begin_epoch(1)
     with torch.inference_mode():
         ft = t(images, with_features=True)
@@ -453,7 +440,7 @@ def _l2t_table1_step(calibrate: bool):
     method = build_method(
         "l2t",
         {"beta": 0.5, "inner_steps": 2, "alpha": 0.9, "temperature": 4},
-        context(t, s, images, labels, classes=100),
+        method_context(t, s, images, classes=100),
     )
     optimizer = torch.optim.SGD(
         list(s.parameters()) + list(method.trainable_parameters()), lr=0.05, momentum=0.9, weight_decay=5e-4

@@ -4,6 +4,7 @@ belong, the heads stage feeding FT its paraphraser, and tiny real networks train
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 from torch import nn
 
 from afdistill.methods import (
@@ -12,7 +13,6 @@ from afdistill.methods import (
     build_method,
     check_method_fit,
     check_method_params,
-    dry_run,
     method_class,
     method_defaults,
 )
@@ -27,20 +27,6 @@ def networks(teacher="resnet20", student="resnet8", classes=10, size=16, batch=8
     t.requires_grad_(False)
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, classes, (batch,))
     return t, s, images, labels
-
-
-def context(t, s, images, artifact=None, classes=10):
-    return Context(
-        s,
-        t,
-        None if s is None else dry_run(s, images[:2]),
-        None if t is None else dry_run(t, images[:2]),
-        classes,
-        torch.arange(40) % classes,
-        len(images),
-        seed=0,
-        artifact=artifact,
-    )
 
 
 def teacher_features(t, images):
@@ -126,7 +112,7 @@ def test_paraphraser_and_translator_have_repdistillers_layers():
 
 def test_ft_paraphraser_loss_is_the_reconstruction_mse_of_the_teachers_last_stage():
     t, _, images, labels = networks("resnet20")
-    method = build_method("ft_paraphraser", {"k": 0.5}, context(t, None, images))
+    method = build_method("ft_paraphraser", {"k": 0.5}, method_context(t, None, images))
     ft = teacher_features(t, images)
     terms = method(None, ft, Batch(images, labels, torch.arange(8)))
     assert set(terms) == {"ft_paraphraser"}
@@ -138,7 +124,7 @@ def test_ft_paraphraser_loss_is_the_reconstruction_mse_of_the_teachers_last_stag
 
 def test_ft_paraphraser_trains_only_the_paraphraser():
     t, _, images, labels = networks("resnet20")
-    method = build_method("ft_paraphraser", {}, context(t, None, images))
+    method = build_method("ft_paraphraser", {}, method_context(t, None, images))
     assert [id(p) for p in method.trainable_parameters()] == [id(p) for p in method.paraphraser.parameters()]
     assert method.caps.pre_stage is None and method_class("ft_paraphraser").capabilities({}).needs_teacher
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9)
@@ -160,25 +146,25 @@ def test_ft_paraphraser_trains_only_the_paraphraser():
 def heads_state(t, images, k=0.5):
     """What the heads stage leaves for FT: the ft_paraphraser method's state dict."""
     torch.manual_seed(1)
-    return build_method("ft_paraphraser", {"k": k}, context(t, None, images)).state_dict()
+    return build_method("ft_paraphraser", {"k": k}, method_context(t, None, images)).state_dict()
 
 
 def test_ft_refuses_to_build_without_the_pretrained_paraphraser():
     t, s, images, _ = networks()
     with pytest.raises(ValueError, match="ft needs the paraphraser pretrained on the teacher"):
-        build_method("ft", {}, context(t, s, images))
+        build_method("ft", {}, method_context(t, s, images))
 
 
 def test_ft_refuses_a_paraphraser_pretrained_with_another_rate():
     t, s, images, _ = networks()
     with pytest.raises(ValueError, match="does not fit this teacher and k = 0.5"):
-        build_method("ft", {"k": 0.5}, context(t, s, images, artifact=heads_state(t, images, k=0.25)))
+        build_method("ft", {"k": 0.5}, method_context(t, s, images, artifact=heads_state(t, images, k=0.25)))
 
 
 def test_ft_reads_the_heads_stage_and_matches_repdistillers_factor_transfer():
     t, s, images, labels = networks("resnet20", "resnet8")
     state = heads_state(t, images)
-    method = build_method("ft", {"beta": 200.0}, context(t, s, images, artifact=state))
+    method = build_method("ft", {"beta": 200.0}, method_context(t, s, images, artifact=state))
     cls = method_class("ft")
     caps = cls.capabilities({})
     assert (caps.pre_stage, caps.heads.method, method.caps.pre_stage) == ("heads", "ft_paraphraser", "heads")
@@ -225,7 +211,7 @@ def test_ft_fit_checks_refuse_a_rate_that_leaves_no_factor_channel():
 
 def dml_setup(peer=None, seed=0):
     _, s, images, labels = networks(student="resnet8", seed=seed)
-    method = build_method("dml", {} if peer is None else {"peer": peer}, context(None, s, images))
+    method = build_method("dml", {} if peer is None else {"peer": peer}, method_context(None, s, images))
     return s, method, images, labels
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 
-from afdistill.methods import Batch, Context, build_method, check_method_fit, check_method_params, dry_run, method_class
+from afdistill.methods import Batch, Context, build_method, check_method_fit, check_method_params, method_class
 from afdistill.methods.kdsvd import _RightSingularVectors
 from afdistill.models import Features, create_model
 
@@ -24,19 +25,6 @@ def networks(teacher="resnet20", student="resnet8", classes=10, size=16, batch=8
     t.requires_grad_(False)
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, classes, (batch,))
     return t, s, images, labels
-
-
-def context(t, s, images, classes=10):
-    return Context(
-        s,
-        t,
-        dry_run(s, images[:2]),
-        None if t is None else dry_run(t, images[:2]),
-        classes,
-        torch.arange(40) % classes,
-        len(images),
-        seed=0,
-    )
 
 
 def batch(images, labels):
@@ -88,7 +76,7 @@ def repdistiller_fsp_loss(feat_s, feat_t):
 
 def test_fsp_matches_repdistillers_loss():
     t, s, images, labels = networks("resnet20", "resnet8")
-    method = build_method("fsp", {"beta": 2.0}, context(t, s, images))
+    method = build_method("fsp", {"beta": 2.0}, method_context(t, s, images))
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))
@@ -99,7 +87,7 @@ def test_fsp_matches_repdistillers_loss():
 
 def test_fsp_trains_the_students_features_only():
     t, s, images, labels = networks("resnet20", "resnet8")
-    method = build_method("fsp", {}, context(t, s, images))
+    method = build_method("fsp", {}, method_context(t, s, images))
     with torch.inference_mode():
         ft = t(images, with_features=True)
     method(s(images, with_features=True), ft, batch(images, labels))["fsp"].backward()
@@ -142,7 +130,7 @@ def repdistiller_ab_loss(g_s, g_t, margin=1.0):
 @pytest.mark.parametrize("teacher", ["resnet20", "wrn_16_2"])
 def test_ab_matches_repdistillers_loss_on_pre_activations_through_the_connector(teacher):
     t, s, images, labels = networks(teacher, "resnet8")
-    method = build_method("ab", {"beta": 1.5, "margin": 0.5}, context(t, s, images))
+    method = build_method("ab", {"beta": 1.5, "margin": 0.5}, method_context(t, s, images))
     method.train()
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
@@ -163,7 +151,7 @@ def test_ab_matches_repdistillers_loss_on_pre_activations_through_the_connector(
 
 def test_ab_trains_student_and_connectors():
     t, s, images, labels = networks("wrn_16_2", "resnet8")
-    method = build_method("ab", {}, context(t, s, images))
+    method = build_method("ab", {}, method_context(t, s, images))
     with torch.inference_mode():
         ft = t(images, with_features=True)
     method(s(images, with_features=True), ft, batch(images, labels))["ab"].backward()
@@ -291,7 +279,9 @@ def test_kdsvd_svd_gradient_is_the_tf_codes():
 
 def test_kdsvd_clips_each_transfer_gradient_to_the_task_gradient_on_a_rising_schedule():
     t, s, images, labels = networks("resnet8", "resnet8")
-    method = build_method("kdsvd", {"beta": 1e4}, context(t, s, images))  # a large transfer gradient: clipping bites
+    method = build_method(
+        "kdsvd", {"beta": 1e4}, method_context(t, s, images)
+    )  # a large transfer gradient: clipping bites
     method.begin_epoch(1)  # sigmoid(0) = 0.5
     with torch.inference_mode():
         ft = t(images, with_features=True)
@@ -314,7 +304,7 @@ def test_kdsvd_clips_each_transfer_gradient_to_the_task_gradient_on_a_rising_sch
 
 def test_kdsvd_without_clipping_adds_the_gradients():
     t, s, images, labels = networks("resnet8", "resnet8")
-    method = build_method("kdsvd", {"clip_gradients": False}, context(t, s, images))
+    method = build_method("kdsvd", {"clip_gradients": False}, method_context(t, s, images))
     with torch.inference_mode():
         ft = t(images, with_features=True)
     terms = method(s(images, with_features=True), ft, batch(images, labels))
@@ -353,7 +343,7 @@ def numpy_fact(student_maps, teacher_maps, adapters):
 @pytest.mark.parametrize("teacher,student", [("resnet20", "resnet8"), ("wrn_16_2", "wrn_16_1")])
 def test_fact_compares_normalised_full_activations(teacher, student):
     t, s, images, labels = networks(teacher, student)
-    method = build_method("fact", {"beta": 10.0}, context(t, s, images))
+    method = build_method("fact", {"beta": 10.0}, method_context(t, s, images))
     with torch.no_grad():
         fs, ft = s(images, with_features=True), t(images, with_features=True)
         got = method(fs, ft, batch(images, labels))["fact"].item()
@@ -393,7 +383,7 @@ def per_image_input_gradients(network, images, labels, mirrored=False):
 def test_min_l2_is_half_the_squared_input_gradient_norm_and_trains_through_it():
     _, s, images, labels = networks(batch=4)
     s.eval()
-    method = build_method("min_l2", {"beta": 3.0}, context(None, s, images))
+    method = build_method("min_l2", {"beta": 3.0}, method_context(None, s, images))
     x = images.clone().requires_grad_(True)
     terms = method(s(x, with_features=True), None, batch(x, labels))
     assert set(terms) == {"ce", "min_l2"}
@@ -411,7 +401,7 @@ def test_min_l2_is_half_the_squared_input_gradient_norm_and_trains_through_it():
 def test_symmetry_norm_is_eq_6_per_image():
     _, s, images, labels = networks(batch=4)
     s.eval()
-    method = build_method("symmetry_norm", {"beta": 2.0}, context(None, s, images))
+    method = build_method("symmetry_norm", {"beta": 2.0}, method_context(None, s, images))
     x = images.clone().requires_grad_(True)
     got = method(s(x, with_features=True), None, batch(x, labels))["symmetry_norm"].item()
     g = per_image_input_gradients(s, images, labels)
@@ -434,7 +424,7 @@ class MirrorSymmetric(torch.nn.Module):
 def test_symmetry_norm_vanishes_for_a_mirror_symmetric_network():
     _, s, images, labels = networks(batch=4)
     symmetric = MirrorSymmetric(s).eval()
-    method = build_method("symmetry_norm", {}, replace(context(None, s, images), student=symmetric))
+    method = build_method("symmetry_norm", {}, replace(method_context(None, s, images), student=symmetric))
     x = images.clone().requires_grad_(True)
     features = types.SimpleNamespace(logits=symmetric(x))
     assert method.distill(features, None, batch(x, labels))["symmetry_norm"].item() < 1e-6
@@ -442,7 +432,7 @@ def test_symmetry_norm_vanishes_for_a_mirror_symmetric_network():
 
 def test_symmetry_norm_keeps_the_running_statistics_and_trains_the_student():
     _, s, images, labels = networks(batch=8)
-    method = build_method("symmetry_norm", {}, context(None, s, images))
+    method = build_method("symmetry_norm", {}, method_context(None, s, images))
     x = images.clone().requires_grad_(True)
     features = s(x, with_features=True)  # the engine's forward pass (training mode): updates the statistics
     buffers = {k: v.clone() for k, v in s.state_dict().items() if "running" in k or "num_batches" in k}
@@ -467,7 +457,7 @@ def test_the_teacher_free_regularisers_take_no_kd_parameters():
 def test_each_method_trains_a_tiny_real_pair_with_a_finite_loss(name):
     t, s, images, labels = networks("resnet8", "resnet8")
     teacher = None if name in ("min_l2", "symmetry_norm") else t
-    method = build_method(name, {}, context(teacher, s, images))
+    method = build_method(name, {}, method_context(teacher, s, images))
     method.begin_epoch(1)
     x = images.clone().requires_grad_(method.caps.needs_input_grad)
     ft = None

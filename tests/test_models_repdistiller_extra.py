@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import method_context
 
-from afdistill.methods import Batch, Context, View, build_method, dry_run
+from afdistill.methods import Batch, View, build_method
 from afdistill.models import create_model
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -109,16 +110,7 @@ def test_every_modern_method_trains_on_the_heterogeneous_pairs(teacher_arch, stu
     teacher, student = create_model(teacher_arch, 10).eval(), create_model(student_arch, 10)
     teacher.requires_grad_(False)
     images, labels = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    context = Context(
-        student,
-        teacher,
-        dry_run(student, images[:2]),
-        dry_run(teacher, images[:2]),
-        10,
-        torch.arange(40) % 10,
-        4,
-        seed=0,
-    )
+    context = method_context(teacher, student, images)
     for name, params in METHODS.items():
         if name == "reviewkd" and len(context.student_sample.stages) != len(context.teacher_sample.stages):
             continue  # ReviewKD pairs stage by stage (the grid leaves it out of these pairs)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import method_context
 
-from afdistill.methods import Batch, Context, View, build_method, check_method_params, dry_run, kd_loss, method_defaults
+from afdistill.methods import Batch, View, build_method, check_method_params, kd_loss, method_defaults
 from afdistill.methods.dkd import dkd_terms
 from afdistill.methods.logits import cosine_curriculum, standardize
 from afdistill.methods.reviewkd import hierarchical_context_loss
@@ -25,16 +26,10 @@ def networks(teacher="resnet14", student="resnet8", classes=10, size=16, batch=8
     return t, s, images, labels
 
 
-def context(t, s, images, classes=10):
-    return Context(
-        s, t, dry_run(s, images[:2]), dry_run(t, images[:2]), classes, torch.arange(40) % classes, len(images), seed=0
-    )
-
-
 def logit_setup(method, params, batch=6, classes=7, seed=0):
     """A method on bare logits: the networks only give it shapes."""
     t, s, images, _ = networks(classes=classes, batch=2)
-    built = build_method(method, params, context(t, s, images, classes))
+    built = build_method(method, params, method_context(t, s, images, classes=classes))
     torch.manual_seed(seed)
     student = (3 * torch.randn(batch, classes)).requires_grad_(True)
     teacher = 3 * torch.randn(batch, classes)
@@ -228,7 +223,7 @@ def test_hierarchical_context_loss_weights_the_pyramid_levels():
 
 def test_reviewkd_fuses_deep_to_shallow_and_trains_its_fusion_modules():
     t, s, images, labels = networks()
-    method = build_method("reviewkd", {"beta": 2.0, "warmup_epochs": 20}, context(t, s, images))
+    method = build_method("reviewkd", {"beta": 2.0, "warmup_epochs": 20}, method_context(t, s, images))
     method.begin_epoch(10)
     student, teacher = s(images, with_features=True), t(images, with_features=True)
     projections = method.review(student)
@@ -275,7 +270,7 @@ def test_reviewkd_compares_with_the_teachers_pre_activation_stages(teacher_arch,
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(module.num_features, generator=generator) * 0.5)
-    method = build_method("reviewkd", {"warmup_epochs": 0}, context(t, s, images))
+    method = build_method("reviewkd", {"warmup_epochs": 0}, method_context(t, s, images))
     with torch.no_grad():
         teacher = t(images, with_features=True)
     student = s(images, with_features=True)
@@ -325,7 +320,7 @@ def test_reviewkd_compares_with_the_teachers_pre_activation_stages(teacher_arch,
 
 def test_reviewkd_fusion_gradient_matches_finite_differences():
     t, s, images, labels = networks(batch=4)
-    method = build_method("reviewkd", {"warmup_epochs": 0}, context(t, s, images)).double()
+    method = build_method("reviewkd", {"warmup_epochs": 0}, method_context(t, s, images)).double()
     s, t = s.double().eval(), t.double()
     images = images.double()
     with torch.no_grad():
@@ -490,7 +485,7 @@ def test_modifier_values_are_checked_by_name():
 )
 def test_a_few_steps_lower_the_distillation_loss(name, params):
     t, s, images, labels = networks(batch=16)
-    method = build_method(name, {"gamma": 0.0, **params}, context(t, s, images))
+    method = build_method(name, {"gamma": 0.0, **params}, method_context(t, s, images))
     method.begin_epoch(1)
     parameters = list(s.parameters()) + list(method.trainable_parameters())
     optimizer = torch.optim.SGD(parameters, lr=0.05, momentum=0.9)
