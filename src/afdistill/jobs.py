@@ -233,23 +233,30 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
         return groups
     deepest = max(map(depth, packing))
     wave = [group for group in packing if depth(group) == deepest]
-    share = sum(map(pack_cost, wave)) / workers
+    cost = {id(job): pack_cost([job]) for group in wave for job in group}  # each job's, computed once
+
+    def total(group: list[Job]) -> float:
+        return sum(cost[id(job)] for job in group)
+
+    share = sum(map(total, wave)) / workers
     parts: list[list[Job]] = []
     room = share
-    for group in sorted(wave, key=pack_cost, reverse=True):
-        while len(group) > 1 and pack_cost(group) > room * 1.05:  # a few percent over is not worth a process
-            head: list[Job] = []
-            for job in sorted(group, key=lambda job: pack_cost([job]), reverse=True):
-                if pack_cost(head) + pack_cost([job]) <= room * 1.05:
-                    head.append(job)
+    for group in sorted(wave, key=total, reverse=True):
+        while len(group) > 1 and total(group) > room * 1.05:  # a few percent over is not worth a process
+            head: set[int] = set()
+            filled = 0.0
+            for job in sorted(group, key=lambda job: cost[id(job)], reverse=True):
+                if filled + cost[id(job)] <= room * 1.05:
+                    head.add(id(job))
+                    filled += cost[id(job)]
             if not head and room == share:  # its costliest member alone is over a share
-                head = group[:1]
+                head = {id(group[0])}
             if head:
-                parts.append([job for job in group if job in head])  # in plan order
-                group = [job for job in group if job not in head]
+                parts.append([job for job in group if id(job) in head])  # in plan order
+                group = [job for job in group if id(job) not in head]
             room = share
         parts.append(group)
-        room -= pack_cost(group)
+        room -= total(group)
         if room <= 0.05 * share:
             room = share
     return [group for group in groups if not any(group is member for member in wave)] + parts
