@@ -203,6 +203,9 @@ def test_resolved_runtime_model_and_dataset_are_recorded(store):
     )
     assert tags[tracking.TAG_MODEL_FORMAT] == "pt2"
     assert {m.key: m.value for m in logged.metrics} == {"final/test_top1": 0.5, "final/test_top1_best": 0.75}
+    assert logged.source_run_id == run_id
+    [output] = client.get_run(run_id).outputs.model_outputs  # the run lists its model, at its last epoch
+    assert (output.model_id, output.step) == (logged.model_id, 3)
 
     import mlflow.pytorch
     from mlflow.models import get_model_info

@@ -504,6 +504,7 @@ class JobRun:
         import mlflow
         import mlflow.pytorch
         import torch
+        from mlflow.entities import LoggedModelOutput
         from mlflow.models import infer_signature
 
         from . import __version__
@@ -515,10 +516,12 @@ class JobRun:
         mlflow.set_tracking_uri(self.uri)  # log_model writes through MLflow's process-wide URI: the job's own
         name = self.model_name or name
         torch_requirement = f"torch=={torch.__version__.split('+')[0]}"
+        # No run_id: given one, MLflow reads back the whole history of every metric of the run (a request per
+        # metric) to link those logged at the model's step to it. The model is still the run's (its source run,
+        # and the run's output below), and its final metrics are linked to it by _log_final.
         common = dict(
             name=name,
             signature=infer_signature(example.numpy(), logits.numpy()),
-            run_id=self.run_id,
             input_example=example.numpy(),
             registered_model_name=self.registered_name,
         )
@@ -548,6 +551,7 @@ class JobRun:
                 if model_format != "pt2":
                     raise
                 logging.getLogger(__name__).info("torch.export failed (%s); logging %s pickled", error, name)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=self.last_logged_step())])
         self.client.set_tag(self.run_id, TAG_MODEL_FORMAT, model_format)
         self._log_final(logged.model_id)
         return info.model_uri
