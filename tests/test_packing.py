@@ -154,6 +154,9 @@ def test_balance_splits_the_last_wave_evenly_over_the_workers_and_leaves_earlier
         if load + pack_cost(part) <= 1.05 * share:
             load += pack_cost(part)
     assert abs(load - (2 * share - load)) <= costliest_job
+    # the part that fills the first share holds students that read the teacher alone: it starts once the teacher
+    # is done, beside the links and heads
+    assert all(set(job.inputs) == {"data", "teacher"} for job in parts[0])
     for part in parts:  # every part still shares its teacher and batches
         assert len({(job.spec.teacher, job.spec.seed) for job in part}) == 1
 

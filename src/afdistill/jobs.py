@@ -218,15 +218,20 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
     together once those are done and are most of a grid's work; earlier packs run beside the teacher's chain and
     stay whole. The wave's packs, largest first, fill the workers in turn, each up to an equal share of the
     wave's cost (McNaughton's wrap-around rule): a pack that overflows a worker's share is split, the members
-    that fill it (costliest first) in one part, the rest carried to the next worker, so a wave takes at most
-    ``workers - 1`` more processes, each computing the teacher's forward once. A job costs its epochs times its
-    method's ``relative_cost`` and its start and finish, measured hints: nothing here has timed the jobs to come."""
+    that fill it in one part, the rest carried to the next worker, so a wave takes at most ``workers - 1`` more
+    processes, each computing the teacher's forward once. The filling members are those that read the fewest
+    stages first (costliest first among them): a part of students that read the teacher alone starts as soon as
+    it is done, beside its links and heads. A job costs its epochs times its method's ``relative_cost`` and its
+    start and finish, measured hints: nothing here has timed the jobs to come."""
     from .kinds import KINDS
 
     order = list(KINDS)
 
     def depth(group: list[Job]) -> int:
         return max((order.index(upstream.kind.name) for job in group for upstream in job.inputs.values()), default=-1)
+
+    def fill_order(job: Job) -> tuple:
+        return depth([job]), -cost[id(job)]
 
     packing = [group for group in groups if getattr(group[0].kind.code, "pack_key", None) is not None]
     if workers < 2 or not packing:
@@ -245,7 +250,7 @@ def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
         while len(group) > 1 and total(group) > room * 1.05:  # a few percent over is not worth a process
             head: set[int] = set()
             filled = 0.0
-            for job in sorted(group, key=lambda job: cost[id(job)], reverse=True):
+            for job in sorted(group, key=fill_order):
                 if filled + cost[id(job)] <= room * 1.05:
                     head.add(id(job))
                     filled += cost[id(job)]
