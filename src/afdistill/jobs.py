@@ -214,9 +214,9 @@ def packs(jobs: list[Job]) -> list[list[Job]]:
 def balance(groups: list[list[Job]], workers: int) -> list[list[Job]]:
     """Packs split so that ``workers`` processes at once share the grid's last wave evenly.
 
-    The packs that read the deepest upstream kind (the students that read the teacher, its links and heads) start
-    together once those are done and are most of a grid's work; earlier packs run beside the teacher's chain and
-    stay whole. The wave's packs, largest first, fill the workers in turn, each up to an equal share of the
+    The packs that read the deepest upstream kind (the students that read the teacher, its links and heads) wait
+    for those and are most of a grid's work; earlier packs run beside the teacher's chain and stay whole. The
+    wave's packs, largest first, fill the workers in turn, each up to an equal share of the
     wave's cost (McNaughton's wrap-around rule): a pack that overflows a worker's share is split, the members
     that fill it in one part, the rest carried to the next worker, so a wave takes at most ``workers - 1`` more
     processes, each computing the teacher's forward once. The filling members are those that read the fewest
